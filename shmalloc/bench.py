@@ -1,0 +1,139 @@
+"""``shmalloc bench``: what one allocator operation costs, in one process.
+
+Cases (each the median of ``reps`` repetitions of ``iters`` rounds):
+
+``order0_zone``  a 1 GiB zone, pcp lists off: allocate 32,768 order-0 pages
+                 one by one, then free them in allocation order; every
+                 operation takes the zone lock.  ns per alloc+free pair.
+``order9_zone``  the same with 64 order-9 blocks.
+``order0_pcp``   order0_zone with the pcp lists on (batch 63, high 378).
+
+each with lock statistics on and off; the pure-Python reference allocator on
+order0_zone; the metadata bytes per page; and the time to create and
+initialise a 16 GiB guest.  ``../shared/bench/buddy_ref.c`` (a C buddy
+allocator with a POSIX semaphore per operation, the same case shapes) is the
+physical-limit anchor to hold these figures against.
+
+This is the engine's micro-benchmark; contention lives in ``shmalloc run``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from .config import PAGE_SIZE, jit
+from .layout import FRAME_DTYPE, H_LOCK_STATS, ROLE_CONTROL
+from .machine import Machine, MachineConfig
+from .page_alloc import alloc_pages, free_pages
+from .reference import ReferenceAllocator
+
+GIB = 1 << 30
+CASES = {
+    "order0_zone": dict(order=0, batch=32768, pcp=False),
+    "order9_zone": dict(order=9, batch=64, pcp=False),
+    "order0_pcp": dict(order=0, batch=32768, pcp=True),
+}
+
+
+@jit
+def _rounds(frames, zs, agent, order, batch, iters, held):
+    """The benchmark loop: ``iters`` x {alloc ``batch`` blocks; free them in
+    allocation order}.  Returns the number of failed operations (must be 0)."""
+    bad = 0
+    for _ in range(iters):
+        for i in range(batch):
+            held[i] = alloc_pages(frames, zs, agent, order)
+        for i in range(batch):
+            if held[i] < 0 or free_pages(frames, zs, agent, held[i], order) != 0:
+                bad += 1
+    return bad
+
+
+def _time_engine(order: int, batch: int, pcp: bool, stats: bool, reps: int, iters: int) -> float:
+    cfg = MachineConfig(memory=GIB, zones=1, workers=1,
+                        pcp_batch=63 if pcp else 0, pcp_high=378, lock_stats=stats)
+    with Machine.create(cfg) as m:
+        m.bind(m.control_agent, ROLE_CONTROL)
+        held = np.empty(batch, np.int64)
+        agent = m.control_agent
+        _rounds(m.frames, m.zs, agent, order, batch, 1, held)      # warm up, compile
+        samples = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            bad = _rounds(m.frames, m.zs, agent, order, batch, iters, held)
+            samples.append((time.perf_counter() - t0) * 1e9 / (iters * batch))
+            if bad:
+                raise RuntimeError(f"bench: {bad} failed operations")
+        assert int(m.zs[H_LOCK_STATS]) == int(stats)
+        return statistics.median(samples)
+
+
+def _time_reference(order: int, batch: int, reps: int) -> float:
+    samples = []
+    for _ in range(reps):
+        ref = ReferenceAllocator(GIB // PAGE_SIZE, 1, 11, 1, 0, 0)
+        t0 = time.perf_counter()
+        held = [ref.alloc(0, order) for _ in range(batch)]
+        for pfn in held:
+            ref.free(0, pfn, order)
+        samples.append((time.perf_counter() - t0) * 1e9 / batch)
+    return statistics.median(samples)
+
+
+def _time_init(memory: int) -> float:
+    cfg = MachineConfig(memory=memory, zones=1, workers=2)
+    t0 = time.perf_counter()
+    m = Machine.create(cfg)
+    elapsed = time.perf_counter() - t0
+    m.destroy()
+    return elapsed
+
+
+def run_bench(reps: int = 5, iters: int = 20, init_memory: int = 16 * GIB) -> dict:
+    """Run every case; returns the ``shmalloc bench --json`` object."""
+    cases = {}
+    for name, c in CASES.items():
+        cases[name] = {
+            "ns_per_pair": round(_time_engine(c["order"], c["batch"], c["pcp"], True, reps, iters), 2),
+            "ns_per_pair_no_stats": round(_time_engine(c["order"], c["batch"], c["pcp"], False,
+                                                       reps, iters), 2),
+        }
+    ref = _time_reference(0, CASES["order0_zone"]["batch"], reps)
+    with Machine.create(MachineConfig(memory=GIB, workers=2)) as m:
+        meta_bytes = (m.zs.nbytes + m.frames.nbytes) / m.nr_pages
+    return {
+        "cases": cases,
+        "python_reference": {"order0_zone": {
+            "ns_per_pair": round(ref, 1),
+            "engine_speedup": round(ref / cases["order0_zone"]["ns_per_pair"], 1),
+            "engine_speedup_no_stats": round(ref / cases["order0_zone"]["ns_per_pair_no_stats"], 1),
+        }},
+        "metadata_bytes_per_page": round(meta_bytes, 3),
+        "frame_bytes": FRAME_DTYPE.itemsize,
+        "init_16gib_s": round(_time_init(init_memory), 3),
+        "reps": reps,
+        "iters": iters,
+    }
+
+
+def format_bench(res: dict) -> list[str]:
+    lines = [f"shmalloc bench (median of {res['reps']} repetitions x {res['iters']} rounds; "
+             "ns per alloc+free pair)",
+             "",
+             f"{'case':<14} {'lock_stat on':>14} {'lock_stat off':>14}"]
+    for name, c in res["cases"].items():
+        lines.append(f"{name:<14} {c['ns_per_pair']:>14.1f} {c['ns_per_pair_no_stats']:>14.1f}")
+    ref = res["python_reference"]["order0_zone"]
+    lines += [
+        "",
+        f"pure-Python reference, order0_zone: {ref['ns_per_pair']:.0f} ns per pair "
+        f"(engine {ref['engine_speedup']:.0f}x faster with lock_stat, "
+        f"{ref['engine_speedup_no_stats']:.0f}x without)",
+        f"metadata: {res['metadata_bytes_per_page']:.2f} bytes per page "
+        f"({res['frame_bytes']}-byte frame record + zone state)",
+        f"create and initialise a 16 GiB guest: {res['init_16gib_s']:.3f} s",
+    ]
+    return lines

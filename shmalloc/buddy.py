@@ -1,0 +1,98 @@
+"""The buddy allocator of one zone: ``__rmqueue_smallest``, ``expand`` and
+``__free_one_page`` from mm/page_alloc.c (5.7), over the shared arrays.
+
+The buddy of the block of order ``o`` at ``pfn`` is ``pfn ^ (1 << o)``: the
+two halves of the aligned block of order ``o + 1`` differ in exactly bit
+``o``.  Example: the order-2 block at pfn 12 (pages 12..15) has its buddy at
+``12 ^ 4 == 8`` (pages 8..11); merged they form the order-3 block at
+``12 & 8 == 8``.
+
+All functions here expect the zone lock held (``zone_lock`` in the callers in
+:mod:`shmalloc.page_alloc` and :mod:`shmalloc.pcp`).
+
+Deviations from the kernel: there is one zone type and no fallback between
+migratetypes (there are only MOVABLE and ISOLATE), no watermarks on the
+allocation path (a zone either has a free block or the allocator tries the
+next zone), and a freed block goes to the head of its list unless the caller
+asks for the tail (the kernel's ``buddy_merge_likely`` tail heuristic is left
+out; page reporting puts reported pages back at the tail, as 5.7 does).
+"""
+
+from __future__ import annotations
+
+from .config import inline
+from .freelist import add_to_free_list, del_page_from_free_list
+from .layout import (H_MAX_ORDER, H_PAGEBLOCK_ORDER, PS_ALLOC, PS_BUDDY, PS_NONE,
+                     Z_FREE_HEAD, free_list_slot, get_pageblock_migratetype, zone_base)
+
+
+@inline
+def expand(frames, zs, zone, pfn, low, high, mt):
+    """Split the order-``high`` block at ``pfn`` down to order ``low``,
+    putting the upper halves back on the free lists."""
+    while high > low:
+        high -= 1
+        add_to_free_list(frames, zs, zone, pfn + (1 << high), high, mt, False)
+
+
+@inline
+def rmqueue_smallest(frames, zs, zone, order, mt):
+    """``__rmqueue_smallest``: take the first block of the smallest
+    sufficient order off the lists and split it.  Returns the pfn or -1."""
+    zb = zone_base(zone)
+    max_order = zs[H_MAX_ORDER]
+    cur = order
+    pfn = -1
+    while cur < max_order:
+        pfn = zs[zb + Z_FREE_HEAD + free_list_slot(cur, mt)]
+        if pfn >= 0:
+            break
+        cur += 1
+    if pfn >= 0:
+        del_page_from_free_list(frames, zs, zone, pfn, cur, mt)
+        expand(frames, zs, zone, pfn, order, cur, mt)
+    return pfn
+
+
+@inline
+def prep_new_page(frames, pfn, order, agent):
+    """Mark a block allocated: the ownership record the checker verifies."""
+    frames[pfn]['order'] = order
+    frames[pfn]['state'] = PS_ALLOC
+    frames[pfn]['owner'] = agent
+    frames[pfn]['gen'] += 1
+
+
+@inline
+def page_is_buddy(frames, buddy, order):
+    if frames[buddy]['state'] != PS_BUDDY:
+        return False
+    return frames[buddy]['order'] == order
+
+
+@inline
+def free_one_page(frames, zs, zone, pfn, order, mt, tail):
+    """``__free_one_page``: merge the block at ``pfn`` with its free buddies,
+    then put the result on ``free_area[order][mt]``.  Returns the final
+    (pfn, order).
+
+    A buddy merges only if it is a free head of the same order whose pageblock
+    has the same migratetype: an isolated pageblock never merges with a
+    non-isolated one.  Below pageblock order the buddy shares the pageblock.
+    """
+    max_order = zs[H_MAX_ORDER]
+    pb_order = zs[H_PAGEBLOCK_ORDER]
+    frames[pfn]['state'] = PS_NONE
+    while order < max_order - 1:
+        buddy = pfn ^ (1 << order)
+        if not page_is_buddy(frames, buddy, order):
+            break
+        if order >= pb_order and get_pageblock_migratetype(zs, buddy) != mt:
+            break
+        del_page_from_free_list(frames, zs, zone, buddy, order, mt)
+        frames[buddy]['order'] = -1
+        frames[pfn]['order'] = -1
+        pfn &= buddy
+        order += 1
+    add_to_free_list(frames, zs, zone, pfn, order, mt, tail)
+    return pfn, order
