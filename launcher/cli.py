@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import options as opt
@@ -20,6 +21,117 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):          # one line, no usage dump
         raise UsageError(f"{self.prog}: {message}")
+
+
+# ---------------------------------------------------------------------------
+# run
+# ---------------------------------------------------------------------------
+
+def add_machine_flags(p) -> None:
+    """Flags of one experiment, shared by run, compare and sweep."""
+    from shmalloc.config import DEFAULT_LOCK_SPIN, MAX_ORDER_LIMIT, MAX_WORKERS, MAX_ZONES
+    from shmalloc.workload import WORKLOADS
+
+    from .designs import names
+
+    g = p.add_argument_group("experiment")
+    g.add_argument("--workload", default="page_fault1", metavar="NAME",
+                   help=f"what workers do: {', '.join(WORKLOADS)} (default page_fault1)")
+    g.add_argument("--workers", type=opt.int_range(1, MAX_WORKERS), default=2, metavar="N",
+                   help="worker processes (default 2)")
+    g.add_argument("--duration", type=opt.float_range(0, 86400, lo_open=True), default=None,
+                   metavar="SECONDS", help="run time (default 5; without limit with --ops)")
+    g.add_argument("--ops", type=opt.int_range(1), default=0, metavar="N",
+                   help="stop each worker after this many alloc+free calls")
+    g.add_argument("--seed", type=opt.int_range(0, 2**31 - 1), default=1, metavar="N",
+                   help="random seed of the workers (default 1)")
+    g.add_argument("--working-set", type=opt.size_range(4096), default=None, metavar="SIZE",
+                   help="per worker: page_fault1/thp round size, random's target "
+                   "(default min(128M, 80%% of memory / workers))")
+    g.add_argument("--hog-share", type=opt.float_range(0, 1, lo_open=True), default=0.9,
+                   metavar="FRACTION", help="hog: share of guest memory allocated (default 0.9)")
+    g.add_argument("--hog-hold", type=opt.float_range(0, 86400), default=1.0, metavar="SECONDS",
+                   help="hog: how long the memory is held before it is freed (default 1)")
+    g = p.add_argument_group("guest and allocator")
+    g.add_argument("--memory", type=opt.size_range(1 << 20), default=1 << 30, metavar="SIZE",
+                   help="guest memory, K/M/G suffixes (default 1G)")
+    g.add_argument("--zones", type=opt.int_range(1, MAX_ZONES), default=1, metavar="N",
+                   help="zones, equal pfn ranges with a lock each (default 1)")
+    g.add_argument("--max-order", type=opt.int_range(10, MAX_ORDER_LIMIT), default=11, metavar="N",
+                   help="MAX_ORDER: orders 0..N-1 (default 11, blocks up to 4 MiB)")
+    g.add_argument("--pcp-batch", type=opt.int_range(0, 4096), default=63, metavar="N",
+                   help="per-worker page cache batch; 0 disables the pcp lists (default 63)")
+    g.add_argument("--pcp-high", type=opt.int_range(1, 1 << 20), default=378, metavar="N",
+                   help="pcp high watermark (default 378)")
+    g.add_argument("--lock-spin", type=opt.int_range(0, 1_000_000), default=DEFAULT_LOCK_SPIN, metavar="N",
+                   help=f"sem_trywait retries before sleeping on a contended zone lock "
+                   f"(default {DEFAULT_LOCK_SPIN})")
+    g.add_argument("--no-lock-stats", dest="lock_stats", action="store_false",
+                   help="switch lock_stat accounting off")
+    g = p.add_argument_group("reporting")
+    g.add_argument("--strategy", default="none", metavar="NAME",
+                   help=f"reporting design: {', '.join(names())} (default none)")
+    g = p.add_argument_group("watchdog")
+    g.add_argument("--stall-timeout", type=opt.float_range(0, 86400, lo_open=True), default=10.0,
+                   metavar="SECONDS", help="abort when one owner holds a zone lock this long "
+                   "(default 10)")
+
+
+def run_config(args):
+    from .run import RunConfig
+
+    return RunConfig(
+        strategy=args.strategy, workload=args.workload, workers=args.workers,
+        duration=args.duration, ops=args.ops, memory=args.memory, zones=args.zones,
+        max_order=args.max_order, working_set=args.working_set, hog_share=args.hog_share,
+        hog_hold=args.hog_hold, pcp_batch=args.pcp_batch, pcp_high=args.pcp_high,
+        lock_spin=args.lock_spin, lock_stats=args.lock_stats, seed=args.seed,
+        stall_timeout=args.stall_timeout,
+    ).resolved()
+
+
+def add_output_flags(p) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("--json", metavar="PATH", default=None,
+                   help="write the results file (versioned JSON) here")
+    g.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    g.add_argument("--quiet", action="store_true",
+                   help="no progress display and no summary (errors still go to stderr)")
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="one experiment: workers (and a reporting design) on one guest",
+                       description="Create a guest, run worker processes through its page "
+                       "allocator (and a reporting design), then print throughput, latency, the "
+                       "lock_stat table, memory and safety. Exit 0 when the run is ok, 3 when "
+                       "it was aborted by a fault, 2 on bad input.")
+    add_machine_flags(p)
+    add_output_flags(p)
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args) -> int:
+    from . import metadata, results
+    from .run import execute
+    from .summary import format_run
+
+    cfg = run_config(args)
+    if args.json:
+        try:
+            results.check_output(args.json, args.force)
+        except results.ResultsError as e:
+            raise UsageError(f"shmalloc run: --json: {e}") from None
+    progress = sys.stderr.isatty() and not args.quiet
+    run = execute(cfg, progress=progress)
+    status = run.pop("exit_status")
+    if not args.quiet:
+        print("\n".join(format_run(run)))
+    if run["outcome"] != "ok":
+        print(f"shmalloc run: aborted: {run['abort_reason']}", file=sys.stderr)
+    if args.json:
+        doc = results.document([run], metadata.collect(run.pop("numba_cache_warm")))
+        results.write(args.json, doc, force=args.force)
+    return status
 
 
 # ---------------------------------------------------------------------------
@@ -91,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "measured side by side with real processes and real zone-lock contention.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    _add_run(sub)
     _add_bench(sub)
     _add_cleanup(sub)
     return parser
@@ -115,3 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"shmalloc {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:                  # e.g. piped into head: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1

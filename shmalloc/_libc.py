@@ -103,6 +103,9 @@ if JIT_DISABLED:
         arr[idx] = prev + delta
         return prev
 
+    def bit_length(v):
+        return int(v).bit_length()
+
 else:
     from llvmlite import ir
     from numba import types
@@ -175,6 +178,19 @@ else:
             fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_i32, []),
                                                 "sched_getcpu")
             return builder.sext(builder.call(fn, []), _i64)
+
+        return sig, codegen
+
+    @intrinsic
+    def bit_length(typingctx, v):
+        """``int.bit_length`` for a non-negative int64: 64 - ctlz(v)."""
+        sig = types.int64(types.int64)
+
+        def codegen(context, builder, signature, args):
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_i64, [_i64, ir.IntType(1)]), "llvm.ctlz.i64")
+            lz = builder.call(fn, [args[0], ir.Constant(ir.IntType(1), 0)])
+            return builder.sub(ir.Constant(_i64, 64), lz)
 
         return sig, codegen
 

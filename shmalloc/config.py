@@ -26,7 +26,7 @@ JIT_OPTIONS = dict(nogil=True, cache=True, _nrt=False, boundscheck=False,
 JIT_DISABLED = bool(numba.config.DISABLE_JIT)
 
 #: Packages whose sources hold compiled kernels.
-KERNEL_PACKAGES = ("shmalloc", "reporter", "hypervisor_stub", "launcher")
+KERNEL_PACKAGES = ("shmalloc", "reporter", "hypervisor_stub")
 
 
 def _kernel_source_hash() -> str:
@@ -75,7 +75,7 @@ def inline(fn):
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT            # 4 KiB pages, as on x86
-WORDS_PER_PAGE = PAGE_SIZE // 8        # guest memory is viewed as uint64 words
+WORDS_PER_PAGE = PAGE_SIZE // 8        # guest memory is viewed as int64 words
 
 DEFAULT_MAX_ORDER = 11                 # orders 0..10, blocks up to 4 MiB
 MAX_ORDER_LIMIT = 16                   # room in the zone struct for free_area[]

@@ -137,10 +137,17 @@ WORKER_COUNTERS = (
     "refaults",          # first write to a page discarded since it was written
     "free_errors",       # free_pages() returned an error
     "lock_acquisitions", # zone locks this agent took (its own count)
+    "alloc_ns_max",      # slowest alloc_pages() call, ns
+    "free_ns_max",       # slowest free_pages() call, ns
+    "minor_faults",      # getrusage ru_minflt over the run (host page faults)
+    "t_start",           # ticks when the workload started
+    "t_end",             # ticks when it stopped
+    "t_freed",           # ticks when a hog worker had freed everything
 )
 (WC_OPS, WC_ALLOCS, WC_FREES, WC_PAGES_ALLOCATED, WC_PAGES_FREED, WC_ALLOC_FAILURES,
  WC_ITERATIONS, WC_USE_AFTER_DISCARD, WC_FOREIGN_CANARY, WC_REFAULTS, WC_FREE_ERRORS,
- WC_LOCK_ACQUISITIONS) = range(12)
+ WC_LOCK_ACQUISITIONS, WC_ALLOC_NS_MAX, WC_FREE_NS_MAX, WC_MINOR_FAULTS, WC_T_START,
+ WC_T_END, WC_T_FREED) = range(18)
 NR_WORKER_COUNTERS = len(WORKER_COUNTERS)
 # Latency histograms: 4 sub-buckets per power of two of nanoseconds.
 HIST_SUB_BITS = 2

@@ -122,6 +122,16 @@ class MachineConfig:
         if self.capacity < 1:
             raise ConfigError("--capacity", f"must be at least 1, got {self.capacity}")
 
+    def check_space(self) -> None:
+        """The guest and its metadata must fit in /dev/shm: a tmpfs that runs
+        full under a writing worker kills it with SIGBUS."""
+        need = self.memory + self.nr_pages * FRAME_DTYPE.itemsize
+        free = shm.shm_free_bytes()
+        if need > free:
+            raise ConfigError("--memory", f"{self.memory} bytes of guest and "
+                              f"{need - self.memory} of metadata do not fit in {shm.SHM_DIR} "
+                              f"({free} bytes free)")
+
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -168,7 +178,7 @@ class Machine:
         self.zs = zones_obj.array(np.int64)
         self.layout = Layout.from_header(self.zs)
         self.frames = frames_obj.array(FRAME_DTYPE, count=self.layout.nr_pages)
-        self.mem = guest_obj.array(np.uint64)
+        self.mem = guest_obj.array(np.int64)     # canaries are int64 words
         self._sems = sems
         self._sem_ptrs = [sem_pointer(s.name) for s in sems]
         self.agent = None
@@ -181,10 +191,7 @@ class Machine:
 
         On any failure, whatever was created is removed again."""
         cfg.validate()
-        need = cfg.memory + cfg.nr_pages * FRAME_DTYPE.itemsize
-        if need > shm.shm_free_bytes():
-            raise ConfigError("--memory", f"{cfg.memory} bytes do not fit in {shm.SHM_DIR} "
-                              f"({shm.shm_free_bytes()} bytes free)")
+        cfg.check_space()
         run_id = run_id or shm.new_run_id()
         layout = Layout(cfg.nr_pages, cfg.zones, cfg.max_order, cfg.pageblock_order,
                         nr_agents(cfg), cfg.strat_slots)

@@ -25,3 +25,38 @@ def assert_usage_error(res, *fragments: str) -> None:
     assert res.stdout == ""
     for f in fragments:
         assert f in lines[0], (f, lines[0])
+
+
+def start_shmalloc(*args: str, env: dict | None = None) -> subprocess.Popen:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.Popen([sys.executable, "-m", "launcher", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=full_env)
+
+
+def attach_running(proc: subprocess.Popen, timeout: float = 180.0):
+    """Attach to the machine of a running ``shmalloc run`` once its workers
+    have started (the start flag is set).  The caller closes it."""
+    import time
+
+    from shmalloc import shm
+    from shmalloc.layout import H_GO
+    from shmalloc.machine import Machine
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"shmalloc exited early: {proc.communicate()}"
+        runs = [r for r in shm.list_runs().values() if r.pid == proc.pid]
+        if runs and len(runs[0].shm) == 3:
+            try:
+                m = Machine.attach(runs[0].run_id)
+            except shm.IPCError:
+                time.sleep(0.05)
+                continue
+            while m.zs[H_GO] == 0:
+                assert time.monotonic() < deadline, "workers never started"
+                assert proc.poll() is None, f"shmalloc exited early: {proc.communicate()}"
+                time.sleep(0.01)
+            return m
+        time.sleep(0.05)
+    raise AssertionError("no machine of that shmalloc run appeared")

@@ -146,5 +146,5 @@ def test_recycled_pid_is_not_alive(make_machine):
 def test_host_resident_bytes_follow_writes(make_machine):
     m = make_machine(memory=16 << 20)
     assert m.host_resident_bytes() == 0
-    m.mem[: 512 * 100: 512] = np.arange(1, 101, dtype=np.uint64)   # touch 100 pages
+    m.mem[: 512 * 100: 512] = np.arange(1, 101, dtype=np.int64)   # touch 100 pages
     assert m.host_resident_bytes() == 100 * 4096

@@ -1,0 +1,71 @@
+"""The text summary of a run, from its RUN record (so saved results print
+the same way).  Functions return lines; the caller prints."""
+
+from __future__ import annotations
+
+from shmalloc import lockstat
+
+
+def fmt_bytes(n: float) -> str:
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+def fmt_rate(n: float, unit: str) -> str:
+    if n >= 1e6:
+        return f"{n / 1e6:.3f} M{unit}"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f} K{unit}"
+    return f"{n:.0f} {unit}"
+
+
+def headline(run: dict) -> str:
+    c = run["config"]
+    pcp = f"pcp {c['pcp_batch']}/{c['pcp_high']}" if c["pcp_batch"] else "pcp off"
+    return (f"{c['workload']}, strategy {c['strategy']}, {c['workers']} worker"
+            f"{'s' if c['workers'] != 1 else ''}, {fmt_bytes(c['memory'])} guest, "
+            f"{c['zones']} zone{'s' if c['zones'] != 1 else ''}, {pcp}, seed {c['seed']}")
+
+
+def format_run(run: dict, lock_table: bool = True) -> list[str]:
+    t, lat, mem, safety = run["throughput"], run["latency_ns"], run["memory"], run["safety"]
+    lines = [f"shmalloc run: {headline(run)}", ""]
+    if run["outcome"] != "ok":
+        lines += [f"ABORTED: {run['abort_reason']}", ""]
+    lines += [f"throughput over {t['elapsed_s']:.2f} s",
+              f"  {'total':<10} {fmt_rate(t['pages_per_sec'], 'pages/s'):>17} "
+              f"{fmt_rate(t['ops_per_sec'], 'ops/s'):>15}"]
+    for w in t["per_worker"]:
+        lines.append(f"  {'worker ' + str(w['worker']):<10} "
+                     f"{fmt_rate(w['pages_per_sec'], 'pages/s'):>17} "
+                     f"{fmt_rate(w['ops_per_sec'], 'ops/s'):>15}")
+    lines += ["", f"latency (ns)  {'p50':>8} {'p99':>8} {'p99.9':>8} {'max':>10} {'calls':>12}"]
+    for op in ("alloc", "free"):
+        p = lat[op]
+        lines.append(f"  {op:<11} {p['p50']:>8} {p['p99']:>8} {p['p99_9']:>8} {p['max']:>10} "
+                     f"{p['count']:>12}")
+    if lock_table:
+        lines += [""] + lockstat.format_lock_stat(run["locks"])
+        lines += lockstat.format_contention(run["locks"])
+    lines += ["", "memory",
+              f"  guest                {fmt_bytes(mem['guest_bytes'])}",
+              f"  host-resident        start {fmt_bytes(mem['host_resident_bytes_start'])}, "
+              f"end {fmt_bytes(mem['host_resident_bytes_end'])}, "
+              f"min {fmt_bytes(mem['host_resident_bytes_min'])}, "
+              f"max {fmt_bytes(mem['host_resident_bytes_max'])}",
+              f"  free at end          {fmt_bytes(mem['free_bytes_end'])}"]
+    lines += ["", "safety",
+              f"  use-after-discard    {safety['use_after_discard']}",
+              f"  double allocations   {safety['double_allocations']}",
+              f"  refaults             {run['refaults']}"]
+    errs = safety["invariant_errors"]
+    lines.append(f"  invariants           {'ok' if not errs else f'{len(errs)} VIOLATED'}")
+    lines += [f"    {e}" for e in errs[:20]]
+    if run.get("page_accounting"):
+        lines += ["", "where every page was"]
+        lines += [f"  {row['where']:<40} {row['pages']:>10}" for row in run["page_accounting"]]
+    return lines

@@ -1,0 +1,101 @@
+"""A worker process: binds its agent, waits for the start, runs its workload.
+
+Forked by the launcher after the kernels were compiled, so it starts at once.
+It ignores SIGINT (the launcher decides what Ctrl-C means for the run) and
+dies with the launcher (PR_SET_PDEATHSIG).  The workload itself is compiled
+(:mod:`shmalloc.workload`); this module only sequences its phases, and at the
+end gives every page back: what it holds through ``free_pages``, its pcp lists
+through ``drain_pages``.
+"""
+
+from __future__ import annotations
+
+import resource
+import signal
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from shmalloc._libc import die_with_parent
+from shmalloc.config import PAGE_SIZE
+from shmalloc.layout import (H_GO, H_STOP, ROLE_WORKER, WC_MINOR_FAULTS, WC_T_END, WC_T_FREED,
+                             WC_T_START)
+from shmalloc.lock import now_ticks
+from shmalloc.pcp import drain_pages, pcp_service_drain
+from shmalloc.workload import (THP_ORDER, free_blocks, hog_alloc, run_chunks, run_random)
+
+POLL_S = 0.01
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Everything one worker needs, decided by the launcher."""
+
+    workload: str
+    working_set: int          # bytes per worker (page_fault1, thp, random)
+    hog_pages: int            # pages per worker (hog)
+    hog_hold_s: float
+    max_ops: int              # < 0: until the stop flag
+    seed: int
+    max_order: int
+
+    def capacity(self) -> int:
+        """Blocks the worker can hold at most (its private held arrays)."""
+        if self.workload == "thp":
+            return max(1, self.working_set // (PAGE_SIZE << THP_ORDER))
+        if self.workload == "hog":
+            return max(1, self.hog_pages)
+        return max(1, self.working_set // PAGE_SIZE)
+
+
+def run_plan(machine, agent: int, plan: WorkerPlan, held_pfn, held_order, held_long) -> int:
+    """Run the workload until stop or budget; returns blocks still held."""
+    frames, zs, mem = machine.frames, machine.zs, machine.mem
+    ns_per_tick = 1e9 / machine.ticks_per_sec
+    if plan.workload in ("page_fault1", "thp"):
+        order = 0 if plan.workload == "page_fault1" else THP_ORDER
+        return run_chunks(frames, zs, mem, agent, order, len(held_pfn), plan.max_ops,
+                          ns_per_tick, held_pfn, held_order)
+    if plan.workload == "random":
+        return run_random(frames, zs, mem, agent, plan.working_set // PAGE_SIZE, plan.max_order,
+                          plan.max_ops, plan.seed, ns_per_tick, held_pfn, held_order, held_long)
+    # hog: allocate, hold, free everything, idle
+    n = hog_alloc(frames, zs, mem, agent, plan.hog_pages, plan.max_ops, ns_per_tick,
+                  held_pfn, held_order)
+    _idle(machine, agent, plan.hog_hold_s)
+    free_blocks(frames, zs, mem, agent, held_pfn, held_order, n, ns_per_tick)
+    zs[machine.layout.wstats(agent) + WC_T_FREED] = now_ticks()
+    _idle(machine, agent, None)
+    return 0
+
+
+def _idle(machine, agent: int, seconds: float | None) -> None:
+    """Sleep until the stop flag (or ``seconds``), serving pcp drain requests."""
+    end = None if seconds is None else time.monotonic() + seconds
+    while machine.zs[H_STOP] == 0 and (end is None or time.monotonic() < end):
+        pcp_service_drain(machine.frames, machine.zs, agent)
+        time.sleep(POLL_S)
+
+
+def worker_main(machine, agent: int, plan: WorkerPlan) -> None:
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    machine.bind(agent, ROLE_WORKER)
+    cap = plan.capacity()
+    held_pfn = np.zeros(cap, np.int64)
+    held_order = np.zeros(cap, np.int64)
+    held_long = np.zeros(cap, np.int64)
+    while machine.zs[H_GO] == 0 and machine.zs[H_STOP] == 0:      # start barrier
+        time.sleep(0.0005)
+    ws = machine.layout.wstats(agent)
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    machine.zs[ws + WC_T_START] = now_ticks()
+    n = run_plan(machine, agent, plan, held_pfn, held_order, held_long)
+    machine.zs[ws + WC_T_END] = now_ticks()
+    # exit: give everything back (exit_mmap), then empty our pcp lists
+    free_blocks(machine.frames, machine.zs, machine.mem, agent, held_pfn, held_order, n,
+                1e9 / machine.ticks_per_sec)
+    drain_pages(machine.frames, machine.zs, agent, agent)
+    machine.zs[ws + WC_MINOR_FAULTS] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0

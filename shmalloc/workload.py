@@ -1,0 +1,236 @@
+"""Workloads: what a worker process does with its memory, compiled.
+
+``page_fault1``
+    will-it-scale's page_fault1: allocate ``chunk`` order-0 pages one by one,
+    writing each (the page fault), then free them all in allocation order
+    (munmap); repeat.  will-it-scale maps 128 MiB per task.
+``thp``
+    the same with order-9 blocks, every 4 KiB page of each written, as
+    page_fault1 does under THP (Duyck's benchmark for the reporting patches).
+``random``
+    a seeded mix of orders around a per-worker target working set: below the
+    target it allocates (order 0: 60 %, 1 and 2: 10 % each, 3: 5 %, 4..8:
+    10 %, 9: 5 %); at the target it frees a random block, so lifetimes are
+    memoryless; one block in five is long-lived and survives nine picks in ten.
+``hog``
+    allocate a share of the guest, hold it, free everything, stay idle: how
+    fast does the host get its memory back? (:func:`hog_alloc` here, the
+    phases in the worker process.)
+
+Every allocated page gets a canary in its first 8 bytes: ``(agent + 1) << 48
+| generation << 32 | pfn``.  Before writing it the worker reads the page: zero
+in a page that was written before (PG_TOUCHED) means the host discarded it
+since, and this write refaults.  Before freeing, every page's canary is
+checked: zero means the page was discarded while the worker owned it
+(use-after-discard); any other foreign value means the allocator gave the page
+to two owners.  Both are counted, never hidden.
+
+Every kernel returns when the machine's stop flag is set or the agent's
+operation budget ``max_ops`` is spent (< 0: no budget), leaving the blocks it
+still holds in ``held_pfn[:n]``/``held_order[:n]`` and returning ``n``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._libc import bit_length, ticks
+from .config import WORDS_PER_PAGE, inline, jit
+from .layout import (H_STOP, HIST_ALLOC, HIST_FREE, NR_HIST_BUCKETS, PG_TOUCHED, WC_ALLOC_FAILURES,
+                     WC_ALLOC_NS_MAX, WC_ALLOCS, WC_FOREIGN_CANARY, WC_FREE_ERRORS,
+                     WC_FREE_NS_MAX, WC_FREES, WC_ITERATIONS, WC_OPS, WC_PAGES_ALLOCATED,
+                     WC_PAGES_FREED, WC_REFAULTS, WC_USE_AFTER_DISCARD, WS_HIST, wstats_base)
+from .page_alloc import alloc_pages, free_pages
+
+WORKLOADS = ("page_fault1", "thp", "random", "hog")
+THP_ORDER = 9
+
+
+@inline
+def canary(agent, gen, pfn):
+    return ((agent + 1) << 48) | ((gen & 0xFFFF) << 32) | (pfn & 0xFFFFFFFF)
+
+
+@inline
+def hist_index(ns):
+    """Log-bucketed latency: 4 buckets per power of two (values < 4 exact)."""
+    if ns < 4:
+        return max(ns, 0)
+    msb = bit_length(ns) - 1
+    idx = msb * 4 + ((ns >> (msb - 2)) & 3)
+    return min(idx, NR_HIST_BUCKETS - 1)
+
+
+@inline
+def record_latency(zs, ws, hist, max_slot, t0, t1, ns_per_tick):
+    ns = np.int64((t1 - t0) * ns_per_tick)
+    zs[ws + WS_HIST + hist * NR_HIST_BUCKETS + hist_index(ns)] += 1
+    if ns > zs[ws + max_slot]:
+        zs[ws + max_slot] = ns
+
+
+@inline
+def should_stop(zs, ws, max_ops):
+    if zs[H_STOP] != 0:
+        return True
+    return max_ops >= 0 and zs[ws + WC_OPS] >= max_ops
+
+
+@inline
+def timed_alloc(frames, zs, agent, order, ws, ns_per_tick):
+    t0 = ticks()
+    pfn = alloc_pages(frames, zs, agent, order)
+    record_latency(zs, ws, HIST_ALLOC, WC_ALLOC_NS_MAX, t0, ticks(), ns_per_tick)
+    zs[ws + WC_OPS] += 1
+    if pfn >= 0:
+        zs[ws + WC_ALLOCS] += 1
+        zs[ws + WC_PAGES_ALLOCATED] += 1 << order
+    else:
+        zs[ws + WC_ALLOC_FAILURES] += 1
+    return pfn
+
+
+@inline
+def write_block(frames, zs, mem, agent, pfn, order, ws):
+    """The worker's first touch of a new block: count refaults, write canaries."""
+    gen = np.int64(frames[pfn]['gen'])
+    refaults = 0
+    for page in range(pfn, pfn + (1 << order)):
+        word = page * WORDS_PER_PAGE
+        if mem[word] == 0 and (frames[page]['flags'] & PG_TOUCHED) != 0:
+            refaults += 1
+        mem[word] = canary(agent, gen, page)
+        frames[page]['flags'] |= PG_TOUCHED
+    zs[ws + WC_REFAULTS] += refaults
+
+
+@inline
+def check_and_free(frames, zs, mem, agent, pfn, order, ws, ns_per_tick):
+    """Check every canary of the block, then free it (timed)."""
+    gen = np.int64(frames[pfn]['gen'])
+    for page in range(pfn, pfn + (1 << order)):
+        v = mem[page * WORDS_PER_PAGE]
+        if v != canary(agent, gen, page):
+            if v == 0:
+                zs[ws + WC_USE_AFTER_DISCARD] += 1
+            else:
+                zs[ws + WC_FOREIGN_CANARY] += 1
+    t0 = ticks()
+    err = free_pages(frames, zs, agent, pfn, order)
+    record_latency(zs, ws, HIST_FREE, WC_FREE_NS_MAX, t0, ticks(), ns_per_tick)
+    zs[ws + WC_OPS] += 1
+    if err == 0:
+        zs[ws + WC_FREES] += 1
+        zs[ws + WC_PAGES_FREED] += 1 << order
+    else:
+        zs[ws + WC_FREE_ERRORS] += 1
+
+
+@jit
+def run_chunks(frames, zs, mem, agent, order, chunk, max_ops, ns_per_tick, held_pfn,
+               held_order):
+    """page_fault1 (order 0) and thp (order 9): rounds of {allocate and write
+    ``chunk`` blocks; free them in allocation order}.  Out of memory ends the
+    allocation half of a round early."""
+    ws = wstats_base(zs, agent)
+    while True:
+        n = 0
+        while n < chunk:
+            if should_stop(zs, ws, max_ops):
+                return n
+            pfn = timed_alloc(frames, zs, agent, order, ws, ns_per_tick)
+            if pfn < 0:
+                break
+            write_block(frames, zs, mem, agent, pfn, order, ws)
+            held_pfn[n] = pfn
+            held_order[n] = order
+            n += 1
+        for i in range(n):
+            if should_stop(zs, ws, max_ops):
+                for j in range(i, n):                 # keep the unfreed ones, in order
+                    held_pfn[j - i] = held_pfn[j]
+                    held_order[j - i] = held_order[j]
+                return n - i
+            check_and_free(frames, zs, mem, agent, held_pfn[i], order, ws, ns_per_tick)
+        zs[ws + WC_ITERATIONS] += 1
+
+
+@inline
+def random_order(max_order):
+    r = np.random.random()
+    if r < 0.60:
+        order = 0
+    elif r < 0.70:
+        order = 1
+    elif r < 0.80:
+        order = 2
+    elif r < 0.85:
+        order = 3
+    elif r < 0.95:
+        order = np.random.randint(4, 9)
+    else:
+        order = 9
+    return min(order, max_order - 1)
+
+
+@jit
+def run_random(frames, zs, mem, agent, target_pages, max_order, max_ops, seed, ns_per_tick,
+               held_pfn, held_order, held_long):
+    """The ``random`` workload (see the module docstring)."""
+    np.random.seed(seed)
+    ws = wstats_base(zs, agent)
+    n = 0
+    pages = 0
+    cap = len(held_pfn)
+    while not should_stop(zs, ws, max_ops):
+        if pages < target_pages and n < cap:
+            order = random_order(max_order)
+            pfn = timed_alloc(frames, zs, agent, order, ws, ns_per_tick)
+            if pfn >= 0:
+                write_block(frames, zs, mem, agent, pfn, order, ws)
+                held_pfn[n] = pfn
+                held_order[n] = order
+                held_long[n] = 1 if np.random.random() < 0.2 else 0
+                n += 1
+                pages += 1 << order
+                continue
+            if n == 0:
+                continue                     # nothing to give back; try again
+        j = np.random.randint(0, n)
+        if held_long[j] != 0 and pages < 2 * target_pages and np.random.random() < 0.9:
+            continue
+        order = held_order[j]
+        check_and_free(frames, zs, mem, agent, held_pfn[j], order, ws, ns_per_tick)
+        pages -= 1 << order
+        n -= 1
+        held_pfn[j] = held_pfn[n]
+        held_order[j] = held_order[n]
+        held_long[j] = held_long[n]
+        if n == 0 or pages < target_pages:
+            zs[ws + WC_ITERATIONS] += 1
+    return n
+
+
+@jit
+def hog_alloc(frames, zs, mem, agent, target_pages, max_ops, ns_per_tick, held_pfn, held_order):
+    """``hog``, first phase: allocate and write order-0 pages up to
+    ``target_pages`` (or until memory runs out).  Returns how many it holds."""
+    ws = wstats_base(zs, agent)
+    n = 0
+    while n < target_pages and not should_stop(zs, ws, max_ops):
+        pfn = timed_alloc(frames, zs, agent, 0, ws, ns_per_tick)
+        if pfn < 0:
+            break
+        write_block(frames, zs, mem, agent, pfn, 0, ws)
+        held_pfn[n] = pfn
+        held_order[n] = 0
+        n += 1
+    return n
+
+
+@jit
+def free_blocks(frames, zs, mem, agent, held_pfn, held_order, n, ns_per_tick):
+    """Check and free ``held_*[:n]`` (a workload's end, or hog's free phase)."""
+    ws = wstats_base(zs, agent)
+    for i in range(n):
+        check_and_free(frames, zs, mem, agent, held_pfn[i], held_order[i], ws, ns_per_tick)
