@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -152,8 +151,8 @@ def test_worker_stopped_holding_the_zone_lock(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert code == 3, stderr
-    assert f"zone 0 lock held for" in stderr
-    assert f"by worker" in stderr and f"(pid {stopped}, stopped)" in stderr
+    assert "zone 0 lock held for" in stderr
+    assert "by worker" in stderr and f"(pid {stopped}, stopped)" in stderr
     assert "--stall-timeout 1 s" in stderr
     assert ipc_objects() == before
 
