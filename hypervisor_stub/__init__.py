@@ -3,3 +3,7 @@
 Builds on the core (``shmalloc``) and talks to ``reporter`` only through the
 report protocol (a POSIX message queue).
 """
+
+from .stub import DISCARD_MODES, StubOptions, hypervisor_main  # noqa: E402
+
+__all__ = ["DISCARD_MODES", "StubOptions", "hypervisor_main"]

@@ -71,6 +71,18 @@ def add_machine_flags(p) -> None:
     g = p.add_argument_group("reporting")
     g.add_argument("--strategy", default="none", metavar="NAME",
                    help=f"reporting design: {', '.join(names())} (default none)")
+    g.add_argument("--report-order", type=opt.int_range(0, MAX_ORDER_LIMIT - 1), default=9,
+                   metavar="N", help="smallest order reported (default 9, pageblock order)")
+    g.add_argument("--capacity", type=opt.int_range(1, 1 << 20), default=32, metavar="N",
+                   help="ranges per report (default 32, PAGE_REPORTING_CAPACITY)")
+    g.add_argument("--delay", type=opt.float_range(0, 3600), default=None, metavar="SECONDS",
+                   help="from a request to the reporting pass, and between passes "
+                   "(default: the design's, 2 s for mainline)")
+    g.add_argument("--hv-latency", type=opt.float_range(0, 60), default=0.0, metavar="SECONDS",
+                   help="hypervisor stub: wait this long per report before discarding (default 0)")
+    g.add_argument("--discard", default="punch", metavar="HOW",
+                   help="hypervisor stub: punch (fallocate PUNCH_HOLE), remove (madvise "
+                   "MADV_REMOVE) or none (record only) (default punch)")
     g = p.add_argument_group("watchdog")
     g.add_argument("--stall-timeout", type=opt.float_range(0, 86400, lo_open=True), default=10.0,
                    metavar="SECONDS", help="abort when one owner holds a zone lock this long "
@@ -86,7 +98,9 @@ def run_config(args):
         max_order=args.max_order, working_set=args.working_set, hog_share=args.hog_share,
         hog_hold=args.hog_hold, pcp_batch=args.pcp_batch, pcp_high=args.pcp_high,
         lock_spin=args.lock_spin, lock_stats=args.lock_stats, seed=args.seed,
-        stall_timeout=args.stall_timeout,
+        stall_timeout=args.stall_timeout, report_order=args.report_order,
+        capacity=args.capacity, delay=args.delay, hv_latency=args.hv_latency,
+        discard=args.discard,
     ).resolved()
 
 

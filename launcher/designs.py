@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shmalloc.layout import HOOK_MAINLINE
+
 
 @dataclass(frozen=True)
 class Design:
@@ -24,6 +26,9 @@ class Design:
 
 DESIGNS: dict[str, Design] = {
     "none": Design("none", "no reporting: the baseline"),
+    "mainline": Design("mainline", "Linux 5.7 mm/page_reporting.c: Reported flag, budget, "
+                       "2 s delay", hook=HOOK_MAINLINE, reporter=True, hypervisor=True,
+                       defaults={"delay": 2.0}),
 }
 
 

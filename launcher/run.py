@@ -29,10 +29,15 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from shmalloc import invariants, lockstat, snapshot
-from shmalloc.config import DEFAULT_LOCK_SPIN, DEFAULT_MAX_ORDER, PAGE_SIZE
-from shmalloc.layout import (AG_PID, H_GO, H_STOP, HIST_ALLOC, HIST_FREE, NR_HIST_BUCKETS,
-                             WORKER_COUNTERS, WS_HIST, Z_LOCK_PID, Z_LOCK_SEQ)
+from hypervisor_stub import DISCARD_MODES, StubOptions, hypervisor_main
+from reporter import ReporterOptions, reporter_main
+from shmalloc import invariants, lockstat, snapshot, virtqueue
+from shmalloc.config import (DEFAULT_LOCK_SPIN, DEFAULT_MAX_ORDER, PAGE_REPORTING_CAPACITY,
+                             PAGE_SIZE, PAGEBLOCK_ORDER)
+from shmalloc.layout import (AG_PID, H_GO, H_STOP, HIST_ALLOC, HIST_FREE, MIGRATE_MOVABLE,
+                             NR_HIST_BUCKETS, REPORT_FIELDS, RS_HV_PAGES_DISCARDED,
+                             RS_PAGES_REPORTED, STOP_ABORT, STOP_HYPERVISOR, STOP_REPORTER,
+                             STOP_WORKERS, WORKER_COUNTERS, WS_HIST, Z_LOCK_PID, Z_LOCK_SEQ)
 from shmalloc.machine import ConfigError, Machine, MachineConfig
 from shmalloc.workload import THP_ORDER, WORKLOADS
 
@@ -68,10 +73,21 @@ class RunConfig:
     lock_stats: bool = True
     seed: int = 1
     stall_timeout: float = 10.0
+    report_order: int = PAGEBLOCK_ORDER
+    capacity: int = PAGE_REPORTING_CAPACITY
+    delay: float | None = None          # None: the design's default
+    hv_latency: float = 0.0
+    discard: str = "punch"
+
+    @property
+    def design(self) -> designs.Design:
+        return designs.DESIGNS[self.strategy]
 
     def resolved(self) -> "RunConfig":
         """Defaults that depend on other values filled in; validated."""
         cfg = self
+        if cfg.strategy in designs.DESIGNS and cfg.delay is None:
+            cfg = replace(cfg, delay=float(cfg.design.defaults.get("delay", 0.0)))
         if cfg.duration is None:
             cfg = replace(cfg, duration=0.0 if cfg.ops else 5.0)
         if cfg.working_set is None:
@@ -105,13 +121,32 @@ class RunConfig:
             raise ConfigError("--hog-share", f"must be in (0, 1], got {self.hog_share}")
         if self.stall_timeout <= 0:
             raise ConfigError("--stall-timeout", f"must be > 0, got {self.stall_timeout}")
+        if self.discard not in DISCARD_MODES:
+            raise ConfigError("--discard", f"must be one of {', '.join(DISCARD_MODES)}, "
+                              f"got {self.discard!r}")
+        if self.delay is not None and self.delay < 0:
+            raise ConfigError("--delay", f"must be >= 0, got {self.delay}")
+        if self.hv_latency < 0:
+            raise ConfigError("--hv-latency", f"must be >= 0, got {self.hv_latency}")
+        if self.design.hypervisor:
+            try:
+                virtqueue.check_limits(self.capacity)
+            except virtqueue.ProtocolError as e:
+                raise ConfigError(e.flag or "--capacity", str(e)) from None
 
     def machine_config(self) -> MachineConfig:
         return MachineConfig(memory=self.memory, zones=self.zones, max_order=self.max_order,
                              workers=self.workers, pcp_batch=self.pcp_batch,
                              pcp_high=self.pcp_high, lock_spin=self.lock_spin,
-                             lock_stats=self.lock_stats,
-                             strategy=designs.DESIGNS[self.strategy].hook)
+                             lock_stats=self.lock_stats, report_order=self.report_order,
+                             capacity=self.capacity, strategy=self.design.hook)
+
+    def reporter_options(self) -> ReporterOptions:
+        return ReporterOptions(design=self.strategy, delay=self.delay, capacity=self.capacity,
+                               report_order=self.report_order)
+
+    def stub_options(self) -> StubOptions:
+        return StubOptions(discard=self.discard, hv_latency=self.hv_latency)
 
     def plan(self, worker: int) -> WorkerPlan:
         hog_pages = int(self.hog_share * (self.memory // PAGE_SIZE)) // self.workers
@@ -169,27 +204,40 @@ def process_state(pid: int) -> str:
 # Kernels compiled before forking
 # ---------------------------------------------------------------------------
 
-def warm_kernels(machine: Machine) -> bool:
-    """Compile (or load from the cache) every kernel a child will call, in
-    this process, so the children inherit them.  True if all came from the
-    numba cache."""
-    from shmalloc import pcp, workload
+def warm_kernels(machine: Machine, strategy: str) -> bool:
+    """Compile (or load from the numba cache) every kernel a child will call,
+    in this process and without running it, so the forked children inherit
+    them and start at once.  True if all of them came from the cache."""
+    import numba
+
+    from reporter import mainline
+    from shmalloc import pcp, reporting, workload
     from shmalloc.lock import now_ticks
 
-    a = machine.control_agent
-    z = np.zeros(1, np.int64)
-    f, zs, mem = machine.frames, machine.zs, machine.mem
-    workload.run_chunks(f, zs, mem, a, 0, 1, 0, 1.0, z, z)            # max_ops 0: returns
-    workload.run_random(f, zs, mem, a, 1, machine.max_order, 0, 1, 1.0, z, z, z)
-    workload.hog_alloc(f, zs, mem, a, 0, 0, 1.0, z, z)
-    workload.free_blocks(f, zs, mem, a, z, z, 0, 1.0)
-    pcp.drain_pages(f, zs, a, a)
-    pcp.pcp_service_drain(f, zs, a)
-    now_ticks()
-    kernels = [workload.run_chunks, workload.run_random, workload.hog_alloc,
-               workload.free_blocks, pcp.drain_pages, pcp.pcp_service_drain]
-    return all(sum(k.stats.cache_misses.values()) == 0 for k in kernels
-               if hasattr(k, "stats"))
+    if not hasattr(now_ticks, "compile"):          # NUMBA_DISABLE_JIT
+        return False
+    a, f, zs, mem = machine.control_agent, machine.frames, machine.zs, machine.mem
+    arr = np.zeros(1, np.int64)
+    kernels = [
+        (workload.run_chunks, (f, zs, mem, a, 0, 1, 0, 1.0, arr, arr)),
+        (workload.run_random, (f, zs, mem, a, 1, 1, 0, 1, 1.0, arr, arr, arr)),
+        (workload.hog_alloc, (f, zs, mem, a, 0, 0, 1.0, arr, arr)),
+        (workload.free_blocks, (f, zs, mem, a, arr, arr, 0, 1.0)),
+        (pcp.drain_pages, (f, zs, a, a)),
+        (pcp.pcp_service_drain, (f, zs, a)),
+        (now_ticks, ()),
+    ]
+    if strategy == "mainline":
+        kernels += [
+            (mainline.reporting_cycle_step, (f, zs, a, 0, 0, 0, arr, arr, 0, 0, True, 0)),
+            (mainline.drain_batch, (f, zs, a, 0, arr, arr, 0, True)),
+            (reporting.page_reporting_request, (zs, a)),
+            (reporting.page_reporting_begin_pass, (zs,)),
+            (reporting.page_reporting_end_pass, (zs,)),
+        ]
+    for kernel, args in kernels:
+        kernel.compile(tuple(numba.typeof(x) for x in args))
+    return all(sum(k.stats.cache_misses.values()) == 0 for k, _ in kernels)
 
 
 # ---------------------------------------------------------------------------
@@ -203,7 +251,9 @@ class Run:
         self.label = label
         self.machine: Machine | None = None
         self.children: list[Child] = []
-        self.timeline = {"t_s": [], "free_bytes": [], "host_resident_bytes": []}
+        self.timeline = {"t_s": [], "free_bytes": [], "host_resident_bytes": [],
+                         "reported_bytes": [], "discarded_bytes": []}
+        self.queues: tuple = ()
         self.stall: dict[int, tuple[int, int, float]] = {}
         self.signal_received: int | None = None
         self.t_go = 0.0
@@ -228,12 +278,19 @@ class Run:
             return f"the launcher (pid {pid})"
         return f"pid {pid} ({process_state(pid)})"
 
-    def check_children(self, stopping: bool) -> None:
+    # the stop level at which each role is told to exit
+    EXIT_LEVEL = {"worker": STOP_WORKERS, "reporter": STOP_REPORTER,
+                  "hypervisor": STOP_HYPERVISOR}
+
+    def check_children(self) -> None:
+        """Abort if a child ended before it was told to (or failed)."""
+        level = int(self.machine.zs[H_STOP])
         for c in self.children:
             code = c.proc.exitcode
             if code is None:
                 continue
-            if code == 0 and c.role == "worker" and (stopping or self.cfg.ops):
+            told = level >= self.EXIT_LEVEL[c.role] or (c.role == "worker" and self.cfg.ops)
+            if code == 0 and told:
                 continue
             raise RunAborted(f"{c.name} (pid {c.pid}) {describe_exit(code)}")
 
@@ -263,6 +320,9 @@ class Run:
         self.timeline["t_s"].append(round(now - self.t_go, 3))
         self.timeline["free_bytes"].append(snapshot.free_pages(m) * PAGE_SIZE)
         self.timeline["host_resident_bytes"].append(m.host_resident_bytes())
+        rep = m.layout.off_report
+        self.timeline["reported_bytes"].append(int(m.zs[rep + RS_PAGES_REPORTED]) * PAGE_SIZE)
+        self.timeline["discarded_bytes"].append(int(m.zs[rep + RS_HV_PAGES_DISCARDED]) * PAGE_SIZE)
 
     def pages_done(self) -> int:
         m = self.machine
@@ -286,7 +346,7 @@ class Run:
         m = self.machine
         deadline = time.monotonic() + BIND_TIMEOUT_S
         while not all(m.zs[m.layout.agent(c.agent) + AG_PID] == c.pid for c in self.children):
-            self.check_children(stopping=False)
+            self.check_children()
             if self.signal_received:
                 raise RunAborted(self._signal_reason(), 128 + self.signal_received)
             if time.monotonic() > deadline:
@@ -308,7 +368,7 @@ class Run:
                 self.sample(now)
                 self._progress(now, last)
                 next_sample += SAMPLE_S
-            self.check_children(stopping=False)
+            self.check_children()
             self.check_locks(now)
             if self.signal_received:
                 raise RunAborted(self._signal_reason(), 128 + self.signal_received)
@@ -318,22 +378,27 @@ class Run:
                 return
             time.sleep(max(0.0, min(0.02, next_sample - time.monotonic())))
 
-    def _stop_workers(self) -> None:
-        m = self.machine
-        m.zs[H_STOP] = 1
+    def _stop(self) -> None:
+        """Stop in stages: workers give their memory back, then the reporter
+        puts its batch back, then the hypervisor stub goes."""
         self.t_stop = time.monotonic()
-        deadline = self.t_stop + STOP_TIMEOUT_S
-        while any(c.proc.exitcode is None for c in self.workers()):
-            now = time.monotonic()
-            self.check_children(stopping=True)
-            self.check_locks(now)
-            if now > deadline:
-                late = [c.name for c in self.workers() if c.proc.exitcode is None]
-                raise RunAborted(f"{', '.join(late)} did not stop within {STOP_TIMEOUT_S:g} s")
-            time.sleep(0.005)
-        self.check_children(stopping=True)
-        for c in self.workers():
-            c.proc.join()
+        for level, role in ((STOP_WORKERS, "worker"), (STOP_REPORTER, "reporter"),
+                            (STOP_HYPERVISOR, "hypervisor")):
+            self.machine.zs[H_STOP] = level
+            group = [c for c in self.children if c.role == role]
+            timeout = STOP_TIMEOUT_S + 2 * self.cfg.hv_latency
+            deadline = time.monotonic() + timeout
+            while any(c.proc.exitcode is None for c in group):
+                now = time.monotonic()
+                self.check_children()
+                self.check_locks(now)
+                if now > deadline:
+                    late = [c.name for c in group if c.proc.exitcode is None]
+                    raise RunAborted(f"{', '.join(late)} did not stop within {timeout:g} s")
+                time.sleep(0.005)
+            self.check_children()
+            for c in group:
+                c.proc.join()
 
     def _kill_all(self) -> None:
         for c in self.children:
@@ -353,8 +418,17 @@ class Run:
         outcome, reason, status = "ok", None, 0
         try:
             self.machine = Machine.create(cfg.machine_config())
-            self.cache_warm = warm_kernels(self.machine)
-            self.host_start = self.machine.host_resident_bytes()
+            m = self.machine
+            if cfg.design.hypervisor:
+                self.queues = virtqueue.create_queues(m.run_id, cfg.capacity)
+            self.cache_warm = warm_kernels(m, cfg.strategy)
+            self.host_start = m.host_resident_bytes()
+            if cfg.design.hypervisor:
+                self._start("hypervisor stub", "hypervisor", m.hypervisor_agent, hypervisor_main,
+                            m, m.hypervisor_agent, cfg.stub_options())
+            if cfg.design.reporter:
+                self._start("reporter", "reporter", m.reporter_agent, reporter_main, m,
+                            m.reporter_agent, cfg.reporter_options())
             for w in range(cfg.workers):
                 self._start(f"worker {w}", "worker", w, worker_main, self.machine, w, cfg.plan(w))
             self._wait_bound()
@@ -362,11 +436,11 @@ class Run:
             self.machine.zs[H_GO] = 1
             try:
                 self._watch()
-                self._stop_workers()
+                self._stop()
             except RunAborted as e:
                 outcome, reason, status = "aborted", str(e), e.exit_status
                 self.t_stop = self.t_stop or time.monotonic()
-                self.machine.zs[H_STOP] = 2
+                self.machine.zs[H_STOP] = STOP_ABORT
                 self._kill_all()
             self.sample(time.monotonic())
             if self.progress:
@@ -376,7 +450,10 @@ class Run:
             return record
         finally:
             self._kill_all()
+            for q in self.queues:
+                q.close()
             if self.machine is not None:
+                virtqueue.unlink_queues(self.machine.run_id)
                 self.machine.destroy()
             for s, h in old.items():
                 signal.signal(s, h)
@@ -424,6 +501,13 @@ class Run:
                                                      default=0)),
         }
         resident = self.timeline["host_resident_bytes"] or [m.host_resident_bytes()]
+        rep = m.layout.off_report
+        reporting = {name: int(m.zs[rep + i]) for i, name in enumerate(REPORT_FIELDS)}
+        reporting["ack_wait_s"] = round(reporting.pop("ack_wait_ticks") / tps, 4)
+        reporting["hv_discard_s"] = round(reporting.pop("hv_discard_ticks") / tps, 4)
+        del reporting["state"]
+        t_freed = min((w["t_freed"] for w in per_worker if w["t_freed"]), default=0)
+        freed_at = (t_freed - min(starts)) / tps if t_freed and starts else None
         memory = {
             "guest_bytes": cfg.memory,
             "host_resident_bytes_start": self.host_start,
@@ -431,6 +515,14 @@ class Run:
             "host_resident_bytes_min": min(resident),
             "host_resident_bytes_max": max(resident),
             "free_bytes_end": snapshot.free_pages(m) * PAGE_SIZE,
+            "free_unreportable_bytes_end": free_below_order(m, cfg.report_order) * PAGE_SIZE,
+            "reported_bytes": reporting["pages_reported"] * PAGE_SIZE,
+            "discarded_bytes": reporting["hv_pages_discarded"] * PAGE_SIZE,
+            "footprint_gib_s": round(footprint_gib_s(self.timeline), 4),
+            "freed_at_s": None if freed_at is None else round(freed_at, 3),
+            "half_returned_s": half_returned_s(self.timeline, freed_at,
+                                               total["pages_allocated"] * PAGE_SIZE)
+            if cfg.workload == "hog" else None,
             "timeline": self.timeline,
         }
         if outcome == "ok":
@@ -447,6 +539,7 @@ class Run:
             "memory": memory,
             "refaults": total["refaults"],
             "minor_faults": total["minor_faults"],
+            "reporting": reporting,
             "safety": {
                 "use_after_discard": total["use_after_discard"],
                 "double_allocations": total["foreign_canary"],
@@ -476,6 +569,37 @@ def percentiles(hist: np.ndarray, exact_max: int) -> dict:
         out[name] = min(bucket_upper(idx), exact_max) if exact_max else bucket_upper(idx)
     out["max"] = int(exact_max)
     return out
+
+
+def free_below_order(machine: Machine, order: int) -> int:
+    """Free pages in blocks below ``order``: what no design reporting at that
+    order can give back (fragmentation's cost)."""
+    return sum(snapshot.nr_free(machine, z, o, MIGRATE_MOVABLE) << o
+               for z in range(machine.nr_zones) for o in range(min(order, machine.max_order)))
+
+
+def footprint_gib_s(timeline: dict) -> float:
+    """Host-resident memory integrated over the run (trapezoids), GiB x s:
+    the measure the HyperAlloc paper compares designs by."""
+    t, r = timeline["t_s"], timeline["host_resident_bytes"]
+    area = sum((t[i + 1] - t[i]) * (r[i + 1] + r[i]) / 2 for i in range(len(t) - 1))
+    return area / GIB
+
+
+def half_returned_s(timeline: dict, freed_at: float | None, freed_bytes: int) -> float | None:
+    """Seconds from the moment the workers had freed their memory until the
+    host held half of it less than then; None if that never happened."""
+    if freed_at is None or freed_bytes <= 0:
+        return None
+    t, r = timeline["t_s"], timeline["host_resident_bytes"]
+    before = [x for x, ts in zip(r, t) if ts <= freed_at]
+    if not before:
+        return None
+    target = before[-1] - freed_bytes / 2
+    for x, ts in zip(r, t):
+        if ts > freed_at and x <= target:
+            return round(ts - freed_at, 3)
+    return None
 
 
 def bucket_upper(idx: int) -> int:

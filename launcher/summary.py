@@ -51,13 +51,35 @@ def format_run(run: dict, lock_table: bool = True) -> list[str]:
     if lock_table:
         lines += [""] + lockstat.format_lock_stat(run["locks"])
         lines += lockstat.format_contention(run["locks"])
+    rep = run.get("reporting")
+    if rep and run["config"]["strategy"] != "none":
+        lines += ["", f"reporting ({run['config']['strategy']})",
+                  f"  passes {rep['cycles']}, requests {rep['requests']}, reports "
+                  f"{rep['reports']}, ranges {rep['ranges_reported']} "
+                  f"({fmt_bytes(rep['pages_reported'] * 4096)})",
+                  f"  waiting for the hypervisor {rep['ack_wait_s']:.3f} s, re-reports "
+                  f"{rep['re_reports']}, pages not taken {rep['pages_not_taken']}, "
+                  f"budget exhausted {rep['budget_exhausted']}, errors {rep['report_errors']}",
+                  "hypervisor stub",
+                  f"  reports {rep['hv_requests']}, ranges {rep['hv_ranges']}, discarded "
+                  f"{fmt_bytes(rep['hv_pages_discarded'] * 4096)} in {rep['hv_discard_s']:.3f} s"
+                  f", errors {rep['hv_errors']}"]
+        if rep.get("installs") or rep.get("scans"):
+            lines.append(f"  host scans {rep['scans']}, installs {rep['installs']}")
     lines += ["", "memory",
               f"  guest                {fmt_bytes(mem['guest_bytes'])}",
               f"  host-resident        start {fmt_bytes(mem['host_resident_bytes_start'])}, "
               f"end {fmt_bytes(mem['host_resident_bytes_end'])}, "
               f"min {fmt_bytes(mem['host_resident_bytes_min'])}, "
               f"max {fmt_bytes(mem['host_resident_bytes_max'])}",
-              f"  free at end          {fmt_bytes(mem['free_bytes_end'])}"]
+              f"  footprint            {mem.get('footprint_gib_s', 0):.3f} GiB*s",
+              f"  free at end          {fmt_bytes(mem['free_bytes_end'])}, of which in blocks "
+              f"below order {run['config'].get('report_order', 9)}: "
+              f"{fmt_bytes(mem.get('free_unreportable_bytes_end', 0))}"]
+    if mem.get("half_returned_s") is not None or mem.get("freed_at_s") is not None:
+        half = mem.get("half_returned_s")
+        lines.append(f"  hog freed at         {mem['freed_at_s']:.2f} s; half of it back on the "
+                     f"host " + (f"{half:.2f} s later" if half is not None else "never"))
     lines += ["", "safety",
               f"  use-after-discard    {safety['use_after_discard']}",
               f"  double allocations   {safety['double_allocations']}",

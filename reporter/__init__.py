@@ -4,3 +4,8 @@ Builds on the core (``shmalloc``): the core offers the free-path hook, the
 zone lock and the free-list primitives; a design supplies its cycle; the
 hypervisor stub is only what stands behind ``report(batch)``.
 """
+
+from . import mainline  # noqa: F401,E402  (registers the design)
+from .process import IMPLEMENTATIONS, ReporterOptions, reporter_main  # noqa: E402
+
+__all__ = ["IMPLEMENTATIONS", "ReporterOptions", "reporter_main"]

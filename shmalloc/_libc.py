@@ -106,6 +106,11 @@ if JIT_DISABLED:
     def bit_length(v):
         return int(v).bit_length()
 
+    def atomic_xchg(arr, idx, new):
+        prev = int(arr[idx])
+        arr[idx] = new
+        return prev
+
 else:
     from llvmlite import ir
     from numba import types
@@ -210,6 +215,20 @@ else:
                                            wraparound=False)
             res = builder.cmpxchg(ptr, args[2], args[3], "seq_cst", "seq_cst")
             return builder.extract_value(res, 0)
+
+        return sig, codegen
+
+    @intrinsic
+    def atomic_xchg(typingctx, arr, idx, new):
+        """Atomic exchange of ``arr[idx]`` across processes; returns the old value."""
+        sig = types.int64(arr, types.int64, types.int64)
+
+        def codegen(context, builder, signature, args):
+            aryty = signature.args[0]
+            ary = context.make_array(aryty)(context, builder, args[0])
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]],
+                                           wraparound=False)
+            return builder.atomic_rmw("xchg", ptr, args[2], "seq_cst")
 
         return sig, codegen
 

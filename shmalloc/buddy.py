@@ -15,14 +15,17 @@ migratetypes (there are only MOVABLE and ISOLATE), no watermarks on the
 allocation path (a zone either has a free block or the allocator tries the
 next zone), and a freed block goes to the head of its list unless the caller
 asks for the tail (the kernel's ``buddy_merge_likely`` tail heuristic is left
-out; page reporting puts reported pages back at the tail, as 5.7 does).
+out; reported pages are put back at the tail, as Linux does since 5.10's
+FPI_TO_TAIL, so allocations prefer pages the host still backs).
 """
 
 from __future__ import annotations
 
 from .config import inline
 from .freelist import add_to_free_list, del_page_from_free_list
-from .layout import (H_MAX_ORDER, H_PAGEBLOCK_ORDER, PS_ALLOC, PS_BUDDY, PS_NONE,
+from .reporting import page_reporting_notify_free
+from .layout import (H_MAX_ORDER, H_PAGEBLOCK_ORDER, H_STRATEGY, HOOK_MAINLINE, PS_ALLOC,
+                     PS_BUDDY, PS_NONE,
                      Z_FREE_HEAD, free_list_slot, get_pageblock_migratetype, zone_base)
 
 
@@ -71,10 +74,11 @@ def page_is_buddy(frames, buddy, order):
 
 
 @inline
-def free_one_page(frames, zs, zone, pfn, order, mt, tail):
+def free_one_page(frames, zs, agent, zone, pfn, order, mt, tail, notify):
     """``__free_one_page``: merge the block at ``pfn`` with its free buddies,
-    then put the result on ``free_area[order][mt]``.  Returns the final
-    (pfn, order).
+    then put the result on ``free_area[order][mt]``, and with ``notify`` tell
+    the reporting design (``page_reporting_notify_free``; put-backs of
+    reported pages do not).  Returns the final (pfn, order).
 
     A buddy merges only if it is a free head of the same order whose pageblock
     has the same migratetype: an isolated pageblock never merges with a
@@ -95,4 +99,6 @@ def free_one_page(frames, zs, zone, pfn, order, mt, tail):
         pfn &= buddy
         order += 1
     add_to_free_list(frames, zs, zone, pfn, order, mt, tail)
+    if notify and zs[H_STRATEGY] == HOOK_MAINLINE:
+        page_reporting_notify_free(zs, agent, order)
     return pfn, order

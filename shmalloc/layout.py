@@ -157,6 +157,48 @@ HIST_FREE = 1
 NR_HISTS = 2
 
 # ---------------------------------------------------------------------------
+# Free page reporting: the free-path hook a design installs, and its state and
+# statistics, declared once (the reporter, the hypervisor stub, the summary
+# and the JSON all read them by name).
+# ---------------------------------------------------------------------------
+HOOK_NONE = 0         # nothing on the free path (none, callback, isolate)
+HOOK_MAINLINE = 1     # page_reporting_notify_free (Linux 5.7)
+HOOK_BOUNDARY = 2     # Duyck v9: boundary pointers kept by add/del
+HOOK_BITMAP = 3       # Nitesh v12: a bit per report-order block
+HOOK_HOSTSCAN = 4     # HyperAlloc-style host scan: installs counted on allocation
+
+# prdev->state
+REPORTING_IDLE = 0
+REPORTING_REQUESTED = 1
+REPORTING_ACTIVE = 2
+
+REPORT_FIELDS = (
+    "state",             # REPORTING_IDLE / _REQUESTED / _ACTIVE
+    "requests",          # IDLE -> REQUESTED edges: the reporter was woken
+    "cycles",            # passes over all zones (page_reporting_process)
+    "reports",           # report() calls: messages to the hypervisor
+    "ranges_reported",   # blocks in those reports
+    "pages_reported",    # pages in those reports
+    "re_reports",        # blocks reported again, unchanged since (bitmap)
+    "ack_wait_ticks",    # time waiting for the hypervisor's acknowledgements
+    "pages_not_taken",   # free pages a cycle found but could not take
+    "report_errors",     # reports the hypervisor failed
+    "budget_exhausted",  # lists left early with the budget spent
+    "hv_requests",       # reports the hypervisor stub received
+    "hv_ranges",
+    "hv_pages_discarded",
+    "hv_discard_ticks",  # time the stub spent discarding
+    "hv_errors",         # discards that failed
+    "installs",          # hostscan: reclaimed blocks the guest allocated again
+    "scans",             # hostscan: passes of the host scanner
+)
+(RS_STATE, RS_REQUESTS, RS_CYCLES, RS_REPORTS, RS_RANGES_REPORTED, RS_PAGES_REPORTED,
+ RS_RE_REPORTS, RS_ACK_WAIT_TICKS, RS_PAGES_NOT_TAKEN, RS_REPORT_ERRORS, RS_BUDGET_EXHAUSTED,
+ RS_HV_REQUESTS, RS_HV_RANGES, RS_HV_PAGES_DISCARDED, RS_HV_DISCARD_TICKS, RS_HV_ERRORS,
+ RS_INSTALLS, RS_SCANS) = range(18)
+REPORT_SLOTS = 64
+
+# ---------------------------------------------------------------------------
 # zs: header slots
 # ---------------------------------------------------------------------------
 ZS_MAGIC = 0x53484D414C4C4F43          # "SHMALLOC"
@@ -165,8 +207,15 @@ ZS_VERSION = 1
  H_PAGEBLOCK_ORDER, H_NR_AGENTS, H_NR_WORKERS, H_PCP_BATCH, H_PCP_HIGH, H_LOCK_SPIN,
  H_LOCK_STATS, H_TICKS_PER_SEC, H_STRATEGY, H_REPORT_ORDER, H_CAPACITY, H_STOP,
  H_GO, H_OFF_AGENTS, H_OFF_PCP, H_OFF_PAGEBLOCK, H_OFF_WSTATS, H_OFF_STRAT,
- H_STRAT_SLOTS, H_SIZE, H_NR_PAGEBLOCKS, H_ZONE_SHIFT) = range(28)
+ H_STRAT_SLOTS, H_SIZE, H_NR_PAGEBLOCKS, H_ZONE_SHIFT, H_OFF_REPORT) = range(29)
 HEADER_SLOTS = 64
+
+# H_STOP: the launcher stops the run in stages, so that the reporter can put
+# its batch back before the hypervisor stub goes away.
+STOP_WORKERS = 1      # workers free everything and exit
+STOP_REPORTER = 2     # the reporter finishes its report, drains and exits
+STOP_HYPERVISOR = 3   # the hypervisor stub exits
+STOP_ABORT = 9        # everyone stops now; the launcher kills what remains
 
 # zs: per-zone struct, fixed stride from ZONES_OFF
 ZONES_OFF = HEADER_SLOTS
@@ -179,6 +228,7 @@ Z_LOCK_SEQ = 5        # acquisitions ever; a stall is an owner whose seq stands
 Z_LOCK_T0 = 6         # ticks at acquisition (only with lock statistics on)
 Z_LOCK_CPU = 7        # cpu of the last acquirer (for the bounce counters)
 Z_LOCK_CALLER = 8     # caller class of the current holder
+Z_WMARK_MIN = 9       # min watermark in pages (__isolate_free_page keeps above it)
 Z_FREE_HEAD = 16                                      # [order][mt] first pfn or -1
 Z_FREE_TAIL = Z_FREE_HEAD + MAX_ORDER_LIMIT * MIGRATE_TYPES  # [order][mt] last pfn
 Z_NR_FREE = Z_FREE_TAIL + MAX_ORDER_LIMIT * MIGRATE_TYPES    # [order][mt] list length
@@ -242,6 +292,11 @@ def wstats_base(zs, agent):
 
 
 @inline
+def report_slot(zs, field):
+    return zs[H_OFF_REPORT] + field
+
+
+@inline
 def pfn_to_zone(zs, pfn):
     shift = zs[H_ZONE_SHIFT]          # zones are usually a power of two pages
     if shift >= 0:
@@ -289,6 +344,8 @@ class Layout:
         off += ((self.nr_pageblocks + 7) // 8) * 8
         self.off_wstats = off
         off += nr_agents * WSTATS_STRIDE
+        self.off_report = off
+        off += REPORT_SLOTS
         self.off_strat = off
         self.strat_slots = ((strat_slots + 7) // 8) * 8
         off += self.strat_slots
@@ -311,6 +368,7 @@ class Layout:
         zs[H_OFF_PAGEBLOCK] = self.off_pageblock
         zs[H_OFF_WSTATS] = self.off_wstats
         zs[H_OFF_STRAT] = self.off_strat
+        zs[H_OFF_REPORT] = self.off_report
         zs[H_STRAT_SLOTS] = self.strat_slots
         zs[H_SIZE] = self.size
 

@@ -34,7 +34,7 @@ from ._libc import measure_ticks_per_sec, sem_pointer, sem_release_pointer
 from .config import (DEFAULT_MAX_ORDER, DEFAULT_PCP_BATCH, DEFAULT_PCP_HIGH, MAX_ORDER_LIMIT,
                      MAX_WORKERS, MAX_ZONES, PAGE_REPORTING_CAPACITY, PAGE_SIZE,
                      PAGEBLOCK_ORDER, DEFAULT_LOCK_SPIN)
-from .layout import (AG_DRAIN_DONE, AG_PREF_ZONE, AG_DRAIN_REQ, AG_PID, AG_ROLE, AG_SEM, E_NOMEM,
+from .layout import (AG_DRAIN_DONE, AG_PREF_ZONE, AG_SEM_AUX, Z_WMARK_MIN, AG_DRAIN_REQ, AG_PID, AG_ROLE, AG_SEM, E_NOMEM,
                      ERROR_TEXT, FRAME_DTYPE, H_CAPACITY, H_LOCK_SPIN, H_LOCK_STATS,
                      H_NR_WORKERS, H_NR_ZONES, H_PCP_BATCH, H_PCP_HIGH, H_REPORT_ORDER, H_STRATEGY,
                      H_TICKS_PER_SEC, LS_MIN_FIELDS, LS_INF, MIGRATE_MOVABLE, NR_CALLERS,
@@ -153,15 +153,15 @@ def nr_agents(cfg: MachineConfig) -> int:
     return cfg.workers + 3
 
 
-def _wmark_low_pages(zone_pages: int, total_pages: int) -> int:
-    """The zone's low watermark as the kernel sizes it by default:
-    min_free_kbytes = sqrt(16 * lowmem_kbytes) (clamped to 128..65536),
-    the zone's share of it, plus max(min/4, 0.1% of the zone)
+def _watermarks(zone_pages: int, total_pages: int) -> tuple[int, int]:
+    """The zone's (min, low) watermarks as the kernel sizes them by default:
+    min_free_kbytes = sqrt(16 * lowmem_kbytes) (clamped to 128..65536), the
+    zone's share of it is min; low adds max(min/4, 0.1% of the zone)
     (__setup_per_zone_wmarks, watermark_scale_factor 10)."""
     kbytes = total_pages * PAGE_SIZE // 1024
     min_free_kb = min(max(int((16 * kbytes) ** 0.5), 128), 65536)
     zone_min = min_free_kb * 1024 // PAGE_SIZE * zone_pages // total_pages
-    return zone_min + max(zone_min // 4, zone_pages * 10 // 10000)
+    return zone_min, zone_min + max(zone_min // 4, zone_pages * 10 // 10000)
 
 
 class Machine:
@@ -170,7 +170,7 @@ class Machine:
     ROLES = ("zones", "frames", "guest")
 
     def __init__(self, run_id: str, zones_obj: shm.SharedObject, frames_obj: shm.SharedObject,
-                 guest_obj: shm.SharedObject, sems: list, creator: bool):
+                 guest_obj: shm.SharedObject, sems: list, wake, creator: bool):
         self.run_id = run_id
         self.creator = creator
         self._objs = [zones_obj, frames_obj, guest_obj]
@@ -181,6 +181,8 @@ class Machine:
         self.mem = guest_obj.array(np.int64)     # canaries are int64 words
         self._sems = sems
         self._sem_ptrs = [sem_pointer(s.name) for s in sems]
+        self.wake = wake                       # the reporting design's wake-up semaphore
+        self._wake_ptr = sem_pointer(wake.name)
         self.agent = None
         self._closed = False
 
@@ -210,8 +212,10 @@ class Machine:
             for z in range(cfg.zones):
                 sems.append(shm.create_semaphore(shm.object_name(run_id, f"zone{z}")))
                 created.append(sems[-1])
+            wake = shm.create_semaphore(shm.object_name(run_id, "wake"), 0)
+            created.append(wake)
             _init_metadata(zones_obj.array(np.int64), frames_obj.array(FRAME_DTYPE), layout, cfg)
-            machine = cls(run_id, zones_obj, frames_obj, guest_obj, sems, creator=True)
+            machine = cls(run_id, zones_obj, frames_obj, guest_obj, sems, wake, creator=True)
             # Every agent slot starts with the creator's sem_t pointers: they
             # are valid in the creator and in every process it forks.  A
             # process that attached on its own binds its agent to its own.
@@ -240,7 +244,8 @@ class Machine:
             zs = objs[0].array(np.int64)
             sems = [shm.open_semaphore(shm.object_name(run_id, f"zone{z}"))
                     for z in range(int(zs[H_NR_ZONES]))]
-            return cls(run_id, *objs, sems, creator=False)
+            wake = shm.open_semaphore(shm.object_name(run_id, "wake"))
+            return cls(run_id, *objs, sems, wake, creator=False)
         except BaseException:
             for obj in objs:
                 obj.close()
@@ -260,6 +265,7 @@ class Machine:
         base = self.layout.agent(agent)
         for z, ptr in enumerate(self._sem_ptrs):
             self.zs[base + AG_SEM + z] = ptr
+        self.zs[base + AG_SEM_AUX] = self._wake_ptr
 
     def unbind(self) -> None:
         if self.agent is not None:
@@ -275,7 +281,8 @@ class Machine:
         self._closed = True
         for ptr in self._sem_ptrs:
             sem_release_pointer(ptr)
-        for s in self._sems:
+        sem_release_pointer(self._wake_ptr)
+        for s in self._sems + [self.wake]:
             s.close()
         self.zs = self.frames = self.mem = None
         for obj in self._objs:
@@ -283,7 +290,7 @@ class Machine:
 
     def object_names(self) -> list[str]:
         names = [shm.object_name(self.run_id, r) for r in self.ROLES]
-        return names + [s.name for s in self._sems]
+        return names + [s.name for s in self._sems] + [self.wake.name]
 
     def unlink(self) -> None:
         """Remove the names of every object of this machine."""
@@ -291,6 +298,7 @@ class Machine:
             shm.unlink_shm(shm.object_name(self.run_id, role))
         for z in range(len(self._sems)):
             shm.unlink_semaphore(shm.object_name(self.run_id, f"zone{z}"))
+        shm.unlink_semaphore(shm.object_name(self.run_id, "wake"))
 
     def destroy(self) -> None:
         self.unlink()
@@ -410,6 +418,10 @@ class Machine:
     def guest_fd(self) -> int:
         return self._guest.fd
 
+    @property
+    def guest_mmap(self):
+        return self._guest.mm
+
 
 def _init_metadata(zs: np.ndarray, frames: np.ndarray, layout: Layout, cfg: MachineConfig) -> None:
     """Fill a new machine's metadata: every page free, locks unowned."""
@@ -436,7 +448,8 @@ def _init_metadata(zs: np.ndarray, frames: np.ndarray, layout: Layout, cfg: Mach
         zb = layout.zone(z)
         zs[zb + Z_START_PFN] = z * layout.zone_pages
         zs[zb + Z_NR_PAGES] = layout.zone_pages
-        zs[zb + Z_WMARK_LOW] = _wmark_low_pages(layout.zone_pages, layout.nr_pages)
+        zs[zb + Z_WMARK_MIN], zs[zb + Z_WMARK_LOW] = _watermarks(layout.zone_pages,
+                                                                layout.nr_pages)
         zs[zb + Z_FREE_HEAD: zb + Z_FREE_HEAD + nslots] = -1
         zs[zb + Z_FREE_TAIL: zb + Z_FREE_TAIL + nslots] = -1
         zs[zb + Z_LOCK_AGENT] = -1

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from .buddy import free_one_page, prep_new_page, rmqueue_smallest
 from .config import inline, jit
-from .freelist import add_to_free_list
+from .freelist import add_to_free_list, del_page_from_free_list
 from .layout import (AG_PREF_ZONE, CALLER_ALLOC, CALLER_FREE, E_BAD_ORDER, E_BAD_PFN, E_DOUBLE_FREE,
                      E_NOMEM, E_NOT_ALLOCATED, E_NOT_OWNER, E_WRONG_ORDER, H_MAX_ORDER,
                      H_NR_PAGES, H_NR_ZONES, H_PCP_BATCH, MIGRATE_MOVABLE, PS_ALLOC,
-                     PS_BUDDY, PS_INFLIGHT, PS_PCP, agent_base, get_pageblock_migratetype,
-                     next_zone, pfn_to_zone)
+                     PS_BUDDY, PS_INFLIGHT, PS_PCP, MIGRATE_ISOLATE, Z_NR_FREE, Z_WMARK_MIN,
+                     agent_base, free_list_slot, get_pageblock_migratetype, next_zone,
+                     pfn_to_zone, zone_base)
 from .lock import zone_lock, zone_unlock
 from .pcp import pcp_alloc, pcp_free
 
@@ -90,7 +91,8 @@ def free_pages(frames, zs, agent, pfn, order):
     zone_lock(zs, agent, zone, CALLER_FREE)
     err = check_free(frames, agent, pfn, order)
     if err == 0:
-        free_one_page(frames, zs, zone, pfn, order, get_pageblock_migratetype(zs, pfn), False)
+        free_one_page(frames, zs, agent, zone, pfn, order, get_pageblock_migratetype(zs, pfn),
+                      False, True)
     zone_unlock(zs, agent, zone, CALLER_FREE)
     return err
 
@@ -105,3 +107,40 @@ def init_free_lists(frames, zs):
     for pfn in range(0, nr_pages, max_block):
         add_to_free_list(frames, zs, pfn_to_zone(zs, pfn), pfn, zs[H_MAX_ORDER] - 1,
                          MIGRATE_MOVABLE, True)
+
+
+@inline
+def zone_free_pages(zs, zone):
+    """NR_FREE_PAGES of ``zone``: pages on its non-isolated free lists."""
+    zb = zone_base(zone)
+    total = 0
+    for order in range(zs[H_MAX_ORDER]):
+        total += zs[zb + Z_NR_FREE + free_list_slot(order, MIGRATE_MOVABLE)] << order
+    return total
+
+
+@inline
+def isolate_free_page(frames, zs, agent, zone, pfn, order, mt):
+    """``__isolate_free_page``: take the free block at ``pfn`` off its list
+    for ``agent``'s batch, unless that would take the zone below its min
+    watermark (as if the block were being allocated).  The block becomes
+    PS_INFLIGHT: on no list, owned by ``agent``, found by the accounting if
+    the agent dies.  Zone lock held.  Returns True if taken."""
+    if mt != MIGRATE_ISOLATE:
+        if zone_free_pages(zs, zone) - (1 << order) < zs[zone_base(zone) + Z_WMARK_MIN]:
+            return False
+    del_page_from_free_list(frames, zs, zone, pfn, order, mt)
+    frames[pfn]['order'] = order
+    frames[pfn]['state'] = PS_INFLIGHT
+    frames[pfn]['owner'] = agent
+    return True
+
+
+@inline
+def putback_isolated_page(frames, zs, agent, zone, pfn, order, mt):
+    """``__putback_isolated_page``: return a batch block to the tail of its
+    free list (merging as usual) without notifying reporting.  Zone lock
+    held.  Returns True if the block is still a free block of that order
+    (it did not merge), i.e. it may be marked Reported."""
+    free_one_page(frames, zs, agent, zone, pfn, order, mt, True, False)
+    return frames[pfn]['state'] == PS_BUDDY and frames[pfn]['order'] == order

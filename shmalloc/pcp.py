@@ -63,7 +63,8 @@ def free_pcppages_bulk(frames, zs, agent, target, zone, count):
         if pfn < 0:
             break
         list_del(frames, zs, pb + PCP_HEAD, pb + PCP_TAIL, pfn)
-        free_one_page(frames, zs, zone, pfn, 0, get_pageblock_migratetype(zs, pfn), False)
+        free_one_page(frames, zs, agent, zone, pfn, 0, get_pageblock_migratetype(zs, pfn),
+                      False, True)
         freed += 1
     zone_unlock(zs, agent, zone, CALLER_FREE)
     zs[pb + PCP_COUNT] -= freed

@@ -20,10 +20,10 @@ from shmalloc.shm import IPCError
 def test_objects_are_named_private_and_exclusive(make_machine):
     m = make_machine()
     names = m.object_names()
-    assert {n.rsplit("-", 1)[1] for n in names} == {"zones", "frames", "guest", "zone0"}
+    assert {n.rsplit("-", 1)[1] for n in names} == {"zones", "frames", "guest", "zone0", "wake"}
     for n in names:
         assert n.startswith(f"/shmalloc-{m.run_id}-")
-        path = f"/dev/shm/{'sem.' if n.endswith('zone0') else ''}{n[1:]}"
+        path = f"/dev/shm/{'sem.' if n[-5:] in ('zone0', '-wake') else ''}{n[1:]}"
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert m.run_id.split("-")[0] == str(os.getpid())
     with pytest.raises(IPCError, match="already exists"):
@@ -115,7 +115,7 @@ def test_cleanup_removes_dead_runs_only(make_machine):
     live = make_machine()
     dead = _killed_creator_run_id()
     runs = shm.list_runs()
-    assert len(runs[dead].names) == 5           # zones, frames, guest, 2 zone locks
+    assert len(runs[dead].names) == 6           # zones, frames, guest, 2 zone locks, wake
     removed, live_ids = shm.cleanup(dry_run=True)
     assert set(runs[dead].names) <= set(removed)
     assert dead in shm.list_runs()              # a dry run removes nothing

@@ -1,0 +1,125 @@
+"""The hypervisor stub: takes reports off the virtqueue, discards the memory
+behind them, acknowledges.
+
+Models the host side of virtio-balloon free page reporting: QEMU's
+``virtio_balloon_handle_report`` ends in ``ram_block_discard_range``, which
+for shared guest memory is ``fallocate(FALLOC_FL_PUNCH_HOLE |
+FALLOC_FL_KEEP_SIZE)`` on the backing file, or ``madvise(MADV_REMOVE)`` on
+the mapping.  Only these two give tmpfs pages back to the host
+(``MADV_DONTNEED`` would only unmap them from this process).  The next guest
+write to such a page faults and gets a fresh zeroed page: a refault, and a
+zeroed canary if the guest still thought it owned the page.
+
+``--discard none`` only records the ranges (free page *hints*, as for live
+migration); ``--hv-latency`` waits that long per report before discarding,
+as a busy host would.  The stub never reads guest memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import signal
+import time
+from dataclasses import dataclass
+
+import posix_ipc
+
+from shmalloc import virtqueue
+from shmalloc._libc import die_with_parent
+from shmalloc.config import PAGE_SHIFT
+from shmalloc.layout import (H_STOP, ROLE_HYPERVISOR, RS_HV_DISCARD_TICKS, RS_HV_ERRORS,
+                             RS_HV_PAGES_DISCARDED, RS_HV_RANGES, RS_HV_REQUESTS, STOP_HYPERVISOR)
+from shmalloc.lock import now_ticks
+
+DISCARD_MODES = ("punch", "remove", "none")
+POLL_S = 0.05
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_libc.fallocate.restype = ctypes.c_int
+
+
+@dataclass(frozen=True)
+class StubOptions:
+    discard: str = "punch"
+    hv_latency: float = 0.0
+
+
+def punch_hole(fd: int, offset: int, length: int) -> int:
+    """fallocate(PUNCH_HOLE | KEEP_SIZE): 0 or -errno."""
+    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        return -ctypes.get_errno()
+    return 0
+
+
+def madvise_remove(mm: mmap.mmap, offset: int, length: int) -> int:
+    try:
+        mm.madvise(mmap.MADV_REMOVE, offset, length)
+    except OSError as e:
+        return -(e.errno or errno.EIO)
+    return 0
+
+
+class Hypervisor:
+    """The host side of the report virtqueue for one guest."""
+
+    def __init__(self, machine, opts: StubOptions):
+        self.m = machine
+        self.opts = opts
+        self.stats = machine.layout.off_report
+
+    def discard(self, pfn: int, order: int) -> int:
+        offset, length = pfn << PAGE_SHIFT, 1 << (order + PAGE_SHIFT)
+        if self.opts.discard == "punch":
+            return punch_hole(self.m.guest_fd, offset, length)
+        return madvise_remove(self.m.guest_mmap, offset, length)
+
+    def handle(self, kind: int, ranges) -> int:
+        """Act on one report; returns the status to acknowledge."""
+        zs, st = self.m.zs, self.stats
+        zs[st + RS_HV_REQUESTS] += 1
+        zs[st + RS_HV_RANGES] += len(ranges)
+        if self.opts.hv_latency:
+            time.sleep(self.opts.hv_latency)
+        if kind != virtqueue.KIND_REPORT or self.opts.discard == "none":
+            return 0                                   # a hint: record only
+        status = 0
+        t0 = now_ticks()
+        for pfn, order in ranges:
+            err = self.discard(pfn, order)
+            if err:
+                zs[st + RS_HV_ERRORS] += 1
+                status = err
+            else:
+                zs[st + RS_HV_PAGES_DISCARDED] += 1 << order
+        zs[st + RS_HV_DISCARD_TICKS] += now_ticks() - t0
+        return status
+
+    def serve(self) -> None:
+        """Answer reports until the launcher says stop."""
+        report_q, ack_q = virtqueue.open_queues(self.m.run_id)
+        try:
+            while self.m.zs[H_STOP] < STOP_HYPERVISOR:
+                try:
+                    msg, _ = report_q.receive(POLL_S)
+                except posix_ipc.BusyError:
+                    continue
+                kind, req_id, ranges = virtqueue.decode_report(msg)
+                ack_q.send(virtqueue.encode_ack(req_id, self.handle(kind, ranges)))
+        finally:
+            report_q.close()
+            ack_q.close()
+
+
+def hypervisor_main(machine, agent: int, opts: StubOptions) -> None:
+    """Entry point of the hypervisor stub process (forked by the launcher)."""
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    machine.bind(agent, ROLE_HYPERVISOR)
+    Hypervisor(machine, opts).serve()
+

@@ -1,0 +1,48 @@
+"""In-process helpers for testing reporting designs without processes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reporter import IMPLEMENTATIONS, ReporterOptions
+from shmalloc import snapshot
+from shmalloc.layout import PG_REPORTED, ROLE_REPORTER
+
+
+class RecordingDevice:
+    """Stands behind report(): records the ranges, acknowledges at once."""
+
+    def __init__(self, status: int = 0):
+        self.reports: list[list[tuple[int, int]]] = []
+        self.status = status
+        self.on_report = None
+
+    def report(self, pfns, orders, n):
+        self.reports.append([(int(pfns[i]), int(orders[i])) for i in range(n)])
+        if self.on_report:
+            self.on_report()
+        return self.status
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return sorted(r for rep in self.reports for r in rep)
+
+
+def design(machine, name: str, device=None, capacity: int = 4, report_order: int = 9,
+           **kw):
+    """A design object bound to the machine's reporter agent, in this process."""
+    acting = machine.agent
+    machine.bind(machine.reporter_agent, ROLE_REPORTER)
+    machine.agent = acting                      # Python calls still act as before
+    opts = ReporterOptions(design=name, delay=0.0, capacity=capacity,
+                           report_order=report_order, **kw)
+    return IMPLEMENTATIONS[name](machine, machine.reporter_agent, device or RecordingDevice(),
+                                opts)
+
+
+def free_blocks_at_least(machine, order: int) -> list[tuple[int, int]]:
+    return sorted((p, o) for (z, o, mt), lst in snapshot.free_areas(machine).items()
+                  for p in lst if o >= order and mt == 0)
+
+
+def reported(machine) -> list[int]:
+    return [int(p) for p in np.flatnonzero(machine.frames["flags"] & PG_REPORTED)]

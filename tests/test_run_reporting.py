@@ -1,0 +1,108 @@
+"""Runs with a reporting design: processes, the stub, faults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import posix_ipc
+import pytest
+
+from cli import attach_running, shmalloc, start_shmalloc
+from conftest import ipc_objects
+from launcher import results
+from shmalloc import virtqueue
+from shmalloc.layout import AG_PID, PS_INFLIGHT
+
+
+def load(path):
+    return results.load(str(path))["runs"][0]
+
+
+def queues_gone(run_id: str) -> bool:
+    for name in virtqueue.queue_names(run_id):
+        try:
+            posix_ipc.MessageQueue(name).close()
+            return False
+        except posix_ipc.ExistentialError:
+            pass
+    return True
+
+
+@pytest.mark.timeout(300)
+def test_mainline_gives_freed_memory_back(tmp_path):
+    out = tmp_path / "r.json"
+    res = shmalloc("run", "--strategy", "mainline", "--workload", "hog", "--memory", "256M",
+                   "--duration", "6", "--delay", "0.5", "--hog-hold", "0.5", "--json", str(out))
+    assert res.returncode == 0, res.stderr
+    run = load(out)
+    assert run["outcome"] == "ok"
+    assert run["safety"]["use_after_discard"] == 0 and run["safety"]["invariant_errors"] == []
+    mem, rep = run["memory"], run["reporting"]
+    assert mem["host_resident_bytes_max"] > 200 << 20          # the hog wrote ~230 MiB
+    assert mem["host_resident_bytes_end"] < mem["host_resident_bytes_max"] / 4
+    assert mem["half_returned_s"] is not None
+    assert rep["reports"] > 0 and rep["hv_requests"] == rep["reports"]
+    assert mem["discarded_bytes"] == mem["reported_bytes"] > 0
+    assert run["locks"][0]["by_caller"]["reporter"]["acquisitions"] > 0
+    assert "reporting (mainline)" in res.stdout
+
+
+def _run_id_of(proc):
+    from shmalloc import shm
+    return next(r.run_id for r in shm.list_runs().values() if r.pid == proc.pid)
+
+
+@pytest.mark.timeout(300)
+def test_stub_killed_mid_run(tmp_path):
+    before = ipc_objects()
+    out = tmp_path / "r.json"
+    proc = start_shmalloc("run", "--strategy", "mainline", "--duration", "60", "--memory",
+                          "256M", "--json", str(out))
+    try:
+        m = attach_running(proc)
+        run_id = m.run_id
+        stub = int(m.zs[m.layout.agent(m.hypervisor_agent) + AG_PID])
+        m.close()
+        os.kill(stub, signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, err
+    assert f"hypervisor stub (pid {stub}) was killed by signal 9 (SIGKILL)" in err
+    rows = {r["where"]: r["pages"] for r in load(out)["page_accounting"]}
+    assert rows["unaccounted"] == 0 and sum(rows.values()) == (256 << 20) // 4096
+    assert ipc_objects() == before and queues_gone(run_id)
+
+
+@pytest.mark.timeout(300)
+def test_reporter_killed_mid_cycle(tmp_path):
+    """Killed while its batch is with the hypervisor: the batch's pages are
+    found in the final accounting."""
+    before = ipc_objects()
+    out = tmp_path / "r.json"
+    proc = start_shmalloc("run", "--strategy", "mainline", "--duration", "60", "--memory",
+                          "256M", "--delay", "0", "--hv-latency", "5", "--json", str(out))
+    try:
+        m = attach_running(proc)
+        run_id = m.run_id
+        reporter = int(m.zs[m.layout.agent(m.reporter_agent) + AG_PID])
+        deadline = time.monotonic() + 60
+        while not (m.frames["state"] == PS_INFLIGHT).any():
+            assert time.monotonic() < deadline, "the reporter never filled a batch"
+            time.sleep(0.01)
+        m.close()
+        os.kill(reporter, signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, err
+    assert f"reporter (pid {reporter}) was killed by signal 9 (SIGKILL)" in err
+    rows = {r["where"]: r["pages"] for r in load(out)["page_accounting"]}
+    inflight = [n for w, n in rows.items() if w.startswith("in-flight batch")]
+    assert inflight and inflight[0] > 0
+    assert rows["unaccounted"] == 0 and sum(rows.values()) == (256 << 20) // 4096
+    assert ipc_objects() == before and queues_gone(run_id)
