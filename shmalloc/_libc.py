@@ -199,6 +199,14 @@ else:
 
         return sig, codegen
 
+    def _item_pointer(context, builder, signature, args):
+        """Address of ``arr[idx]`` for an intrinsic whose first two arguments
+        are an int64 array and an index."""
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        return cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]],
+                                        wraparound=False)
+
     @intrinsic
     def atomic_cas(typingctx, arr, idx, old, new):
         """Sequentially consistent compare-and-swap of ``arr[idx]`` (int64 array).
@@ -209,42 +217,31 @@ else:
         sig = types.int64(arr, types.int64, types.int64, types.int64)
 
         def codegen(context, builder, signature, args):
-            aryty = signature.args[0]
-            ary = context.make_array(aryty)(context, builder, args[0])
-            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]],
-                                           wraparound=False)
+            ptr = _item_pointer(context, builder, signature, args)
             res = builder.cmpxchg(ptr, args[2], args[3], "seq_cst", "seq_cst")
             return builder.extract_value(res, 0)
 
         return sig, codegen
 
-    @intrinsic
-    def atomic_xchg(typingctx, arr, idx, new):
-        """Atomic exchange of ``arr[idx]`` across processes; returns the old value."""
-        sig = types.int64(arr, types.int64, types.int64)
+    def _atomic_rmw(op: str, doc: str):
+        """An intrinsic ``f(arr, idx, value)``: atomic ``op`` on ``arr[idx]``
+        across processes, returning the old value."""
 
-        def codegen(context, builder, signature, args):
-            aryty = signature.args[0]
-            ary = context.make_array(aryty)(context, builder, args[0])
-            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]],
-                                           wraparound=False)
-            return builder.atomic_rmw("xchg", ptr, args[2], "seq_cst")
+        @intrinsic
+        def rmw(typingctx, arr, idx, value):
+            sig = types.int64(arr, types.int64, types.int64)
 
-        return sig, codegen
+            def codegen(context, builder, signature, args):
+                ptr = _item_pointer(context, builder, signature, args)
+                return builder.atomic_rmw(op, ptr, args[2], "seq_cst")
 
-    @intrinsic
-    def atomic_add(typingctx, arr, idx, delta):
-        """Atomic ``arr[idx] += delta`` across processes; returns the old value."""
-        sig = types.int64(arr, types.int64, types.int64)
+            return sig, codegen
 
-        def codegen(context, builder, signature, args):
-            aryty = signature.args[0]
-            ary = context.make_array(aryty)(context, builder, args[0])
-            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]],
-                                           wraparound=False)
-            return builder.atomic_rmw("add", ptr, args[2], "seq_cst")
+        rmw.__doc__ = doc
+        return rmw
 
-        return sig, codegen
+    atomic_xchg = _atomic_rmw("xchg", "Atomic exchange of ``arr[idx]``; returns the old value.")
+    atomic_add = _atomic_rmw("add", "Atomic ``arr[idx] += value``; returns the old value.")
 
 
 def measure_ticks_per_sec(ticks_fn, interval_s: float = 0.02) -> int:
