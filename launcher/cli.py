@@ -27,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 # run
 # ---------------------------------------------------------------------------
 
-def add_machine_flags(p) -> None:
+def add_machine_flags(p, strategy: bool = True) -> None:
     """Flags of one experiment, shared by run, compare and sweep."""
     from shmalloc.config import DEFAULT_LOCK_SPIN, MAX_ORDER_LIMIT, MAX_WORKERS, MAX_ZONES
     from shmalloc.workload import WORKLOADS
@@ -69,15 +69,20 @@ def add_machine_flags(p) -> None:
     g.add_argument("--no-lock-stats", dest="lock_stats", action="store_false",
                    help="switch lock_stat accounting off")
     g = p.add_argument_group("reporting")
-    g.add_argument("--strategy", default="none", metavar="NAME",
-                   help=f"reporting design: {', '.join(names())} (default none)")
+    if strategy:
+        g.add_argument("--strategy", default="none", metavar="NAME",
+                       help=f"reporting design: {', '.join(names())} (default none)")
     g.add_argument("--report-order", type=opt.int_range(0, MAX_ORDER_LIMIT - 1), default=9,
                    metavar="N", help="smallest order reported (default 9, pageblock order)")
-    g.add_argument("--capacity", type=opt.int_range(1, 1 << 20), default=32, metavar="N",
-                   help="ranges per report (default 32, PAGE_REPORTING_CAPACITY)")
+    g.add_argument("--capacity", type=opt.int_range(1, 1 << 20), default=None, metavar="N",
+                   help="ranges per report (default 32, PAGE_REPORTING_CAPACITY; bitmap 16)")
     g.add_argument("--delay", type=opt.float_range(0, 3600), default=None, metavar="SECONDS",
                    help="from a request to the reporting pass, and between passes "
-                   "(default: the design's, 2 s for mainline)")
+                   "(default: the design's: mainline, callback, isolate 2 s; boundary 0.1 s; "
+                   "bitmap 0)")
+    g.add_argument("--callback-mode", default="hint", metavar="MODE",
+                   help="callback: hint (the host records the ranges) or discard (the host "
+                   "discards them: unsafe) (default hint)")
     g.add_argument("--hv-latency", type=opt.float_range(0, 60), default=0.0, metavar="SECONDS",
                    help="hypervisor stub: wait this long per report before discarding (default 0)")
     g.add_argument("--discard", default="punch", metavar="HOW",
@@ -93,14 +98,14 @@ def run_config(args):
     from .run import RunConfig
 
     return RunConfig(
-        strategy=args.strategy, workload=args.workload, workers=args.workers,
+        strategy=getattr(args, "strategy", "none"), workload=args.workload, workers=args.workers,
         duration=args.duration, ops=args.ops, memory=args.memory, zones=args.zones,
         max_order=args.max_order, working_set=args.working_set, hog_share=args.hog_share,
         hog_hold=args.hog_hold, pcp_batch=args.pcp_batch, pcp_high=args.pcp_high,
         lock_spin=args.lock_spin, lock_stats=args.lock_stats, seed=args.seed,
         stall_timeout=args.stall_timeout, report_order=args.report_order,
         capacity=args.capacity, delay=args.delay, hv_latency=args.hv_latency,
-        discard=args.discard,
+        discard=args.discard, callback_mode=args.callback_mode,
     ).resolved()
 
 
@@ -145,6 +150,57 @@ def cmd_run(args) -> int:
     if args.json:
         doc = results.document([run], metadata.collect(run.pop("numba_cache_warm")))
         results.write(args.json, doc, force=args.force)
+    return status
+
+
+# ---------------------------------------------------------------------------
+# compare
+# ---------------------------------------------------------------------------
+
+def _add_compare(sub) -> None:
+    from .compare import DEFAULT_LINEUP, DEFAULTS
+
+    p = sub.add_parser("compare", help="the same experiment under every design, side by side",
+                       description="Run the same workload, seed and flags under none and each "
+                       "reporting design, one after another, and print one side-by-side table: "
+                       "what each costs the allocator and what it gives back. With no flags: "
+                       f"{DEFAULTS['workload']} for {DEFAULTS['duration']:g} s on a 1 GiB guest "
+                       "with 2 workers. Exit 0 when every run was ok, 3 when one aborted.")
+    p.add_argument("--strategies", default=",".join(DEFAULT_LINEUP), metavar="LIST",
+                   help="designs to run, comma-separated; callback/hint and callback/discard "
+                   f"choose callback's mode (default {','.join(DEFAULT_LINEUP)})")
+    add_machine_flags(p, strategy=False)
+    add_output_flags(p)
+    p.set_defaults(func=cmd_compare, **DEFAULTS)
+
+
+def cmd_compare(args) -> int:
+    from . import metadata, results
+    from .compare import config_for, format_compare, parse_lineup, run_lineup
+
+    try:
+        items = parse_lineup(args.strategies)
+    except ValueError as e:
+        raise UsageError(f"shmalloc compare: --strategies: {e}") from None
+    base = run_config(args)
+    for item in items:                       # every design's flags, before anything runs
+        config_for(base, item)
+    if args.json:
+        try:
+            results.check_output(args.json, args.force)
+        except results.ResultsError as e:
+            raise UsageError(f"shmalloc compare: --json: {e}") from None
+    runs = run_lineup(base, items, progress=sys.stderr.isatty() and not args.quiet)
+    status = max(run.pop("exit_status") for run in runs)
+    warm = all(run.pop("numba_cache_warm") for run in runs)
+    if not args.quiet:
+        print("\n".join(format_compare(runs)))
+    if runs[-1]["outcome"] != "ok":
+        print(f"shmalloc compare: {runs[-1]['label']} aborted: {runs[-1]['abort_reason']}",
+              file=sys.stderr)
+    if args.json:
+        results.write(args.json, results.document(runs, metadata.collect(warm)),
+                      force=args.force)
     return status
 
 
@@ -218,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     _add_run(sub)
+    _add_compare(sub)
     _add_bench(sub)
     _add_cleanup(sub)
     return parser

@@ -1,8 +1,9 @@
 """The registry of reporting designs ``--strategy`` can name.
 
 A design is what the launcher needs to run it: the core's free-path hook id,
-the processes it adds beside the workers, its defaults, and whether it is
-safe by construction.  Tests are parametrized over :data:`DESIGNS`, so a
+the processes it adds beside the workers, its defaults, the kernels its
+processes call (compiled before forking), and under which configuration it is
+unsafe by construction.  Tests are parametrized over :data:`DESIGNS`, so a
 design registered here is checked by the same suite without new test code.
 """
 
@@ -10,26 +11,43 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shmalloc.layout import HOOK_MAINLINE
+from shmalloc.layout import HOOK_BITMAP, HOOK_BOUNDARY, HOOK_MAINLINE, HOOK_NONE
 
 
 @dataclass(frozen=True)
 class Design:
     name: str
     summary: str
-    hook: int = 0                       # shmalloc.layout.HOOK_* run on the free path
-    reporter: bool = False              # runs a reporter process
+    hook: int = HOOK_NONE               # shmalloc.layout.HOOK_* run on the free path
+    reporter: bool = False              # runs a reporter process (reporter.IMPLEMENTATIONS)
     hypervisor: bool = False            # runs the hypervisor stub
-    defaults: dict = field(default_factory=dict)   # flag defaults of this design
+    defaults: dict = field(default_factory=dict)     # flag defaults of this design
     unsafe_when: dict = field(default_factory=dict)  # config under which it may lose data
+    min_report_order: int = 0           # isolate works on whole pageblocks
+
+    def unsafe(self, config) -> bool:
+        return bool(self.unsafe_when) and all(getattr(config, k) == v
+                                              for k, v in self.unsafe_when.items())
 
 
-DESIGNS: dict[str, Design] = {
-    "none": Design("none", "no reporting: the baseline"),
-    "mainline": Design("mainline", "Linux 5.7 mm/page_reporting.c: Reported flag, budget, "
-                       "2 s delay", hook=HOOK_MAINLINE, reporter=True, hypervisor=True,
-                       defaults={"delay": 2.0}),
-}
+DESIGNS: dict[str, Design] = {d.name: d for d in (
+    Design("none", "no reporting: the baseline"),
+    Design("mainline", "Linux 5.7 mm/page_reporting.c: PageReported, list rotation, budget, "
+           "2 s delay", hook=HOOK_MAINLINE, reporter=True, hypervisor=True,
+           defaults={"delay": 2.0}),
+    Design("boundary", "Duyck v9: Reported run behind per-list boundary pointers, kept by "
+           "the allocator; 0.1 s delay", hook=HOOK_BOUNDARY, reporter=True, hypervisor=True,
+           defaults={"delay": 0.1}),
+    Design("callback", "Wang v14: walk_free_mem_block under the zone lock, ranges sent after; "
+           "hint or discard", reporter=True, hypervisor=True, defaults={"delay": 2.0},
+           unsafe_when={"callback_mode": "discard"}),
+    Design("isolate", "Hocko: callback walk, then start/undo_isolate_page_range around the "
+           "report", reporter=True, hypervisor=True, defaults={"delay": 2.0},
+           min_report_order=9),
+    Design("bitmap", "Nitesh v12: a bit per report-order block set on free, 16 bits wake the "
+           "reporter, no Reported state", hook=HOOK_BITMAP, reporter=True, hypervisor=True,
+           defaults={"delay": 0.0, "capacity": 16}),
+)}
 
 
 def names() -> list[str]:

@@ -74,10 +74,11 @@ class RunConfig:
     seed: int = 1
     stall_timeout: float = 10.0
     report_order: int = PAGEBLOCK_ORDER
-    capacity: int = PAGE_REPORTING_CAPACITY
+    capacity: int | None = None         # None: the design's default (32, bitmap 16)
     delay: float | None = None          # None: the design's default
     hv_latency: float = 0.0
     discard: str = "punch"
+    callback_mode: str = "hint"
 
     @property
     def design(self) -> designs.Design:
@@ -88,6 +89,9 @@ class RunConfig:
         cfg = self
         if cfg.strategy in designs.DESIGNS and cfg.delay is None:
             cfg = replace(cfg, delay=float(cfg.design.defaults.get("delay", 0.0)))
+        if cfg.strategy in designs.DESIGNS and cfg.capacity is None:
+            cfg = replace(cfg, capacity=int(cfg.design.defaults.get("capacity",
+                                                                    PAGE_REPORTING_CAPACITY)))
         if cfg.duration is None:
             cfg = replace(cfg, duration=0.0 if cfg.ops else 5.0)
         if cfg.working_set is None:
@@ -128,6 +132,12 @@ class RunConfig:
             raise ConfigError("--delay", f"must be >= 0, got {self.delay}")
         if self.hv_latency < 0:
             raise ConfigError("--hv-latency", f"must be >= 0, got {self.hv_latency}")
+        if self.callback_mode not in ("hint", "discard"):
+            raise ConfigError("--callback-mode", f"must be hint or discard, got "
+                              f"{self.callback_mode!r}")
+        if self.report_order < self.design.min_report_order:
+            raise ConfigError("--report-order", f"{self.strategy} isolates whole pageblocks: "
+                              f"must be >= {self.design.min_report_order}, got {self.report_order}")
         if self.design.hypervisor:
             try:
                 virtqueue.check_limits(self.capacity)
@@ -139,11 +149,12 @@ class RunConfig:
                              workers=self.workers, pcp_batch=self.pcp_batch,
                              pcp_high=self.pcp_high, lock_spin=self.lock_spin,
                              lock_stats=self.lock_stats, report_order=self.report_order,
-                             capacity=self.capacity, strategy=self.design.hook)
+                             capacity=self.capacity or PAGE_REPORTING_CAPACITY,
+                             strategy=self.design.hook)
 
     def reporter_options(self) -> ReporterOptions:
         return ReporterOptions(design=self.strategy, delay=self.delay, capacity=self.capacity,
-                               report_order=self.report_order)
+                               report_order=self.report_order, callback_mode=self.callback_mode)
 
     def stub_options(self) -> StubOptions:
         return StubOptions(discard=self.discard, hv_latency=self.hv_latency)
@@ -153,7 +164,8 @@ class RunConfig:
         return WorkerPlan(workload=self.workload, working_set=self.working_set,
                           hog_pages=hog_pages, hog_hold_s=self.hog_hold,
                           max_ops=self.ops if self.ops else -1,
-                          seed=self.seed * 1_000_003 + worker, max_order=self.max_order)
+                          seed=self.seed * 1_000_003 + worker, max_order=self.max_order,
+                          duration_s=self.duration)
 
 
 class RunAborted(Exception):
@@ -204,14 +216,37 @@ def process_state(pid: int) -> str:
 # Kernels compiled before forking
 # ---------------------------------------------------------------------------
 
+def design_kernels(strategy: str, f, zs, a, arr) -> list:
+    """The compiled entry points a design's processes call, with arguments
+    of the types they are called with."""
+    from reporter import bitmap, boundary, callback, isolate, mainline
+    from shmalloc import reporting
+
+    b = True
+    walk = [(callback.walk_free_mem_block, (f, zs, a, 0, 0, 0, arr, 0))]
+    return {
+        "mainline": [(mainline.reporting_cycle_step, (f, zs, a, 0, 0, 0, arr, arr, 0, 0, b, 0)),
+                     (mainline.drain_batch, (f, zs, a, 0, arr, arr, 0, b)),
+                     (reporting.page_reporting_request, (zs, a)),
+                     (reporting.page_reporting_begin_pass, (zs,)),
+                     (reporting.page_reporting_end_pass, (zs,))],
+        "boundary": [(boundary.boundary_cycle_step, (f, zs, a, 0, arr, arr, 0, b)),
+                     (boundary.boundary_request_all, (zs, a))],
+        "callback": walk,
+        "isolate": walk + [(isolate.isolate_range, (f, zs, a, 0, 0, 0)),
+                           (isolate.undo_isolate_batch, (f, zs, a, 0, arr, arr, 0))],
+        "bitmap": [(bitmap.bitmap_scan, (f, zs, a, 0, arr, arr, 0)),
+                   (bitmap.bitmap_return, (f, zs, a, 0, arr, arr, 0))],
+    }.get(strategy, [])
+
+
 def warm_kernels(machine: Machine, strategy: str) -> bool:
     """Compile (or load from the numba cache) every kernel a child will call,
     in this process and without running it, so the forked children inherit
     them and start at once.  True if all of them came from the cache."""
     import numba
 
-    from reporter import mainline
-    from shmalloc import pcp, reporting, workload
+    from shmalloc import pcp, workload
     from shmalloc.lock import now_ticks
 
     if not hasattr(now_ticks, "compile"):          # NUMBA_DISABLE_JIT
@@ -220,21 +255,14 @@ def warm_kernels(machine: Machine, strategy: str) -> bool:
     arr = np.zeros(1, np.int64)
     kernels = [
         (workload.run_chunks, (f, zs, mem, a, 0, 1, 0, 1.0, arr, arr)),
-        (workload.run_random, (f, zs, mem, a, 1, 1, 0, 1, 1.0, arr, arr, arr)),
+        (workload.run_random, (f, zs, mem, a, 1, 1, 0, 1, 1.0, arr, arr, arr, 0)),
         (workload.hog_alloc, (f, zs, mem, a, 0, 0, 1.0, arr, arr)),
         (workload.free_blocks, (f, zs, mem, a, arr, arr, 0, 1.0)),
         (pcp.drain_pages, (f, zs, a, a)),
         (pcp.pcp_service_drain, (f, zs, a)),
         (now_ticks, ()),
     ]
-    if strategy == "mainline":
-        kernels += [
-            (mainline.reporting_cycle_step, (f, zs, a, 0, 0, 0, arr, arr, 0, 0, True, 0)),
-            (mainline.drain_batch, (f, zs, a, 0, arr, arr, 0, True)),
-            (reporting.page_reporting_request, (zs, a)),
-            (reporting.page_reporting_begin_pass, (zs,)),
-            (reporting.page_reporting_end_pass, (zs,)),
-        ]
+    kernels += design_kernels(strategy, f, zs, a, arr)
     for kernel, args in kernels:
         kernel.compile(tuple(numba.typeof(x) for x in args))
     return all(sum(k.stats.cache_misses.values()) == 0 for k, _ in kernels)
@@ -520,9 +548,9 @@ class Run:
             "discarded_bytes": reporting["hv_pages_discarded"] * PAGE_SIZE,
             "footprint_gib_s": round(footprint_gib_s(self.timeline), 4),
             "freed_at_s": None if freed_at is None else round(freed_at, 3),
+            "released_bytes": total["released_pages"] * PAGE_SIZE,
             "half_returned_s": half_returned_s(self.timeline, freed_at,
-                                               total["pages_allocated"] * PAGE_SIZE)
-            if cfg.workload == "hog" else None,
+                                               total["released_pages"] * PAGE_SIZE),
             "timeline": self.timeline,
         }
         if outcome == "ok":

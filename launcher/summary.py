@@ -23,12 +23,17 @@ def fmt_rate(n: float, unit: str) -> str:
     return f"{n:.0f} {unit}"
 
 
-def headline(run: dict) -> str:
-    c = run["config"]
+def describe(c: dict, strategy: bool = True) -> str:
+    """One line naming an experiment's configuration."""
     pcp = f"pcp {c['pcp_batch']}/{c['pcp_high']}" if c["pcp_batch"] else "pcp off"
-    return (f"{c['workload']}, strategy {c['strategy']}, {c['workers']} worker"
+    design = f", strategy {c['strategy']}" if strategy else ""
+    return (f"{c['workload']}{design}, {c['workers']} worker"
             f"{'s' if c['workers'] != 1 else ''}, {fmt_bytes(c['memory'])} guest, "
             f"{c['zones']} zone{'s' if c['zones'] != 1 else ''}, {pcp}, seed {c['seed']}")
+
+
+def headline(run: dict) -> str:
+    return describe(run["config"])
 
 
 def format_run(run: dict, lock_table: bool = True) -> list[str]:
@@ -78,8 +83,9 @@ def format_run(run: dict, lock_table: bool = True) -> list[str]:
               f"{fmt_bytes(mem.get('free_unreportable_bytes_end', 0))}"]
     if mem.get("half_returned_s") is not None or mem.get("freed_at_s") is not None:
         half = mem.get("half_returned_s")
-        lines.append(f"  hog freed at         {mem['freed_at_s']:.2f} s; half of it back on the "
-                     f"host " + (f"{half:.2f} s later" if half is not None else "never"))
+        lines.append(f"  workers freed        {fmt_bytes(mem.get('released_bytes', 0))} at "
+                     f"{mem['freed_at_s']:.2f} s; half of it back on the host "
+                     + (f"{half:.2f} s later" if half is not None else "never"))
     lines += ["", "safety",
               f"  use-after-discard    {safety['use_after_discard']}",
               f"  double allocations   {safety['double_allocations']}",

@@ -19,11 +19,12 @@ import numpy as np
 
 from shmalloc._libc import die_with_parent
 from shmalloc.config import PAGE_SIZE
-from shmalloc.layout import (H_GO, H_STOP, ROLE_WORKER, WC_MINOR_FAULTS, WC_T_END, WC_T_FREED,
-                             WC_T_START)
+from shmalloc.layout import (H_GO, H_STOP, ROLE_WORKER, WC_MINOR_FAULTS, WC_PAGES_FREED,
+                             WC_RELEASED_PAGES, WC_T_END, WC_T_FREED, WC_T_START)
 from shmalloc.lock import now_ticks
 from shmalloc.pcp import drain_pages, pcp_service_drain
-from shmalloc.workload import (THP_ORDER, free_blocks, hog_alloc, run_chunks, run_random)
+from shmalloc.workload import (PHASED_REGROW_AT, PHASED_SHRINK_AT, THP_ORDER, free_blocks,
+                               hog_alloc, run_chunks, run_random)
 
 POLL_S = 0.01
 
@@ -39,6 +40,7 @@ class WorkerPlan:
     max_ops: int              # < 0: until the stop flag
     seed: int
     max_order: int
+    duration_s: float = 0.0   # the run's length (phased schedules its phases on it)
 
     def capacity(self) -> int:
         """Blocks the worker can hold at most (its private held arrays)."""
@@ -57,17 +59,36 @@ def run_plan(machine, agent: int, plan: WorkerPlan, held_pfn, held_order, held_l
         order = 0 if plan.workload == "page_fault1" else THP_ORDER
         return run_chunks(frames, zs, mem, agent, order, len(held_pfn), plan.max_ops,
                           ns_per_tick, held_pfn, held_order)
+    target = plan.working_set // PAGE_SIZE
     if plan.workload == "random":
-        return run_random(frames, zs, mem, agent, plan.working_set // PAGE_SIZE, plan.max_order,
-                          plan.max_ops, plan.seed, ns_per_tick, held_pfn, held_order, held_long)
+        return run_random(frames, zs, mem, agent, target, plan.max_order, plan.max_ops,
+                          plan.seed, ns_per_tick, held_pfn, held_order, held_long, 0)
+    if plan.workload == "phased":
+        t0, tps = now_ticks(), machine.ticks_per_sec
+        shrink_at = t0 + int(PHASED_SHRINK_AT * plan.duration_s * tps)
+        n = run_random(frames, zs, mem, agent, target, plan.max_order, plan.max_ops, plan.seed,
+                       ns_per_tick, held_pfn, held_order, held_long, shrink_at)
+        _release(machine, agent, held_pfn, held_order, n)
+        _idle(machine, agent, (PHASED_REGROW_AT - PHASED_SHRINK_AT) * plan.duration_s)
+        return run_random(frames, zs, mem, agent, target, plan.max_order, plan.max_ops,
+                          plan.seed + 1, ns_per_tick, held_pfn, held_order, held_long, 0)
     # hog: allocate, hold, free everything, idle
     n = hog_alloc(frames, zs, mem, agent, plan.hog_pages, plan.max_ops, ns_per_tick,
                   held_pfn, held_order)
     _idle(machine, agent, plan.hog_hold_s)
-    free_blocks(frames, zs, mem, agent, held_pfn, held_order, n, ns_per_tick)
-    zs[machine.layout.wstats(agent) + WC_T_FREED] = now_ticks()
+    _release(machine, agent, held_pfn, held_order, n)
     _idle(machine, agent, None)
     return 0
+
+
+def _release(machine, agent: int, held_pfn, held_order, n: int) -> None:
+    """The shrink of hog and phased: free everything, note when and how much."""
+    ws = machine.layout.wstats(agent)
+    before = int(machine.zs[ws + WC_PAGES_FREED])
+    free_blocks(machine.frames, machine.zs, machine.mem, agent, held_pfn, held_order, n,
+                1e9 / machine.ticks_per_sec)
+    machine.zs[ws + WC_T_FREED] = now_ticks()
+    machine.zs[ws + WC_RELEASED_PAGES] = int(machine.zs[ws + WC_PAGES_FREED]) - before
 
 
 def _idle(machine, agent: int, seconds: float | None) -> None:

@@ -30,7 +30,9 @@ import numpy as np
 import posix_ipc
 
 from shmalloc._libc import die_with_parent
+from shmalloc.virtqueue import KIND_REPORT
 from shmalloc.layout import (H_STOP, RS_ACK_WAIT_TICKS, RS_PAGES_REPORTED, RS_RANGES_REPORTED,
+                             RS_RE_REPORTS,
                              RS_REPORT_ERRORS, RS_REPORTS, ROLE_REPORTER, STOP_REPORTER)
 from shmalloc.lock import now_ticks
 
@@ -71,6 +73,7 @@ class ReportingDesign:
         self.batch_pfn = np.zeros(opts.capacity, np.int64)
         self.batch_order = np.zeros(opts.capacity, np.int64)
         self.stats = machine.layout.off_report
+        self.reported_before: set[tuple[int, int]] = set()
 
     # -- helpers every design uses -------------------------------------------
     def stopping(self) -> bool:
@@ -97,7 +100,20 @@ class ReportingDesign:
         return False
 
     def report(self, n: int) -> int:
-        """``prdev->report()`` on the first ``n`` batch entries, counted."""
+        """``prdev->report()`` on the first ``n`` batch entries, counted.
+
+        A *re-report* is a block this reporter reported before whose memory
+        the host no longer holds at all: nothing was written since, the
+        report is pure overhead (what PageReported exists to prevent)."""
+        re_reports = 0
+        for i in range(n):
+            block = (int(self.batch_pfn[i]), int(self.batch_order[i]))
+            if block in self.reported_before:
+                if self.m.resident_pages(block[0], 1 << block[1]) == 0:
+                    re_reports += 1
+            else:
+                self.reported_before.add(block)
+        self.zs[self.stats + RS_RE_REPORTS] += re_reports
         t0 = now_ticks()
         err = self.device.report(self.batch_pfn, self.batch_order, n)
         zs, st = self.zs, self.stats
@@ -110,11 +126,17 @@ class ReportingDesign:
         return err
 
     # -- what a design supplies ------------------------------------------------
+    @staticmethod
+    def message_kind(opts) -> int:
+        """What the host is asked to do with the ranges (virtqueue.KIND_*)."""
+        return KIND_REPORT
+
     def start(self) -> None:
         """Registration (``page_reporting_register``)."""
 
     def wait(self) -> bool:
-        """Block until a pass should run; False when the run is stopping."""
+        """Block until a pass should run; False when the run is stopping.
+        By default: the free-path hook's wake-up, then the delay."""
         return self.wait_wake() and self.sleep(self.opts.delay)
 
     def process(self) -> bool:
@@ -143,6 +165,6 @@ def reporter_main(machine, agent: int, opts: ReporterOptions, device=None) -> No
     machine.bind(agent, ROLE_REPORTER)
     design_cls = IMPLEMENTATIONS[opts.design]
     if device is None:
-        device = QueueDevice(machine, kind=getattr(design_cls, "message_kind", 1))
+        device = QueueDevice(machine, kind=design_cls.message_kind(opts))
     design = design_cls(machine, agent, device, opts)
     design.run()

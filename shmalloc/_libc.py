@@ -57,6 +57,21 @@ for _name in ("sem_trywait", "sem_wait", "sem_post"):
     getattr(_libc, _name).restype = ctypes.c_int
 
 
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+_libc.mincore.restype = ctypes.c_int
+
+
+def mincore_resident(addr: int, length: int, page_size: int) -> int:
+    """How many pages of the mapping at ``addr`` are resident (mincore(2)):
+    for a shared tmpfs mapping, whether the host still backs them."""
+    import numpy as np
+    vec = np.zeros((length + page_size - 1) // page_size, np.uint8)
+    if _libc.mincore(addr, length, vec.ctypes.data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mincore: {os.strerror(err)}")
+    return int((vec & 1).sum())
+
+
 def sem_pointer(name: str) -> int:
     """Open the named semaphore ``name`` in this process and return its sem_t*.
 

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 from .config import inline
 from .freelist import add_to_free_list, del_page_from_free_list
-from .reporting import page_reporting_notify_free
-from .layout import (H_MAX_ORDER, H_PAGEBLOCK_ORDER, H_STRATEGY, HOOK_MAINLINE, PS_ALLOC,
-                     PS_BUDDY, PS_NONE,
+from .reporting import page_reporting_free_hook
+from .layout import (H_MAX_ORDER, H_PAGEBLOCK_ORDER, PS_ALLOC, PS_BUDDY, PS_NONE,
                      Z_FREE_HEAD, free_list_slot, get_pageblock_migratetype, zone_base)
 
 
@@ -99,6 +98,6 @@ def free_one_page(frames, zs, agent, zone, pfn, order, mt, tail, notify):
         pfn &= buddy
         order += 1
     add_to_free_list(frames, zs, zone, pfn, order, mt, tail)
-    if notify and zs[H_STRATEGY] == HOOK_MAINLINE:
-        page_reporting_notify_free(zs, agent, order)
+    if notify:
+        page_reporting_free_hook(zs, agent, zone, pfn, order)
     return pfn, order

@@ -66,3 +66,17 @@ def list_rotate_to_front(frames, zs, head_idx, tail_idx, pfn):
     frames[pfn]['prev'] = -1
     zs[head_idx] = pfn
     zs[tail_idx] = before
+
+
+@inline
+def list_add_before(frames, zs, head_idx, tail_idx, pfn, before):
+    """Insert ``pfn`` just before the entry ``before`` (``list_add_tail``
+    on an entry in the middle of a list)."""
+    prv = frames[before]['prev']
+    frames[pfn]['next'] = before
+    frames[pfn]['prev'] = prv
+    frames[before]['prev'] = pfn
+    if prv >= 0:
+        frames[prv]['next'] = pfn
+    else:
+        zs[head_idx] = pfn

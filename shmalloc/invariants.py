@@ -18,6 +18,9 @@ written above :data:`shmalloc.layout.FRAME_DTYPE`:
   own records are given, to exactly the agent that holds it (a block two
   agents hold is a double allocation);
 * PG_REPORTED only on free heads of at least the report order;
+* the state the core keeps for a design is consistent: the boundary design's
+  per-order Reported counts and its Reported runs at the list tails, the
+  bitmap design's count of set bits;
 * the zone lock is free (semaphore value 1) and no owner is recorded.
 
 Designs add their own checks through ``extra_checks`` (callables taking the
@@ -30,10 +33,11 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .layout import (H_REPORT_ORDER, MIGRATE_ISOLATE, MIGRATE_TYPES, MIGRATETYPE_NAMES,
-                     PCP_COUNT, PCP_HEAD, PCP_TAIL, PG_REPORTED, PS_ALLOC, PS_BUDDY,
-                     PS_INFLIGHT, PS_PCP, STATE_NAMES, Z_FREE_HEAD, Z_FREE_TAIL,
-                     Z_LOCK_PID, Z_NR_FREE)
+from .layout import (H_BITMAP_WORDS, H_REPORT_ORDER, H_STRATEGY, HOOK_BITMAP, HOOK_BOUNDARY,
+                     MIGRATE_ISOLATE, MIGRATE_TYPES, MIGRATETYPE_NAMES, PCP_COUNT, PCP_HEAD,
+                     PCP_TAIL, PG_REPORTED, PS_ALLOC, PS_BUDDY, PS_INFLIGHT, PS_PCP, STATE_NAMES,
+                     Z_BITMAP_COUNT, Z_FREE_HEAD, Z_FREE_TAIL, Z_LOCK_PID, Z_NR_FREE,
+                     Z_REPORT_FLAGS, Z_REPORTED, ZRF_ACTIVE)
 from .snapshot import heads, walk
 
 MAX_MESSAGES = 50
@@ -74,6 +78,7 @@ def check(machine, held: dict[int, Iterable[tuple[int, int]]] | None = None,
     state = f["state"]
     order = f["order"]
     pb_mt = zs[lay.off_pageblock: lay.off_pageblock + lay.nr_pageblocks]
+    hook = int(zs[H_STRATEGY])
 
     # -- heads tile every zone ---------------------------------------------
     hidx = heads(machine)
@@ -124,10 +129,16 @@ def check(machine, held: dict[int, Iterable[tuple[int, int]]] | None = None,
                     bad(f"{name}: nr_free is {count} but the list has "
                         f"{'more than ' + str(count) if not complete else len(pfns)} entries")
                 prev = -1
+                in_reported_run = False
                 for p in pfns:
                     if not start <= p < end:
                         bad(f"{name}: pfn {p} is outside the zone ({start}..{end - 1})")
                         break
+                    if hook == HOOK_BOUNDARY:           # Reported blocks only at the tail
+                        is_rep = bool(f["flags"][p] & PG_REPORTED)
+                        if in_reported_run and not is_rep:
+                            bad(f"{name}: unreported pfn {p} behind the Reported run")
+                        in_reported_run |= is_rep
                     if int(f["prev"][p]) != prev:
                         bad(f"{name}: pfn {p}.prev is {int(f['prev'][p])}, expected {prev}")
                     if on_list[p]:
@@ -232,6 +243,30 @@ def check(machine, held: dict[int, Iterable[tuple[int, int]]] | None = None,
     for p in rep[(state[rep] != PS_BUDDY) | (order[rep] < report_order)][:limit]:
         bad(f"pfn {p}: PageReported on a {STATE_NAMES.get(int(state[p]), state[p])} "
             f"order-{int(order[p])} page (only free heads of order >= {report_order})")
+
+    # -- design state the core keeps --------------------------------------------------
+    if hook == HOOK_BOUNDARY:
+        rep_heads = rep[(state[rep] == PS_BUDDY)]
+        for z in range(lay.nr_zones):
+            zb = lay.zone(z)
+            start, end = machine.zone_range(z)
+            in_zone = rep_heads[(rep_heads >= start) & (rep_heads < end)]
+            for o in range(lay.max_order):
+                want = int((order[in_zone] == o).sum())
+                have = int(zs[zb + Z_REPORTED + o])
+                if want != have:
+                    bad(f"zone {z}: reported_pages[{o}] is {have} but {want} order-{o} free "
+                        "blocks are Reported")
+            if not allow_inflight and zs[zb + Z_REPORT_FLAGS] & ZRF_ACTIVE:
+                bad(f"zone {z}: boundaries still active on a quiescent machine")
+    if hook == HOOK_BITMAP:
+        words = int(zs[H_BITMAP_WORDS])
+        for z in range(lay.nr_zones):
+            base = lay.off_strat + z * words
+            bits = int(np.unpackbits(zs[base: base + words].view(np.uint8)).sum())
+            have = int(zs[lay.zone(z) + Z_BITMAP_COUNT])
+            if bits != have:
+                bad(f"zone {z}: the bitmap has {bits} bits set but its count says {have}")
 
     # -- zone locks --------------------------------------------------------------------
     if check_locks:

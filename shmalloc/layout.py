@@ -142,12 +142,13 @@ WORKER_COUNTERS = (
     "minor_faults",      # getrusage ru_minflt over the run (host page faults)
     "t_start",           # ticks when the workload started
     "t_end",             # ticks when it stopped
-    "t_freed",           # ticks when a hog worker had freed everything
+    "t_freed",           # ticks when hog/phased had freed everything (the shrink)
+    "released_pages",    # pages freed at that moment
 )
 (WC_OPS, WC_ALLOCS, WC_FREES, WC_PAGES_ALLOCATED, WC_PAGES_FREED, WC_ALLOC_FAILURES,
  WC_ITERATIONS, WC_USE_AFTER_DISCARD, WC_FOREIGN_CANARY, WC_REFAULTS, WC_FREE_ERRORS,
  WC_LOCK_ACQUISITIONS, WC_ALLOC_NS_MAX, WC_FREE_NS_MAX, WC_MINOR_FAULTS, WC_T_START,
- WC_T_END, WC_T_FREED) = range(18)
+ WC_T_END, WC_T_FREED, WC_RELEASED_PAGES) = range(19)
 NR_WORKER_COUNTERS = len(WORKER_COUNTERS)
 # Latency histograms: 4 sub-buckets per power of two of nanoseconds.
 HIST_SUB_BITS = 2
@@ -191,11 +192,12 @@ REPORT_FIELDS = (
     "hv_errors",         # discards that failed
     "installs",          # hostscan: reclaimed blocks the guest allocated again
     "scans",             # hostscan: passes of the host scanner
+    "refcnt",            # boundary: zones requesting, +1 while a pass runs
 )
 (RS_STATE, RS_REQUESTS, RS_CYCLES, RS_REPORTS, RS_RANGES_REPORTED, RS_PAGES_REPORTED,
  RS_RE_REPORTS, RS_ACK_WAIT_TICKS, RS_PAGES_NOT_TAKEN, RS_REPORT_ERRORS, RS_BUDGET_EXHAUSTED,
  RS_HV_REQUESTS, RS_HV_RANGES, RS_HV_PAGES_DISCARDED, RS_HV_DISCARD_TICKS, RS_HV_ERRORS,
- RS_INSTALLS, RS_SCANS) = range(18)
+ RS_INSTALLS, RS_SCANS, RS_REFCNT) = range(19)
 REPORT_SLOTS = 64
 
 # ---------------------------------------------------------------------------
@@ -207,7 +209,7 @@ ZS_VERSION = 1
  H_PAGEBLOCK_ORDER, H_NR_AGENTS, H_NR_WORKERS, H_PCP_BATCH, H_PCP_HIGH, H_LOCK_SPIN,
  H_LOCK_STATS, H_TICKS_PER_SEC, H_STRATEGY, H_REPORT_ORDER, H_CAPACITY, H_STOP,
  H_GO, H_OFF_AGENTS, H_OFF_PCP, H_OFF_PAGEBLOCK, H_OFF_WSTATS, H_OFF_STRAT,
- H_STRAT_SLOTS, H_SIZE, H_NR_PAGEBLOCKS, H_ZONE_SHIFT, H_OFF_REPORT) = range(29)
+ H_STRAT_SLOTS, H_SIZE, H_NR_PAGEBLOCKS, H_ZONE_SHIFT, H_OFF_REPORT, H_BITMAP_WORDS) = range(30)
 HEADER_SLOTS = 64
 
 # H_STOP: the launcher stops the run in stages, so that the reporter can put
@@ -234,7 +236,14 @@ Z_FREE_TAIL = Z_FREE_HEAD + MAX_ORDER_LIMIT * MIGRATE_TYPES  # [order][mt] last 
 Z_NR_FREE = Z_FREE_TAIL + MAX_ORDER_LIMIT * MIGRATE_TYPES    # [order][mt] list length
 Z_STRAT = Z_NR_FREE + MAX_ORDER_LIMIT * MIGRATE_TYPES        # 64 slots for a design
 Z_STRAT_SLOTS = 64
+Z_BOUNDARY = Z_STRAT                          # boundary: [order][mt] first pfn of the
+                                              # Reported run at the list's tail, -1: none
+Z_REPORTED = Z_BOUNDARY + MAX_ORDER_LIMIT * MIGRATE_TYPES     # boundary: [order] Reported count
+Z_REPORT_FLAGS = Z_REPORTED + MAX_ORDER_LIMIT  # ZRF_* bits of the zone
+Z_BITMAP_COUNT = Z_REPORT_FLAGS + 1            # bitmap: bits set in this zone's bitmap
 Z_LOCKSTAT = Z_STRAT + Z_STRAT_SLOTS                          # [caller][field]
+ZRF_REQUESTED = 1     # ZONE_PAGE_REPORTING_REQUESTED (boundary)
+ZRF_ACTIVE = 2        # ZONE_PAGE_REPORTING_ACTIVE: boundaries in use (boundary)
 ZONE_STRIDE = ((Z_LOCKSTAT + NR_CALLERS * NR_LS_FIELDS + 7) // 8) * 8
 
 # zs: per-agent struct, fixed stride from H_OFF_AGENTS
@@ -294,6 +303,17 @@ def wstats_base(zs, agent):
 @inline
 def report_slot(zs, field):
     return zs[H_OFF_REPORT] + field
+
+
+@inline
+def bitmap_word(zs, zone, index):
+    """Slot of bit ``index`` of ``zone``'s bitmap (the bitmap design)."""
+    return zs[H_OFF_STRAT] + zone * zs[H_BITMAP_WORDS] + (index >> 6)
+
+
+def bitmap_words(zone_pages: int, report_order: int) -> int:
+    """int64 words of one zone's bitmap: a bit per report-order block."""
+    return ((zone_pages >> report_order) + 63) // 64
 
 
 @inline

@@ -30,11 +30,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import shm
-from ._libc import measure_ticks_per_sec, sem_pointer, sem_release_pointer
+from ._libc import measure_ticks_per_sec, mincore_resident, sem_pointer, sem_release_pointer
 from .config import (DEFAULT_MAX_ORDER, DEFAULT_PCP_BATCH, DEFAULT_PCP_HIGH, MAX_ORDER_LIMIT,
                      MAX_WORKERS, MAX_ZONES, PAGE_REPORTING_CAPACITY, PAGE_SIZE,
                      PAGEBLOCK_ORDER, DEFAULT_LOCK_SPIN)
-from .layout import (AG_DRAIN_DONE, AG_PREF_ZONE, AG_SEM_AUX, Z_WMARK_MIN, AG_DRAIN_REQ, AG_PID, AG_ROLE, AG_SEM, E_NOMEM,
+from .layout import (AG_DRAIN_DONE, AG_PREF_ZONE, AG_SEM_AUX, H_BITMAP_WORDS, HOOK_BITMAP,
+                     Z_BOUNDARY, Z_WMARK_MIN, bitmap_words, AG_DRAIN_REQ, AG_PID, AG_ROLE, AG_SEM, E_NOMEM,
                      ERROR_TEXT, FRAME_DTYPE, H_CAPACITY, H_LOCK_SPIN, H_LOCK_STATS,
                      H_NR_WORKERS, H_NR_ZONES, H_PCP_BATCH, H_PCP_HIGH, H_REPORT_ORDER, H_STRATEGY,
                      H_TICKS_PER_SEC, LS_MIN_FIELDS, LS_INF, MIGRATE_MOVABLE, NR_CALLERS,
@@ -77,8 +78,7 @@ class MachineConfig:
     lock_stats: bool = True
     report_order: int = PAGEBLOCK_ORDER
     capacity: int = PAGE_REPORTING_CAPACITY
-    strategy: int = 0          # free-path hook id, chosen by the reporting design
-    strat_slots: int = 0       # zs slots the design needs for its own state
+    strategy: int = 0          # free-path hook id (HOOK_*), chosen by the reporting design
 
     @property
     def pageblock_order(self) -> int:
@@ -91,6 +91,13 @@ class MachineConfig:
     @property
     def max_block_bytes(self) -> int:
         return PAGE_SIZE << (self.max_order - 1)
+
+    @property
+    def bitmap_words(self) -> int:
+        """Words per zone of the bitmap design's bitmap (0 for other designs)."""
+        if self.strategy != HOOK_BITMAP:
+            return 0
+        return bitmap_words(self.nr_pages // self.zones, self.report_order)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for the first bad value; create nothing."""
@@ -196,7 +203,7 @@ class Machine:
         cfg.check_space()
         run_id = run_id or shm.new_run_id()
         layout = Layout(cfg.nr_pages, cfg.zones, cfg.max_order, cfg.pageblock_order,
-                        nr_agents(cfg), cfg.strat_slots)
+                        nr_agents(cfg), cfg.zones * cfg.bitmap_words)
         created: list = []
         try:
             zones_obj = shm.SharedObject.create(shm.object_name(run_id, "zones"),
@@ -414,6 +421,11 @@ class Machine:
         """Host memory behind the guest: ``st_blocks * 512`` of the object."""
         return os.fstat(self._guest.fd).st_blocks * 512
 
+    def resident_pages(self, pfn: int, npages: int) -> int:
+        """Pages of ``[pfn, pfn + npages)`` the host still backs (mincore)."""
+        return mincore_resident(self.mem.ctypes.data + pfn * PAGE_SIZE, npages * PAGE_SIZE,
+                                PAGE_SIZE)
+
     @property
     def guest_fd(self) -> int:
         return self._guest.fd
@@ -443,6 +455,7 @@ def _init_metadata(zs: np.ndarray, frames: np.ndarray, layout: Layout, cfg: Mach
     zs[H_REPORT_ORDER] = cfg.report_order
     zs[H_CAPACITY] = cfg.capacity
     zs[H_TICKS_PER_SEC] = measure_ticks_per_sec(now_ticks)
+    zs[H_BITMAP_WORDS] = cfg.bitmap_words
     nslots = MAX_ORDER_LIMIT * MIGRATE_TYPES
     for z in range(layout.nr_zones):
         zb = layout.zone(z)
@@ -452,6 +465,7 @@ def _init_metadata(zs: np.ndarray, frames: np.ndarray, layout: Layout, cfg: Mach
                                                                 layout.nr_pages)
         zs[zb + Z_FREE_HEAD: zb + Z_FREE_HEAD + nslots] = -1
         zs[zb + Z_FREE_TAIL: zb + Z_FREE_TAIL + nslots] = -1
+        zs[zb + Z_BOUNDARY: zb + Z_BOUNDARY + nslots] = -1
         zs[zb + Z_LOCK_AGENT] = -1
         zs[zb + Z_LOCK_CPU] = -1
         for c in range(NR_CALLERS):

@@ -120,19 +120,25 @@ def zone_free_pages(zs, zone):
 
 
 @inline
-def isolate_free_page(frames, zs, agent, zone, pfn, order, mt):
-    """``__isolate_free_page``: take the free block at ``pfn`` off its list
-    for ``agent``'s batch, unless that would take the zone below its min
-    watermark (as if the block were being allocated).  The block becomes
-    PS_INFLIGHT: on no list, owned by ``agent``, found by the accounting if
-    the agent dies.  Zone lock held.  Returns True if taken."""
-    if mt != MIGRATE_ISOLATE:
-        if zone_free_pages(zs, zone) - (1 << order) < zs[zone_base(zone) + Z_WMARK_MIN]:
-            return False
+def take_free_page(frames, zs, agent, zone, pfn, order, mt):
+    """Take the free block at ``pfn`` off its list into ``agent``'s batch:
+    PS_INFLIGHT, on no list, owned by ``agent`` (found by the accounting if
+    the agent dies).  Zone lock held."""
     del_page_from_free_list(frames, zs, zone, pfn, order, mt)
     frames[pfn]['order'] = order
     frames[pfn]['state'] = PS_INFLIGHT
     frames[pfn]['owner'] = agent
+
+
+@inline
+def isolate_free_page(frames, zs, agent, zone, pfn, order, mt):
+    """``__isolate_free_page``: :func:`take_free_page`, unless that would take
+    the zone below its min watermark (as if the block were being allocated).
+    Zone lock held.  Returns True if taken."""
+    if mt != MIGRATE_ISOLATE:
+        if zone_free_pages(zs, zone) - (1 << order) < zs[zone_base(zone) + Z_WMARK_MIN]:
+            return False
+    take_free_page(frames, zs, agent, zone, pfn, order, mt)
     return True
 
 

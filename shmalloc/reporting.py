@@ -5,7 +5,11 @@ mm/page_reporting.c, Linux 5.7).
 A design never reaches into the allocator except through what is here and in
 :mod:`shmalloc.freelist` / :mod:`shmalloc.page_alloc` (``isolate_free_page``,
 ``putback_isolated_page``): the core offers the hook, the zone lock and the
-free-list primitives; the design (``reporter/``) supplies its cycle.
+free-list primitives; the design (``reporter/``) supplies its cycle.  The
+hooks of the three designs that have one live side by side here, in the
+hot path's own words: mainline's request, Duyck's per-zone high-water mark
+(with the boundary bookkeeping in :mod:`shmalloc.freelist`), and Nitesh
+Narayan Lal's bitmap.
 
 ``prdev->state`` lives in shared memory (``RS_STATE``) and moves
 IDLE -> REQUESTED -> ACTIVE -> IDLE with atomic exchanges, as in the kernel.
@@ -15,11 +19,22 @@ semaphore (the reporter's ``schedule_delayed_work``).
 
 from __future__ import annotations
 
+import numpy as np
+
 from ._libc import atomic_add, atomic_cas, atomic_xchg, sem_post
-from .config import inline, jit
-from .layout import (AG_SEM_AUX, H_REPORT_ORDER, REPORTING_ACTIVE, REPORTING_IDLE,
-                     REPORTING_REQUESTED,
-                     RS_REQUESTS, RS_STATE, agent_base, report_slot)
+from .config import BITMAP_WAKE_BITS, PAGE_REPORTING_HWM, inline, jit
+from .layout import (AG_SEM_AUX, H_REPORT_ORDER, H_STRATEGY, HOOK_BITMAP, HOOK_BOUNDARY,
+                     HOOK_MAINLINE, HOOK_NONE, MIGRATE_TYPES, REPORTING_ACTIVE, REPORTING_IDLE,
+                     REPORTING_REQUESTED, RS_REFCNT, RS_REQUESTS, RS_STATE, Z_BITMAP_COUNT,
+                     Z_NR_FREE, Z_REPORT_FLAGS, Z_REPORTED, Z_START_PFN, ZRF_REQUESTED,
+                     agent_base, bitmap_word, free_list_slot, report_slot, zone_base)
+
+
+@inline
+def wake_reporter(zs, agent):
+    """Post the run's wake semaphore: the reporter's schedule_delayed_work."""
+    atomic_add(zs, report_slot(zs, RS_REQUESTS), 1)
+    sem_post(zs[agent_base(zs, agent) + AG_SEM_AUX])
 
 
 @inline
@@ -30,18 +45,57 @@ def page_reporting_request(zs, agent):
     if zs[st] == REPORTING_REQUESTED:
         return
     if atomic_xchg(zs, st, REPORTING_REQUESTED) == REPORTING_IDLE:
-        atomic_add(zs, report_slot(zs, RS_REQUESTS), 1)
-        sem_post(zs[agent_base(zs, agent) + AG_SEM_AUX])
+        wake_reporter(zs, agent)
 
 
 @inline
-def page_reporting_notify_free(zs, agent, order):
-    """Called from the hot path in ``free_one_page``: a block of at least the
-    report order was freed.  Costs a compare below the report order and one
-    load while a request is pending; the exchange runs once per idle period."""
-    if order < zs[H_REPORT_ORDER]:
+def boundary_notify_free(zs, agent, zone, order):
+    """Duyck v9 ``page_reporting_notify_free``: request the zone once its
+    free list of this order holds HWM more blocks than are Reported.  Zone
+    lock held (the zone's flags are protected by it)."""
+    zb = zone_base(zone)
+    if (zs[zb + Z_REPORT_FLAGS] & ZRF_REQUESTED) != 0:
         return
-    page_reporting_request(zs, agent)
+    nr_free = 0
+    for mt in range(MIGRATE_TYPES):
+        nr_free += zs[zb + Z_NR_FREE + free_list_slot(order, mt)]
+    if nr_free < zs[zb + Z_REPORTED + order] + PAGE_REPORTING_HWM:
+        return
+    zs[zb + Z_REPORT_FLAGS] |= ZRF_REQUESTED
+    if atomic_add(zs, report_slot(zs, RS_REFCNT), 1) == 0:
+        wake_reporter(zs, agent)                 # schedule_delayed_work(HZ / 10)
+
+
+@inline
+def bitmap_notify_free(zs, agent, zone, pfn):
+    """Nitesh v12: set the bit of the report-order block just freed (after
+    merging); at 16 set bits, wake the reporter at once.  Zone lock held."""
+    zb = zone_base(zone)
+    index = (pfn - zs[zb + Z_START_PFN]) >> zs[H_REPORT_ORDER]
+    word = bitmap_word(zs, zone, index)
+    bit = np.int64(1) << (index & 63)
+    if (zs[word] & bit) != 0:
+        return
+    zs[word] |= bit
+    zs[zb + Z_BITMAP_COUNT] += 1
+    if zs[zb + Z_BITMAP_COUNT] == BITMAP_WAKE_BITS:
+        wake_reporter(zs, agent)
+
+
+@inline
+def page_reporting_free_hook(zs, agent, zone, pfn, order):
+    """Called from the hot path in ``free_one_page`` after a free (not a
+    put-back) merged into a block of ``order``: the installed design's
+    hook.  Below the report order it costs two loads and a compare."""
+    hook = zs[H_STRATEGY]
+    if hook == HOOK_NONE or order < zs[H_REPORT_ORDER]:
+        return
+    if hook == HOOK_MAINLINE:
+        page_reporting_request(zs, agent)        # page_reporting_notify_free
+    elif hook == HOOK_BOUNDARY:
+        boundary_notify_free(zs, agent, zone, order)
+    elif hook == HOOK_BITMAP:
+        bitmap_notify_free(zs, agent, zone, pfn)
 
 
 @jit

@@ -16,6 +16,10 @@
     allocate a share of the guest, hold it, free everything, stay idle: how
     fast does the host get its memory back? (:func:`hog_alloc` here, the
     phases in the worker process.)
+``phased``
+    ``random`` for the first 40 % of the run (grow, churn), then free
+    everything (shrink), stay idle until 70 %, then grow and churn again:
+    throughput, reclaim and reuse of reclaimed memory in one run.
 
 Every allocated page gets a canary in its first 8 bytes: ``(agent + 1) << 48
 | generation << 32 | pfn``.  Before writing it the worker reads the page: zero
@@ -42,7 +46,9 @@ from .layout import (H_STOP, HIST_ALLOC, HIST_FREE, NR_HIST_BUCKETS, PG_TOUCHED,
                      WC_PAGES_FREED, WC_REFAULTS, WC_USE_AFTER_DISCARD, WS_HIST, wstats_base)
 from .page_alloc import alloc_pages, free_pages
 
-WORKLOADS = ("page_fault1", "thp", "random", "hog")
+WORKLOADS = ("page_fault1", "thp", "random", "hog", "phased")
+PHASED_SHRINK_AT = 0.4      # phased: free everything at 40 % of the run
+PHASED_REGROW_AT = 0.7      # ... and grow again at 70 %
 THP_ORDER = 9
 
 
@@ -74,6 +80,12 @@ def should_stop(zs, ws, max_ops):
     if zs[H_STOP] != 0:
         return True
     return max_ops >= 0 and zs[ws + WC_OPS] >= max_ops
+
+
+@inline
+def past(deadline):
+    """A deadline in ticks has passed (0: no deadline)."""
+    return deadline > 0 and ticks() >= deadline
 
 
 @inline
@@ -175,14 +187,15 @@ def random_order(max_order):
 
 @jit
 def run_random(frames, zs, mem, agent, target_pages, max_order, max_ops, seed, ns_per_tick,
-               held_pfn, held_order, held_long):
-    """The ``random`` workload (see the module docstring)."""
+               held_pfn, held_order, held_long, deadline):
+    """The ``random`` workload (see the module docstring), until the stop
+    flag, the operation budget or ``deadline`` (ticks; 0: none)."""
     np.random.seed(seed)
     ws = wstats_base(zs, agent)
     n = 0
     pages = 0
     cap = len(held_pfn)
-    while not should_stop(zs, ws, max_ops):
+    while not should_stop(zs, ws, max_ops) and not past(deadline):
         if pages < target_pages and n < cap:
             order = random_order(max_order)
             pfn = timed_alloc(frames, zs, agent, order, ws, ns_per_tick)

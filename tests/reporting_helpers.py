@@ -10,17 +10,24 @@ from shmalloc.layout import PG_REPORTED, ROLE_REPORTER
 
 
 class RecordingDevice:
-    """Stands behind report(): records the ranges, acknowledges at once."""
+    """Stands behind report(): records the ranges, lets a test act while the
+    batch is with the "host" (``on_report``), then optionally discards them
+    as the hypervisor stub would (``hypervisor``), and acknowledges."""
 
-    def __init__(self, status: int = 0):
+    def __init__(self, status: int = 0, hypervisor=None):
         self.reports: list[list[tuple[int, int]]] = []
         self.status = status
         self.on_report = None
+        self.hypervisor = hypervisor
 
     def report(self, pfns, orders, n):
-        self.reports.append([(int(pfns[i]), int(orders[i])) for i in range(n)])
+        ranges = [(int(pfns[i]), int(orders[i])) for i in range(n)]
+        self.reports.append(ranges)
         if self.on_report:
             self.on_report()
+        if self.hypervisor is not None:
+            from shmalloc import virtqueue
+            self.hypervisor.handle(virtqueue.KIND_REPORT, ranges)
         return self.status
 
     def ranges(self) -> list[tuple[int, int]]:
@@ -29,7 +36,8 @@ class RecordingDevice:
 
 def design(machine, name: str, device=None, capacity: int = 4, report_order: int = 9,
            **kw):
-    """A design object bound to the machine's reporter agent, in this process."""
+    """``name``'s design object bound to the machine's reporter agent, run
+    in this process (``process()`` is one pass)."""
     acting = machine.agent
     machine.bind(machine.reporter_agent, ROLE_REPORTER)
     machine.agent = acting                      # Python calls still act as before
