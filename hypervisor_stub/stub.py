@@ -13,6 +13,9 @@ zeroed canary if the guest still thought it owned the page.
 ``--discard none`` only records the ranges (free page *hints*, as for live
 migration); ``--hv-latency`` waits that long per report before discarding,
 as a busy host would.  The stub never reads guest memory.
+
+With ``--strategy hostscan`` the stub receives no reports: it scans the
+guest's free lists itself (:mod:`hypervisor_stub.hostscan`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ _libc.fallocate.restype = ctypes.c_int
 class StubOptions:
     discard: str = "punch"
     hv_latency: float = 0.0
+    host_scan: bool = False       # hostscan: scan the guest's free lists, no reports
+    scan_interval: float = 5.0
+    capacity: int = 32            # hostscan: blocks per zone-lock hold
 
 
 def punch_hole(fd: int, offset: int, length: int) -> int:
@@ -121,5 +127,10 @@ def hypervisor_main(machine, agent: int, opts: StubOptions) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     machine.bind(agent, ROLE_HYPERVISOR)
-    Hypervisor(machine, opts).serve()
+    hv = Hypervisor(machine, opts)
+    if opts.host_scan:
+        from .hostscan import HostScanner
+        HostScanner(hv, agent, opts.capacity, opts.scan_interval).serve()
+    else:
+        hv.serve()
 

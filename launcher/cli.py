@@ -80,6 +80,9 @@ def add_machine_flags(p, strategy: bool = True) -> None:
                    help="from a request to the reporting pass, and between passes "
                    "(default: the design's: mainline, callback, isolate 2 s; boundary 0.1 s; "
                    "bitmap 0)")
+    g.add_argument("--scan-interval", type=opt.float_range(0, 3600, lo_open=True), default=5.0,
+                   metavar="SECONDS", help="hostscan: seconds between host scans (default 5, "
+                   "as HyperAlloc)")
     g.add_argument("--callback-mode", default="hint", metavar="MODE",
                    help="callback: hint (the host records the ranges) or discard (the host "
                    "discards them: unsafe) (default hint)")
@@ -106,6 +109,7 @@ def run_config(args):
         stall_timeout=args.stall_timeout, report_order=args.report_order,
         capacity=args.capacity, delay=args.delay, hv_latency=args.hv_latency,
         discard=args.discard, callback_mode=args.callback_mode,
+        scan_interval=args.scan_interval,
     ).resolved()
 
 

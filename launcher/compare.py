@@ -22,7 +22,7 @@ from .summary import describe, fmt_bytes
 
 #: the default line-up: every design, callback in both modes
 DEFAULT_LINEUP = ("none", "mainline", "boundary", "callback/hint", "callback/discard",
-                  "isolate", "bitmap")
+                  "isolate", "bitmap", "hostscan")
 #: the built-in default experiment (``shmalloc compare`` with no flags)
 DEFAULTS = dict(workload="phased", duration=10.0)
 

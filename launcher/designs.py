@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shmalloc.layout import HOOK_BITMAP, HOOK_BOUNDARY, HOOK_MAINLINE, HOOK_NONE
+from shmalloc.layout import HOOK_BITMAP, HOOK_BOUNDARY, HOOK_HOSTSCAN, HOOK_MAINLINE, HOOK_NONE
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class Design:
     hook: int = HOOK_NONE               # shmalloc.layout.HOOK_* run on the free path
     reporter: bool = False              # runs a reporter process (reporter.IMPLEMENTATIONS)
     hypervisor: bool = False            # runs the hypervisor stub
+    host_scan: bool = False             # the stub scans the guest instead of taking reports
     defaults: dict = field(default_factory=dict)     # flag defaults of this design
     unsafe_when: dict = field(default_factory=dict)  # config under which it may lose data
     min_report_order: int = 0           # isolate works on whole pageblocks
@@ -47,6 +48,9 @@ DESIGNS: dict[str, Design] = {d.name: d for d in (
     Design("bitmap", "Nitesh v12: a bit per report-order block set on free, 16 bits wake the "
            "reporter, no Reported state", hook=HOOK_BITMAP, reporter=True, hypervisor=True,
            defaults={"delay": 0.0, "capacity": 16}),
+    Design("hostscan", "after HyperAlloc (EuroSys'25): the host scans the free lists every 5 s, "
+           "reclaims 2 MiB frames, the guest installs on allocation", hook=HOOK_HOSTSCAN,
+           hypervisor=True, host_scan=True),
 )}
 
 

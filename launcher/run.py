@@ -79,6 +79,7 @@ class RunConfig:
     hv_latency: float = 0.0
     discard: str = "punch"
     callback_mode: str = "hint"
+    scan_interval: float = 5.0
 
     @property
     def design(self) -> designs.Design:
@@ -138,7 +139,9 @@ class RunConfig:
         if self.report_order < self.design.min_report_order:
             raise ConfigError("--report-order", f"{self.strategy} isolates whole pageblocks: "
                               f"must be >= {self.design.min_report_order}, got {self.report_order}")
-        if self.design.hypervisor:
+        if self.scan_interval <= 0:
+            raise ConfigError("--scan-interval", f"must be > 0, got {self.scan_interval}")
+        if self.design.reporter:
             try:
                 virtqueue.check_limits(self.capacity)
             except virtqueue.ProtocolError as e:
@@ -157,7 +160,9 @@ class RunConfig:
                                report_order=self.report_order, callback_mode=self.callback_mode)
 
     def stub_options(self) -> StubOptions:
-        return StubOptions(discard=self.discard, hv_latency=self.hv_latency)
+        return StubOptions(discard=self.discard, hv_latency=self.hv_latency,
+                           host_scan=self.design.host_scan, scan_interval=self.scan_interval,
+                           capacity=self.capacity)
 
     def plan(self, worker: int) -> WorkerPlan:
         hog_pages = int(self.hog_share * (self.memory // PAGE_SIZE)) // self.workers
@@ -219,6 +224,7 @@ def process_state(pid: int) -> str:
 def design_kernels(strategy: str, f, zs, a, arr) -> list:
     """The compiled entry points a design's processes call, with arguments
     of the types they are called with."""
+    from hypervisor_stub import hostscan
     from reporter import bitmap, boundary, callback, isolate, mainline
     from shmalloc import reporting
 
@@ -237,6 +243,8 @@ def design_kernels(strategy: str, f, zs, a, arr) -> list:
                            (isolate.undo_isolate_batch, (f, zs, a, 0, arr, arr, 0))],
         "bitmap": [(bitmap.bitmap_scan, (f, zs, a, 0, arr, arr, 0)),
                    (bitmap.bitmap_return, (f, zs, a, 0, arr, arr, 0))],
+        "hostscan": [(hostscan.host_scan_take, (f, zs, a, 0, arr, arr)),
+                     (hostscan.host_scan_mark, (f, zs, a, 0, arr, arr, 0, np.zeros(1, np.bool_)))],
     }.get(strategy, [])
 
 
@@ -447,7 +455,7 @@ class Run:
         try:
             self.machine = Machine.create(cfg.machine_config())
             m = self.machine
-            if cfg.design.hypervisor:
+            if cfg.design.reporter:
                 self.queues = virtqueue.create_queues(m.run_id, cfg.capacity)
             self.cache_warm = warm_kernels(m, cfg.strategy)
             self.host_start = m.host_resident_bytes()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from shmalloc import lockstat
 
+from .designs import DESIGNS
+
 
 def fmt_bytes(n: float) -> str:
     n = float(n)
@@ -56,9 +58,10 @@ def format_run(run: dict, lock_table: bool = True) -> list[str]:
     if lock_table:
         lines += [""] + lockstat.format_lock_stat(run["locks"])
         lines += lockstat.format_contention(run["locks"])
-    rep = run.get("reporting")
-    if rep and run["config"]["strategy"] != "none":
-        lines += ["", f"reporting ({run['config']['strategy']})",
+    rep, strategy = run.get("reporting"), run["config"]["strategy"]
+    design = DESIGNS.get(strategy)
+    if rep and design is not None and design.reporter:
+        lines += ["", f"reporting ({strategy})",
                   f"  passes {rep['cycles']}, requests {rep['requests']}, reports "
                   f"{rep['reports']}, ranges {rep['ranges_reported']} "
                   f"({fmt_bytes(rep['pages_reported'] * 4096)})",
@@ -69,8 +72,12 @@ def format_run(run: dict, lock_table: bool = True) -> list[str]:
                   f"  reports {rep['hv_requests']}, ranges {rep['hv_ranges']}, discarded "
                   f"{fmt_bytes(rep['hv_pages_discarded'] * 4096)} in {rep['hv_discard_s']:.3f} s"
                   f", errors {rep['hv_errors']}"]
-        if rep.get("installs") or rep.get("scans"):
-            lines.append(f"  host scans {rep['scans']}, installs {rep['installs']}")
+    if rep and design is not None and design.host_scan:
+        lines += ["", "host scan (hostscan)",
+                  f"  scans {rep['scans']}, blocks reclaimed {rep['hv_ranges']}, discarded "
+                  f"{fmt_bytes(rep['hv_pages_discarded'] * 4096)} in {rep['hv_discard_s']:.3f} s"
+                  f", errors {rep['hv_errors']}",
+                  f"  installs (guest allocations of reclaimed 2 MiB frames) {rep['installs']}"]
     lines += ["", "memory",
               f"  guest                {fmt_bytes(mem['guest_bytes'])}",
               f"  host-resident        start {fmt_bytes(mem['host_resident_bytes_start'])}, "

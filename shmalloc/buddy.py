@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from .config import inline
 from .freelist import add_to_free_list, del_page_from_free_list
-from .reporting import page_reporting_free_hook
-from .layout import (H_MAX_ORDER, H_PAGEBLOCK_ORDER, PS_ALLOC, PS_BUDDY, PS_NONE,
+from .reporting import hostscan_install, page_reporting_free_hook
+from .layout import (H_MAX_ORDER, H_PAGEBLOCK_ORDER, H_STRATEGY, HOOK_HOSTSCAN, PS_ALLOC,
+                     PS_BUDDY, PS_NONE,
                      Z_FREE_HEAD, free_list_slot, get_pageblock_migratetype, zone_base)
 
 
@@ -53,6 +54,8 @@ def rmqueue_smallest(frames, zs, zone, order, mt):
     if pfn >= 0:
         del_page_from_free_list(frames, zs, zone, pfn, cur, mt)
         expand(frames, zs, zone, pfn, order, cur, mt)
+        if zs[H_STRATEGY] == HOOK_HOSTSCAN:
+            hostscan_install(zs, zone, pfn, order)
     return pfn
 
 

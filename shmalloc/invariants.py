@@ -20,7 +20,8 @@ written above :data:`shmalloc.layout.FRAME_DTYPE`:
 * PG_REPORTED only on free heads of at least the report order;
 * the state the core keeps for a design is consistent: the boundary design's
   per-order Reported counts and its Reported runs at the list tails, the
-  bitmap design's count of set bits;
+  bitmap design's count of set bits, and hostscan's host-reclaimed frames
+  wholly free;
 * the zone lock is free (semaphore value 1) and no owner is recorded.
 
 Designs add their own checks through ``extra_checks`` (callables taking the
@@ -34,6 +35,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .layout import (H_BITMAP_WORDS, H_REPORT_ORDER, H_STRATEGY, HOOK_BITMAP, HOOK_BOUNDARY,
+                     HOOK_HOSTSCAN,
                      MIGRATE_ISOLATE, MIGRATE_TYPES, MIGRATETYPE_NAMES, PCP_COUNT, PCP_HEAD,
                      PCP_TAIL, PG_REPORTED, PS_ALLOC, PS_BUDDY, PS_INFLIGHT, PS_PCP, STATE_NAMES,
                      Z_BITMAP_COUNT, Z_FREE_HEAD, Z_FREE_TAIL, Z_LOCK_PID, Z_NR_FREE,
@@ -259,6 +261,23 @@ def check(machine, held: dict[int, Iterable[tuple[int, int]]] | None = None,
                         "blocks are Reported")
             if not allow_inflight and zs[zb + Z_REPORT_FLAGS] & ZRF_ACTIVE:
                 bad(f"zone {z}: boundaries still active on a quiescent machine")
+    if hook == HOOK_HOSTSCAN and len(hidx) and size.sum() == lay.nr_pages:
+        # a host-reclaimed frame is wholly free: the guest allocated nothing
+        # in it without an install
+        covering = np.repeat(state[hidx], size)
+        ro = int(zs[H_REPORT_ORDER])
+        words = int(zs[H_BITMAP_WORDS])
+        ok = (PS_BUDDY, PS_INFLIGHT) if allow_inflight else (PS_BUDDY,)
+        for z in range(lay.nr_zones):
+            start, end = machine.zone_range(z)
+            base = lay.off_strat + z * words
+            bits = np.unpackbits(zs[base: base + words].view(np.uint8), bitorder="little")
+            for frame in np.flatnonzero(bits[:(end - start) >> ro])[:limit]:
+                p = start + (int(frame) << ro)
+                pages = covering[p: p + (1 << ro)]
+                if not np.isin(pages, ok).all():
+                    bad(f"zone {z}: frame at pfn {p} is marked host-reclaimed but holds "
+                        f"{STATE_NAMES.get(int(pages[~np.isin(pages, ok)][0]), '?')} pages")
     if hook == HOOK_BITMAP:
         words = int(zs[H_BITMAP_WORDS])
         for z in range(lay.nr_zones):

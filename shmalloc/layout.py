@@ -166,7 +166,7 @@ HOOK_NONE = 0         # nothing on the free path (none, callback, isolate)
 HOOK_MAINLINE = 1     # page_reporting_notify_free (Linux 5.7)
 HOOK_BOUNDARY = 2     # Duyck v9: boundary pointers kept by add/del
 HOOK_BITMAP = 3       # Nitesh v12: a bit per report-order block
-HOOK_HOSTSCAN = 4     # HyperAlloc-style host scan: installs counted on allocation
+HOOK_HOSTSCAN = 4     # HyperAlloc-style host scan: an install counted on allocation
 
 # prdev->state
 REPORTING_IDLE = 0

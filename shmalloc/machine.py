@@ -35,6 +35,7 @@ from .config import (DEFAULT_MAX_ORDER, DEFAULT_PCP_BATCH, DEFAULT_PCP_HIGH, MAX
                      MAX_WORKERS, MAX_ZONES, PAGE_REPORTING_CAPACITY, PAGE_SIZE,
                      PAGEBLOCK_ORDER, DEFAULT_LOCK_SPIN)
 from .layout import (AG_DRAIN_DONE, AG_PREF_ZONE, AG_SEM_AUX, H_BITMAP_WORDS, HOOK_BITMAP,
+                     HOOK_HOSTSCAN,
                      Z_BOUNDARY, Z_WMARK_MIN, bitmap_words, AG_DRAIN_REQ, AG_PID, AG_ROLE, AG_SEM, E_NOMEM,
                      ERROR_TEXT, FRAME_DTYPE, H_CAPACITY, H_LOCK_SPIN, H_LOCK_STATS,
                      H_NR_WORKERS, H_NR_ZONES, H_PCP_BATCH, H_PCP_HIGH, H_REPORT_ORDER, H_STRATEGY,
@@ -94,8 +95,9 @@ class MachineConfig:
 
     @property
     def bitmap_words(self) -> int:
-        """Words per zone of the bitmap design's bitmap (0 for other designs)."""
-        if self.strategy != HOOK_BITMAP:
+        """Words per zone of the per-frame bitmap (a bit per report-order
+        block) the bitmap and hostscan designs keep; 0 for other designs."""
+        if self.strategy not in (HOOK_BITMAP, HOOK_HOSTSCAN):
             return 0
         return bitmap_words(self.nr_pages // self.zones, self.report_order)
 

@@ -25,7 +25,7 @@ from ._libc import atomic_add, atomic_cas, atomic_xchg, sem_post
 from .config import BITMAP_WAKE_BITS, PAGE_REPORTING_HWM, inline, jit
 from .layout import (AG_SEM_AUX, H_REPORT_ORDER, H_STRATEGY, HOOK_BITMAP, HOOK_BOUNDARY,
                      HOOK_MAINLINE, HOOK_NONE, MIGRATE_TYPES, REPORTING_ACTIVE, REPORTING_IDLE,
-                     REPORTING_REQUESTED, RS_REFCNT, RS_REQUESTS, RS_STATE, Z_BITMAP_COUNT,
+                     REPORTING_REQUESTED, RS_INSTALLS, RS_REFCNT, RS_REQUESTS, RS_STATE, Z_BITMAP_COUNT,
                      Z_NR_FREE, Z_REPORT_FLAGS, Z_REPORTED, Z_START_PFN, ZRF_REQUESTED,
                      agent_base, bitmap_word, free_list_slot, report_slot, zone_base)
 
@@ -71,15 +71,49 @@ def bitmap_notify_free(zs, agent, zone, pfn):
     """Nitesh v12: set the bit of the report-order block just freed (after
     merging); at 16 set bits, wake the reporter at once.  Zone lock held."""
     zb = zone_base(zone)
-    index = (pfn - zs[zb + Z_START_PFN]) >> zs[H_REPORT_ORDER]
-    word = bitmap_word(zs, zone, index)
-    bit = np.int64(1) << (index & 63)
+    word, bit = frame_bit(zs, zone, pfn)
     if (zs[word] & bit) != 0:
         return
     zs[word] |= bit
     zs[zb + Z_BITMAP_COUNT] += 1
     if zs[zb + Z_BITMAP_COUNT] == BITMAP_WAKE_BITS:
         wake_reporter(zs, agent)
+
+
+@inline
+def frame_bit(zs, zone, pfn):
+    """(word slot, bit) of the report-order frame holding ``pfn`` in the
+    zone's frame bitmap (the bitmap and hostscan designs)."""
+    index = (pfn - zs[zone_base(zone) + Z_START_PFN]) >> zs[H_REPORT_ORDER]
+    return bitmap_word(zs, zone, index), np.int64(1) << (index & 63)
+
+
+@inline
+def host_reclaimed(zs, zone, pfn, order):
+    """Every frame of the block is marked host-reclaimed (hostscan)."""
+    frame = np.int64(1) << zs[H_REPORT_ORDER]
+    for p in range(pfn, pfn + max(np.int64(1) << order, frame), frame):
+        word, bit = frame_bit(zs, zone, p)
+        if (zs[word] & bit) == 0:
+            return False
+    return True
+
+
+@inline
+def hostscan_install(zs, zone, pfn, order):
+    """The guest allocates a block: every host-reclaimed frame it touches is
+    installed again (HyperAlloc's synchronous install request; here the
+    allocator clears the mark and counts it, and the worker's first write
+    refaults as usual).  Marks are per frame, so a split or merge of a free
+    block never changes them; only this allocation path clears one.
+    Zone lock held."""
+    frame = np.int64(1) << zs[H_REPORT_ORDER]
+    first = pfn & ~(frame - 1)
+    for p in range(first, pfn + (np.int64(1) << order), frame):
+        word, bit = frame_bit(zs, zone, p)
+        if (zs[word] & bit) != 0:
+            zs[word] &= ~bit
+            atomic_add(zs, report_slot(zs, RS_INSTALLS), 1)
 
 
 @inline

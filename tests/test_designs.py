@@ -160,7 +160,7 @@ def test_design_under_concurrent_workers(tmp_path, item):
     args = ["run", "--strategy", name, "--workload", "page_fault1", "--memory", "256M",
             "--duration", "3", "--working-set", "64M", "--json", str(out), "--quiet"]
     if name != "none":
-        args += ["--delay", "0.2"]
+        args += ["--delay", "0.2", "--scan-interval", "0.5"]
     if mode:
         args += ["--callback-mode", mode]
     if mode == "discard":
@@ -174,9 +174,14 @@ def test_design_under_concurrent_workers(tmp_path, item):
         assert run["safety"]["use_after_discard"] > 0, "the race was not detected"
     else:
         assert run["safety"]["use_after_discard"] == 0
-    if name != "none":
+    design = designs.DESIGNS[name]
+    by_caller = run["locks"][0]["by_caller"]
+    if design.reporter:
         assert run["reporting"]["reports"] > 0
-        assert run["locks"][0]["by_caller"]["reporter"]["acquisitions"] > 0 or name == "hostscan"
+        assert by_caller["reporter"]["acquisitions"] > 0
+    if design.host_scan:
+        assert run["reporting"]["scans"] > 0 and run["reporting"]["hv_ranges"] > 0
+        assert by_caller["host"]["acquisitions"] > 0
 
 
 @pytest.mark.timeout(600)
