@@ -98,19 +98,30 @@ def add_machine_flags(p, strategy: bool = True) -> None:
 
 
 def run_config(args):
+    """The RunConfig the parsed flags describe (flag dest == field name)."""
+    from dataclasses import fields
+
     from .run import RunConfig
 
-    return RunConfig(
-        strategy=getattr(args, "strategy", "none"), workload=args.workload, workers=args.workers,
-        duration=args.duration, ops=args.ops, memory=args.memory, zones=args.zones,
-        max_order=args.max_order, working_set=args.working_set, hog_share=args.hog_share,
-        hog_hold=args.hog_hold, pcp_batch=args.pcp_batch, pcp_high=args.pcp_high,
-        lock_spin=args.lock_spin, lock_stats=args.lock_stats, seed=args.seed,
-        stall_timeout=args.stall_timeout, report_order=args.report_order,
-        capacity=args.capacity, delay=args.delay, hv_latency=args.hv_latency,
-        discard=args.discard, callback_mode=args.callback_mode,
-        scan_interval=args.scan_interval,
-    ).resolved()
+    return RunConfig(**{f.name: getattr(args, f.name) for f in fields(RunConfig)
+                        if hasattr(args, f.name)}).resolved()
+
+
+def config_argv(cfg) -> list[str]:
+    """``shmalloc run`` flags that reproduce ``cfg`` exactly: every value
+    spelled out, so a command line stands alone (``sweep --list``)."""
+    from dataclasses import fields
+
+    argv = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name == "lock_stats":
+            argv += [] if value else ["--no-lock-stats"]
+        elif value is None or (f.name in ("ops", "duration") and not value):
+            continue
+        else:
+            argv += [f"--{f.name.replace('_', '-')}", str(value)]
+    return argv
 
 
 def add_output_flags(p) -> None:
@@ -120,6 +131,17 @@ def add_output_flags(p) -> None:
     g.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     g.add_argument("--quiet", action="store_true",
                    help="no progress display and no summary (errors still go to stderr)")
+
+
+def _check_json_output(args) -> None:
+    """Refuse an unwritable --json before anything is created."""
+    from . import results
+
+    if args.json:
+        try:
+            results.check_output(args.json, args.force)
+        except results.ResultsError as e:
+            raise UsageError(f"shmalloc {args.command}: --json: {e}") from None
 
 
 def _add_run(sub) -> None:
@@ -139,11 +161,7 @@ def cmd_run(args) -> int:
     from .summary import format_run
 
     cfg = run_config(args)
-    if args.json:
-        try:
-            results.check_output(args.json, args.force)
-        except results.ResultsError as e:
-            raise UsageError(f"shmalloc run: --json: {e}") from None
+    _check_json_output(args)
     progress = sys.stderr.isatty() and not args.quiet
     run = execute(cfg, progress=progress)
     status = run.pop("exit_status")
@@ -189,11 +207,7 @@ def cmd_compare(args) -> int:
     base = run_config(args)
     for item in items:                       # every design's flags, before anything runs
         config_for(base, item)
-    if args.json:
-        try:
-            results.check_output(args.json, args.force)
-        except results.ResultsError as e:
-            raise UsageError(f"shmalloc compare: --json: {e}") from None
+    _check_json_output(args)
     runs = run_lineup(base, items, progress=sys.stderr.isatty() and not args.quiet)
     status = max(run.pop("exit_status") for run in runs)
     warm = all(run.pop("numba_cache_warm") for run in runs)
@@ -206,6 +220,124 @@ def cmd_compare(args) -> int:
         results.write(args.json, results.document(runs, metadata.collect(warm)),
                       force=args.force)
     return status
+
+
+# ---------------------------------------------------------------------------
+# sweep
+# ---------------------------------------------------------------------------
+
+def _run_flags_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="shmalloc sweep --grid", add_help=False)
+    add_machine_flags(p)
+    return p
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="a grid over run flags, one results file per point",
+                       description="Run every point of a grid over run flags (--grid KEY=V1,V2 "
+                       "..., or a TOML file with [grid] and [base] tables) as an independent "
+                       "run, each written to its own results file in --out DIR; points already "
+                       "there are skipped, so an interrupted sweep resumes. The other flags are "
+                       "those of shmalloc run and apply to every point.")
+    g = p.add_argument_group("sweep")
+    g.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a run flag and its values (repeat for more dimensions)")
+    g.add_argument("--grid-file", metavar="FILE", help="TOML: [grid] KEY = [values], "
+                   "optional [base] KEY = value")
+    g.add_argument("--out", required=True, metavar="DIR", help="folder of the results files")
+    g.add_argument("--list", action="store_true", help="print one self-contained shmalloc run "
+                   "command per point (for a job runner) instead of running")
+    g.add_argument("--merge", action="store_true", help="only gather the results files of DIR "
+                   "into one CSV")
+    g.add_argument("--csv", metavar="PATH", help="where --merge writes (default DIR/sweep.csv)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_machine_flags(p)
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    from . import metadata, sweep
+
+    out = args.out
+    try:
+        if args.merge:
+            if not os.path.isdir(out):
+                raise sweep.SweepError(f"--out {out}: no such folder")
+            path, rows = sweep.merge(out, args.csv)
+            print(f"{rows} runs merged into {path}")
+            return 0
+        grid = sweep.parse_grid(args.grid)
+        if args.grid_file:
+            file_grid, base = sweep.load_grid_file(args.grid_file)
+            for key in set(grid) & set(file_grid):
+                raise sweep.SweepError(f"--grid {key} is also in {args.grid_file}")
+            grid.update(file_grid)
+            base_argv = []
+            for key, value in base.items():
+                base_argv += [f"--{key.replace('_', '-')}", value]
+            args = _run_flags_parser().parse_args(base_argv, namespace=args)
+        if not grid:
+            raise sweep.SweepError("nothing to sweep: give --grid KEY=V1,V2 or --grid-file")
+        points = sweep.build_points(grid, args, _run_flags_parser(), run_config)
+        if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+            raise sweep.SweepError(f"--out {out}: its folder does not exist")
+    except sweep.SweepError as e:
+        raise UsageError(f"shmalloc sweep: {e}") from None
+    if args.list:
+        print("\n".join(sweep.list_commands(points, out, config_argv)))
+        return 0
+    os.makedirs(out, exist_ok=True)
+    counts = sweep.run_points(points, out, metadata.collect,
+                              progress=sys.stderr.isatty() and not args.quiet)
+    path, rows = sweep.merge(out, args.csv)
+    print(f"{len(points)} points: {counts['ran']} run, {counts['skipped']} already done, "
+          f"{counts['aborted']} aborted; {rows} runs in {path}")
+    return 3 if counts["aborted"] else 0
+
+
+# ---------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="print saved results again, and draw them",
+                       description="Print the tables of saved results files again (one summary "
+                       "per run, and a side-by-side table when there are several) and, with "
+                       "--plot DIR, draw PNG figures.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="results files (--json output)")
+    p.add_argument("--plot", metavar="DIR", help="draw the figures into this folder")
+    p.add_argument("--quiet", action="store_true", help="print only the paths of the figures")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    from . import results
+    from .compare import format_compare
+    from .plots import PlotError, draw_all
+    from .summary import format_run
+
+    try:
+        runs = [run for path in args.files for run in results.load(path)["runs"]]
+    except results.ResultsError as e:
+        raise UsageError(f"shmalloc report: {e}") from None
+    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        raise UsageError(f"shmalloc report: --plot {args.plot}: its folder does not exist")
+    if not args.quiet:
+        for run in runs:
+            print("\n".join(format_run(run)))
+            print()
+        if len(runs) > 1:
+            from .compare import run_label
+            for run in runs:
+                run.setdefault("label", run_label(run))
+            print("\n".join(format_compare(runs)))
+    if args.plot:
+        try:
+            for path in draw_all(runs, args.plot):
+                print(f"wrote {path}")
+        except PlotError as e:
+            raise UsageError(f"shmalloc report: {e}") from None
+    return 0
 
 
 # ---------------------------------------------------------------------------
@@ -279,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_run(sub)
     _add_compare(sub)
+    _add_sweep(sub)
+    _add_report(sub)
     _add_bench(sub)
     _add_cleanup(sub)
     return parser

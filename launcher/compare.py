@@ -93,6 +93,51 @@ def lock_split(run: dict) -> dict:
     return out
 
 
+def run_label(run: dict) -> str:
+    """A run's name in tables and plots: its design, with callback's mode."""
+    if run.get("label"):
+        return run["label"]
+    c = run["config"]
+    return f"callback/{c['callback_mode']}" if c["strategy"] == "callback" else c["strategy"]
+
+
+def flat_metrics(run: dict) -> dict:
+    """The headline numbers of a run as one flat row (the sweep CSV)."""
+    ls = lock_split(run)
+    m, rep, s = run["memory"], run["reporting"], run["safety"]
+    return {
+        "design": run_label(run),
+        "outcome": run["outcome"],
+        "pages_per_sec": run["throughput"]["pages_per_sec"],
+        "ops_per_sec": run["throughput"]["ops_per_sec"],
+        "elapsed_s": run["throughput"]["elapsed_s"],
+        "alloc_p50_ns": run["latency_ns"]["alloc"]["p50"],
+        "alloc_p99_ns": run["latency_ns"]["alloc"]["p99"],
+        "free_p99_ns": run["latency_ns"]["free"]["p99"],
+        "lock_acquisitions_workers": ls["workers"]["acquisitions"],
+        "lock_acquisitions_reporter": ls["reporter"]["acquisitions"],
+        "lock_contentions_workers": ls["workers"]["contentions"],
+        "lock_contentions_reporter": ls["reporter"]["contentions"],
+        "lock_wait_ms_workers": round(ls["workers"]["wait_total_ms"], 3),
+        "lock_wait_ms_reporter": round(ls["reporter"]["wait_total_ms"], 3),
+        "lock_hold_ms_reporter": round(ls["reporter"]["hold_total_ms"], 3),
+        "lock_hold_max_us_workers": ls["workers"]["hold_max_us"],
+        "lock_hold_max_us_reporter": ls["reporter"]["hold_max_us"],
+        "reported_bytes": m["reported_bytes"],
+        "discarded_bytes": m["discarded_bytes"],
+        "host_resident_bytes_end": m["host_resident_bytes_end"],
+        "footprint_gib_s": m["footprint_gib_s"],
+        "half_returned_s": m.get("half_returned_s"),
+        "free_unreportable_bytes_end": m["free_unreportable_bytes_end"],
+        "refaults": run["refaults"],
+        "re_reports": rep["re_reports"],
+        "installs": rep["installs"],
+        "use_after_discard": s["use_after_discard"],
+        "double_allocations": s["double_allocations"],
+        "invariant_errors": len(s["invariant_errors"]),
+    }
+
+
 def unsafe(run: dict) -> list[str]:
     """Why a run is unsafe, in words; [] when it is not."""
     why = []

@@ -48,6 +48,7 @@ SAMPLE_S = 0.1
 BIND_TIMEOUT_S = 60.0        # forked children bind their agent within this
 STOP_TIMEOUT_S = 10.0        # workers give their memory back within this
 DEATH_NOTICE_S = 5.0         # documented bound; the loop notices within one sample
+ABORT_GRACE_S = 2.0          # on abort, children may finish their operation this long
 GIB = 1 << 30
 PAGE_FAULT1_BYTES = 128 << 20    # will-it-scale's page_fault1 maps 128 MiB per task
 
@@ -288,7 +289,7 @@ class Run:
         self.machine: Machine | None = None
         self.children: list[Child] = []
         self.timeline = {"t_s": [], "free_bytes": [], "host_resident_bytes": [],
-                         "reported_bytes": [], "discarded_bytes": []}
+                         "reported_bytes": [], "discarded_bytes": [], "launcher_rss_bytes": []}
         self.queues: tuple = ()
         self.stall: dict[int, tuple[int, int, float]] = {}
         self.signal_received: int | None = None
@@ -328,7 +329,18 @@ class Run:
             told = level >= self.EXIT_LEVEL[c.role] or (c.role == "worker" and self.cfg.ops)
             if code == 0 and told:
                 continue
-            raise RunAborted(f"{c.name} (pid {c.pid}) {describe_exit(code)}")
+            raise RunAborted(f"{c.name} (pid {c.pid}) {describe_exit(code)}"
+                             + self._held_locks_note(c.pid))
+
+    def _held_locks_note(self, pid: int) -> str:
+        """Say so when a dead process held a zone lock: it died inside the
+        allocator and that zone's lists may be half updated."""
+        m = self.machine
+        zones = [z for z in range(m.nr_zones) if int(m.zs[m.layout.zone(z) + Z_LOCK_PID]) == pid]
+        if not zones:
+            return ""
+        return (f"; it died holding the zone {', '.join(map(str, zones))} lock, so the lists "
+                "may be half updated")
 
     def check_locks(self, now: float) -> None:
         m = self.machine
@@ -359,6 +371,7 @@ class Run:
         rep = m.layout.off_report
         self.timeline["reported_bytes"].append(int(m.zs[rep + RS_PAGES_REPORTED]) * PAGE_SIZE)
         self.timeline["discarded_bytes"].append(int(m.zs[rep + RS_HV_PAGES_DISCARDED]) * PAGE_SIZE)
+        self.timeline["launcher_rss_bytes"].append(launcher_rss_bytes())
 
     def pages_done(self) -> int:
         m = self.machine
@@ -436,6 +449,18 @@ class Run:
             for c in group:
                 c.proc.join()
 
+    def _abort_children(self) -> None:
+        """Everyone stops now: children leave their current operation and
+        exit (the memory they hold stays where it is, for the accounting);
+        whoever has not exited after a grace period is killed."""
+        self.machine.zs[H_STOP] = STOP_ABORT
+        deadline = time.monotonic() + ABORT_GRACE_S
+        while any(c.proc.exitcode is None for c in self.children):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        self._kill_all()
+
     def _kill_all(self) -> None:
         for c in self.children:
             if c.proc.exitcode is None:
@@ -476,8 +501,7 @@ class Run:
             except RunAborted as e:
                 outcome, reason, status = "aborted", str(e), e.exit_status
                 self.t_stop = self.t_stop or time.monotonic()
-                self.machine.zs[H_STOP] = STOP_ABORT
-                self._kill_all()
+                self._abort_children()
             self.sample(time.monotonic())
             if self.progress:
                 sys.stderr.write("\r" + " " * 60 + "\r")
@@ -604,7 +628,18 @@ def percentiles(hist: np.ndarray, exact_max: int) -> dict:
         idx = int(np.searchsorted(np.cumsum(hist), rank))
         out[name] = min(bucket_upper(idx), exact_max) if exact_max else bucket_upper(idx)
     out["max"] = int(exact_max)
+    # the histogram itself, [bucket upper edge in ns, calls] for non-empty buckets
+    out["histogram"] = [[bucket_upper(int(i)), int(hist[i])] for i in np.flatnonzero(hist)]
     return out
+
+
+def launcher_rss_bytes() -> int:
+    """This process's resident set (the soak test watches it stay flat)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
 
 
 def free_below_order(machine: Machine, order: int) -> int:

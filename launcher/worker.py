@@ -19,7 +19,7 @@ import numpy as np
 
 from shmalloc._libc import die_with_parent
 from shmalloc.config import PAGE_SIZE
-from shmalloc.layout import (H_GO, H_STOP, ROLE_WORKER, WC_MINOR_FAULTS, WC_PAGES_FREED,
+from shmalloc.layout import (H_GO, H_STOP, ROLE_WORKER, STOP_ABORT, WC_MINOR_FAULTS, WC_PAGES_FREED,
                              WC_RELEASED_PAGES, WC_T_END, WC_T_FREED, WC_T_START)
 from shmalloc.lock import now_ticks
 from shmalloc.pcp import drain_pages, pcp_service_drain
@@ -115,6 +115,8 @@ def worker_main(machine, agent: int, plan: WorkerPlan) -> None:
     machine.zs[ws + WC_T_START] = now_ticks()
     n = run_plan(machine, agent, plan, held_pfn, held_order, held_long)
     machine.zs[ws + WC_T_END] = now_ticks()
+    if machine.zs[H_STOP] == STOP_ABORT:
+        return                     # the run is aborted: leave everything where it is
     # exit: give everything back (exit_mmap), then empty our pcp lists
     free_blocks(machine.frames, machine.zs, machine.mem, agent, held_pfn, held_order, n,
                 1e9 / machine.ticks_per_sec)

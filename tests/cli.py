@@ -60,3 +60,27 @@ def attach_running(proc: subprocess.Popen, timeout: float = 180.0):
             return m
         time.sleep(0.05)
     raise AssertionError("no machine of that shmalloc run appeared")
+
+
+def kill_outside_the_allocator(m, pid: int) -> None:
+    """SIGKILL ``pid`` at a moment it holds no zone lock: stop it, look, and
+    kill it only if it is not inside a zone's critical section (a process
+    killed in there leaves that zone's lists half updated, which the run
+    then reports; the tests that want a clean accounting avoid it)."""
+    import signal
+    import time
+
+    from launcher.run import process_state
+    from shmalloc.layout import Z_LOCK_PID
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        os.kill(pid, signal.SIGSTOP)
+        while process_state(pid) not in ("stopped", "gone"):
+            time.sleep(0.0005)
+        if all(int(m.zs[m.layout.zone(z) + Z_LOCK_PID]) != pid for z in range(m.nr_zones)):
+            os.kill(pid, signal.SIGKILL)
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.001)
+    raise AssertionError(f"pid {pid} never left the allocator")

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from cli import assert_usage_error, attach_running, shmalloc, start_shmalloc
+from cli import (assert_usage_error, attach_running, kill_outside_the_allocator, shmalloc,
+                 start_shmalloc)
 from conftest import ipc_objects
 from launcher import results
 from shmalloc.layout import AG_PID, Z_LOCK_PID
@@ -105,8 +106,8 @@ def test_killed_worker_stops_the_run(tmp_path):
     try:
         m = attach_running(proc)
         victim = int(m.zs[m.layout.agent(1) + AG_PID])
+        kill_outside_the_allocator(m, victim)
         m.close()
-        os.kill(victim, signal.SIGKILL)
         t0 = time.monotonic()
         code, stdout, stderr = _wait_exit(proc, 30)
         assert time.monotonic() - t0 < 5 + 5           # noticed within 5 s, cleaned up

@@ -9,7 +9,7 @@ import time
 import posix_ipc
 import pytest
 
-from cli import attach_running, shmalloc, start_shmalloc
+from cli import attach_running, kill_outside_the_allocator, shmalloc, start_shmalloc
 from conftest import ipc_objects
 from launcher import results
 from shmalloc import virtqueue
@@ -93,8 +93,8 @@ def test_reporter_killed_mid_cycle(tmp_path):
         while not (m.frames["state"] == PS_INFLIGHT).any():
             assert time.monotonic() < deadline, "the reporter never filled a batch"
             time.sleep(0.01)
+        kill_outside_the_allocator(m, reporter)     # waiting for the host, batch out
         m.close()
-        os.kill(reporter, signal.SIGKILL)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:

@@ -1,0 +1,160 @@
+"""PNG figures of saved results (``shmalloc report --plot DIR``).
+
+Four figures, each drawn from whatever runs it is given, one line or bar
+group per design:
+
+``throughput_vs_workers.png``  pages/s against worker count
+``lock_wait_by_caller.png``    zone-lock wait split by caller (the 2019 question)
+``memory_over_time.png``       host-resident memory over time, free memory beside it
+``alloc_latency_cdf.png``      allocation latency CDF
+
+matplotlib draws off-screen (Agg).  Axes carry units, every figure a legend
+and a title naming the workload, guest memory and seed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+from .compare import run_label
+from .summary import fmt_bytes
+
+FIGURES = ("throughput_vs_workers.png", "lock_wait_by_caller.png", "memory_over_time.png",
+           "alloc_latency_cdf.png")
+CALLERS = ("alloc", "free", "reporter", "host")
+
+
+class PlotError(Exception):
+    """matplotlib missing, or nothing to draw."""
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise PlotError("matplotlib is not installed: pip install 'shmalloc[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def title_of(runs: list[dict]) -> str:
+    def one(key, fmt=str):
+        vals = {r["config"][key] for r in runs}
+        return fmt(vals.pop()) if len(vals) == 1 else "mixed"
+    return (f"{one('workload')}, {one('memory', fmt_bytes)} guest, "
+            f"{one('workers', lambda w: f'{w} workers')}, seed {one('seed')}")
+
+
+def _by_design(runs):
+    groups = defaultdict(list)
+    for r in runs:
+        groups[run_label(r)].append(r)
+    return groups
+
+
+def throughput_vs_workers(plt, runs, path):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, group in _by_design(runs).items():
+        per_w = defaultdict(list)
+        for r in group:
+            per_w[r["config"]["workers"]].append(r["throughput"]["pages_per_sec"] / 1e6)
+        xs = sorted(per_w)
+        ax.plot(xs, [sum(per_w[x]) / len(per_w[x]) for x in xs], marker="o", label=label)
+    ax.set_xlabel("worker processes")
+    ax.set_ylabel("throughput (million pages/s)")
+    ax.set_title(f"Throughput against workers\n{title_of(runs)}", fontsize=10)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def lock_wait_by_caller(plt, runs, path):
+    groups = _by_design(runs)
+    labels = list(groups)
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(labels) + 2), 4.5))
+    width = 0.8 / len(CALLERS)
+    for ci, caller in enumerate(CALLERS):
+        values = []
+        for label in labels:
+            top = max(groups[label], key=lambda r: r["config"]["workers"])
+            values.append(sum(lk["by_caller"][caller]["waittime_total_us"]
+                              for lk in top["locks"]) / 1000)
+        ax.bar([i + ci * width for i in range(len(labels))], values, width, label=caller)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))])
+    ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("zone-lock wait, total (ms)")
+    ax.set_title(f"Zone-lock wait by caller (most workers per design)\n{title_of(runs)}",
+                 fontsize=10)
+    ax.legend(title="caller", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def memory_over_time(plt, runs, path):
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5), sharex=True)
+    for label, group in _by_design(runs).items():
+        r = max(group, key=lambda r: r["config"]["workers"])
+        tl = r["memory"]["timeline"]
+        line, = ax1.plot(tl["t_s"], [b / 2**20 for b in tl["host_resident_bytes"]], label=label)
+        ax2.plot(tl["t_s"], [b / 2**20 for b in tl["free_bytes"]], label=label,
+                 color=line.get_color())
+    ax1.set_ylabel("host-resident guest memory (MiB)")
+    ax2.set_ylabel("free guest memory (MiB)")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("time (s)")
+        ax.grid(alpha=0.3)
+        ax.set_ylim(bottom=0)
+    ax1.legend(fontsize=8)
+    fig.suptitle(f"Host-resident memory over time, and the guest's free memory\n"
+                 f"{title_of(runs)}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def alloc_latency_cdf(plt, runs, path):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, group in _by_design(runs).items():
+        r = max(group, key=lambda r: r["config"]["workers"])
+        hist = r["latency_ns"]["alloc"].get("histogram", [])
+        total = sum(c for _, c in hist)
+        if not total:
+            continue
+        xs, ys, acc = [], [], 0
+        for upper, count in hist:
+            acc += count
+            xs.append(max(upper, 1))
+            ys.append(acc / total)
+        ax.step(xs, ys, where="post", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("alloc_pages() latency (ns, log scale)")
+    ax.set_ylabel("fraction of allocations")
+    ax.set_ylim(0, 1.01)
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title(f"Allocation latency CDF\n{title_of(runs)}", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def draw_all(runs: list[dict], out_dir: str) -> list[str]:
+    """Draw every figure into ``out_dir`` (created if missing's parent exists)."""
+    if not runs:
+        raise PlotError("no runs to plot")
+    plt = _pyplot()
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for name, draw in zip(FIGURES, (throughput_vs_workers, lock_wait_by_caller,
+                                    memory_over_time, alloc_latency_cdf)):
+        path = os.path.join(out_dir, name)
+        draw(plt, runs, path)
+        paths.append(path)
+    return paths

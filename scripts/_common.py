@@ -1,0 +1,109 @@
+"""What the launch scripts share: flags, running a set of points into a
+folder of results files (resumable, as ``shmalloc sweep``), the CSV, plots
+and a printed table.  Each script is a thin description of one experiment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from launcher import designs, results  # noqa: E402
+from launcher.compare import DEFAULT_LINEUP, flat_metrics, run_label  # noqa: E402
+from launcher.metadata import collect as collect_metadata  # noqa: E402
+from launcher.options import float_range, int_range, parse_size, size_range  # noqa: E402
+from launcher.run import RunConfig  # noqa: E402
+from launcher.sweep import Point, merge, path_of, run_points  # noqa: E402
+
+__all__ = ["parser", "lineup", "points", "run_all", "table", "DEFAULT_LINEUP", "flat_metrics",
+           "run_label", "float_range", "int_range", "size_range", "parse_size", "bar_chart",
+           "designs"]
+
+
+def csv_list(conv):
+    def parse(text: str) -> list:
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("an empty list")
+        return [conv(x) for x in items]
+    parse.__name__ = "list"
+    return parse
+
+
+def parser(name: str, doc: str) -> argparse.ArgumentParser:
+    first, _, rest = doc.strip().partition("\n\n")
+    p = argparse.ArgumentParser(prog=f"scripts/{name}", description=first,
+                                epilog=rest or None,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=os.path.join("results", name), metavar="DIR",
+                   help=f"folder for results files, CSV and PNGs (default results/{name}); "
+                   "points already there are not run again")
+    p.add_argument("--quick", action="store_true",
+                   help="a small, fast version (for tests): a few short points on a small guest")
+    p.add_argument("--seed", type=int_range(0, 2**31 - 1), default=1, help="workers' seed")
+    return p
+
+
+def lineup(text: str) -> list[tuple[str, dict]]:
+    """'none,callback/discard' -> [(label, RunConfig overrides)]."""
+    out = []
+    for item in [t.strip() for t in text.split(",") if t.strip()]:
+        name, _, mode = item.partition("/")
+        if name not in designs.DESIGNS:
+            raise argparse.ArgumentTypeError(f"unknown design {name!r}")
+        over = {"strategy": name}
+        if mode:
+            over["callback_mode"] = mode
+        out.append((item, over))
+    return out
+
+
+def points(base: dict, grid: list[tuple[dict, dict]]) -> list[Point]:
+    """``grid``: (values naming the point, RunConfig overrides) pairs."""
+    out = []
+    for values, over in grid:
+        cfg = RunConfig(**{**base, **over}).resolved()
+        out.append(Point({k: str(v) for k, v in values.items()}, cfg))
+    return out
+
+
+def run_all(pts: list[Point], out: str) -> list[dict]:
+    """Run the points not yet in ``out``; returns every run, labelled."""
+    os.makedirs(out, exist_ok=True)
+    counts = run_points(pts, out, collect_metadata, progress=sys.stderr.isatty())
+    runs = []
+    for p in pts:
+        run = results.load(path_of(out, p))["runs"][0]
+        run["label"] = run_label(run)
+        runs.append(run)
+    merge(out)
+    print(f"{len(pts)} points ({counts['ran']} run now, {counts['skipped']} already done, "
+          f"{counts['aborted']} aborted); results, sweep.csv and figures in {out}")
+    return runs
+
+
+def table(rows: list[list], header: list[str]) -> list[str]:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    return [fmt.format(*header)] + [fmt.format(*map(str, r)) for r in rows]
+
+
+def bar_chart(labels: list[str], values: list[float], ylabel: str, title: str, path: str,
+              colors: list[str] | None = None) -> None:
+    from launcher.plots import _pyplot
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(labels) + 2), 4))
+    ax.bar(range(len(labels)), values, color=colors)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
