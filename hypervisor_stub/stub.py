@@ -33,7 +33,8 @@ from shmalloc import virtqueue
 from shmalloc._libc import die_with_parent
 from shmalloc.config import PAGE_SHIFT
 from shmalloc.layout import (H_STOP, ROLE_HYPERVISOR, RS_HV_DISCARD_TICKS, RS_HV_ERRORS,
-                             RS_HV_PAGES_DISCARDED, RS_HV_RANGES, RS_HV_REQUESTS, STOP_HYPERVISOR)
+                             RS_HV_EXTRA_LATENCY_MS, RS_HV_PAGES_DISCARDED, RS_HV_RANGES,
+                             RS_HV_REQUESTS, STOP_HYPERVISOR)
 from shmalloc.lock import now_ticks
 
 DISCARD_MODES = ("punch", "remove", "none")
@@ -78,6 +79,12 @@ class Hypervisor:
         self.opts = opts
         self.stats = machine.layout.off_report
 
+    def wait(self, seconds: float) -> None:
+        """A busy host: sleep before acting, waking up to stop."""
+        end = time.monotonic() + seconds
+        while self.m.zs[H_STOP] < STOP_HYPERVISOR and time.monotonic() < end:
+            time.sleep(min(POLL_S, max(0.0, end - time.monotonic())))
+
     def discard(self, pfn: int, order: int) -> int:
         offset, length = pfn << PAGE_SHIFT, 1 << (order + PAGE_SHIFT)
         if self.opts.discard == "punch":
@@ -89,8 +96,7 @@ class Hypervisor:
         zs, st = self.m.zs, self.stats
         zs[st + RS_HV_REQUESTS] += 1
         zs[st + RS_HV_RANGES] += len(ranges)
-        if self.opts.hv_latency:
-            time.sleep(self.opts.hv_latency)
+        self.wait(self.opts.hv_latency + zs[st + RS_HV_EXTRA_LATENCY_MS] / 1000)
         if kind != virtqueue.KIND_REPORT or self.opts.discard == "none":
             return 0                                   # a hint: record only
         status = 0

@@ -91,10 +91,13 @@ def add_machine_flags(p, strategy: bool = True) -> None:
     g.add_argument("--discard", default="punch", metavar="HOW",
                    help="hypervisor stub: punch (fallocate PUNCH_HOLE), remove (madvise "
                    "MADV_REMOVE) or none (record only) (default punch)")
-    g = p.add_argument_group("watchdog")
+    g = p.add_argument_group("watchdog and faults")
     g.add_argument("--stall-timeout", type=opt.float_range(0, 86400, lo_open=True), default=10.0,
-                   metavar="SECONDS", help="abort when one owner holds a zone lock this long "
-                   "(default 10)")
+                   metavar="SECONDS", help="abort when one owner holds a zone lock this long, a "
+                   "child stays stopped this long, or a report waits this long (default 10)")
+    g.add_argument("--inject", action="append", default=[], metavar="WHAT@SECONDS",
+                   help="inject a fault: kill-worker[:N], stop-worker[:N], kill-reporter, "
+                   "kill-hypervisor, slow-hypervisor, at SECONDS after the start (repeatable)")
 
 
 def run_config(args):
@@ -103,8 +106,9 @@ def run_config(args):
 
     from .run import RunConfig
 
-    return RunConfig(**{f.name: getattr(args, f.name) for f in fields(RunConfig)
-                        if hasattr(args, f.name)}).resolved()
+    values = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
+    values["inject"] = tuple(values.get("inject", ()))
+    return RunConfig(**values).resolved()
 
 
 def config_argv(cfg) -> list[str]:
@@ -117,6 +121,9 @@ def config_argv(cfg) -> list[str]:
         value = getattr(cfg, f.name)
         if f.name == "lock_stats":
             argv += [] if value else ["--no-lock-stats"]
+        elif f.name == "inject":
+            for fault in value:
+                argv += ["--inject", fault]
         elif value is None or (f.name in ("ops", "duration") and not value):
             continue
         else:

@@ -35,13 +35,15 @@ from shmalloc import invariants, lockstat, snapshot, virtqueue
 from shmalloc.config import (DEFAULT_LOCK_SPIN, DEFAULT_MAX_ORDER, PAGE_REPORTING_CAPACITY,
                              PAGE_SIZE, PAGEBLOCK_ORDER)
 from shmalloc.layout import (AG_PID, H_GO, H_STOP, HIST_ALLOC, HIST_FREE, MIGRATE_MOVABLE,
-                             NR_HIST_BUCKETS, REPORT_FIELDS, RS_HV_PAGES_DISCARDED,
+                             NR_HIST_BUCKETS, REPORT_FIELDS, RS_ACK_PENDING_SINCE,
+                             RS_HV_PAGES_DISCARDED,
                              RS_PAGES_REPORTED, STOP_ABORT, STOP_HYPERVISOR, STOP_REPORTER,
                              STOP_WORKERS, WORKER_COUNTERS, WS_HIST, Z_LOCK_PID, Z_LOCK_SEQ)
+from shmalloc.lock import now_ticks
 from shmalloc.machine import ConfigError, Machine, MachineConfig
 from shmalloc.workload import THP_ORDER, WORKLOADS
 
-from . import designs
+from . import designs, faults
 from .worker import WorkerPlan, worker_main
 
 SAMPLE_S = 0.1
@@ -81,6 +83,7 @@ class RunConfig:
     discard: str = "punch"
     callback_mode: str = "hint"
     scan_interval: float = 5.0
+    inject: tuple = ()                  # --inject WHAT@SECONDS, as given
 
     @property
     def design(self) -> designs.Design:
@@ -140,6 +143,10 @@ class RunConfig:
         if self.report_order < self.design.min_report_order:
             raise ConfigError("--report-order", f"{self.strategy} isolates whole pageblocks: "
                               f"must be >= {self.design.min_report_order}, got {self.report_order}")
+        try:
+            faults.check([faults.parse(x) for x in self.inject], self)
+        except faults.FaultError as e:
+            raise ConfigError("--inject", str(e)) from None
         if self.scan_interval <= 0:
             raise ConfigError("--scan-interval", f"must be > 0, got {self.scan_interval}")
         if self.design.reporter:
@@ -296,6 +303,8 @@ class Run:
         self.t_go = 0.0
         self.t_stop = 0.0
         self.cache_warm: bool | None = None
+        self.injector = faults.Injector([faults.parse(x) for x in cfg.inject], self)
+        self.stopped_since: dict[int, float] = {}
 
     # -- process management ------------------------------------------------
     def _start(self, name: str, role: str, agent: int, target, *args) -> None:
@@ -341,6 +350,29 @@ class Run:
             return ""
         return (f"; it died holding the zone {', '.join(map(str, zones))} lock, so the lists "
                 "may be half updated")
+
+    def check_stalls(self, now: float) -> None:
+        """Stalls without a lock: a child stopped (SIGSTOP) for
+        --stall-timeout, or a report the hypervisor has not acknowledged
+        for that long."""
+        for c in self.children:
+            if c.proc.exitcode is None and process_state(c.pid) == "stopped":
+                since = self.stopped_since.setdefault(c.pid, now)
+                if now - since >= self.cfg.stall_timeout:
+                    raise RunAborted(f"{c.name} (pid {c.pid}) has been stopped for "
+                                     f"{now - since:.1f} s: longer than --stall-timeout "
+                                     f"{self.cfg.stall_timeout:g} s")
+            else:
+                self.stopped_since.pop(c.pid, None)
+        m = self.machine
+        since = int(m.zs[m.layout.off_report + RS_ACK_PENDING_SINCE])
+        if since:
+            waited = (int(now_ticks()) - since) / m.ticks_per_sec
+            if waited >= self.cfg.stall_timeout:
+                stub = next((c for c in self.children if c.role == "hypervisor"), None)
+                who = f"the {stub.name} (pid {stub.pid})" if stub else "the hypervisor"
+                raise RunAborted(f"{who} has not acknowledged a report for {waited:.1f} s: "
+                                 f"longer than --stall-timeout {self.cfg.stall_timeout:g} s")
 
     def check_locks(self, now: float) -> None:
         m = self.machine
@@ -417,8 +449,10 @@ class Run:
                 self.sample(now)
                 self._progress(now, last)
                 next_sample += SAMPLE_S
+            self.injector.step(now - self.t_go)
             self.check_children()
             self.check_locks(now)
+            self.check_stalls(now)
             if self.signal_received:
                 raise RunAborted(self._signal_reason(), 128 + self.signal_received)
             if cfg.duration and now - self.t_go >= cfg.duration:
@@ -441,6 +475,7 @@ class Run:
                 now = time.monotonic()
                 self.check_children()
                 self.check_locks(now)
+                self.check_stalls(now)
                 if now > deadline:
                     late = [c.name for c in group if c.proc.exitcode is None]
                     raise RunAborted(f"{', '.join(late)} did not stop within {timeout:g} s")
@@ -499,7 +534,7 @@ class Run:
                 self._watch()
                 self._stop()
             except RunAborted as e:
-                outcome, reason, status = "aborted", str(e), e.exit_status
+                outcome, reason, status = "aborted", str(e) + self.injector.notes(), e.exit_status
                 self.t_stop = self.t_stop or time.monotonic()
                 self._abort_children()
             self.sample(time.monotonic())
@@ -565,7 +600,8 @@ class Run:
         reporting = {name: int(m.zs[rep + i]) for i, name in enumerate(REPORT_FIELDS)}
         reporting["ack_wait_s"] = round(reporting.pop("ack_wait_ticks") / tps, 4)
         reporting["hv_discard_s"] = round(reporting.pop("hv_discard_ticks") / tps, 4)
-        del reporting["state"]
+        for internal in ("state", "refcnt", "ack_pending_since", "hv_extra_latency_ms"):
+            del reporting[internal]
         t_freed = min((w["t_freed"] for w in per_worker if w["t_freed"]), default=0)
         freed_at = (t_freed - min(starts)) / tps if t_freed and starts else None
         memory = {

@@ -31,8 +31,8 @@ import posix_ipc
 
 from shmalloc._libc import die_with_parent
 from shmalloc.virtqueue import KIND_REPORT
-from shmalloc.layout import (H_STOP, RS_ACK_WAIT_TICKS, RS_PAGES_REPORTED, RS_RANGES_REPORTED,
-                             RS_RE_REPORTS,
+from shmalloc.layout import (H_STOP, RS_ACK_PENDING_SINCE, RS_ACK_WAIT_TICKS, RS_PAGES_REPORTED,
+                             RS_RANGES_REPORTED, RS_RE_REPORTS,
                              RS_REPORT_ERRORS, RS_REPORTS, ROLE_REPORTER, STOP_REPORTER)
 from shmalloc.lock import now_ticks
 
@@ -115,7 +115,9 @@ class ReportingDesign:
                 self.reported_before.add(block)
         self.zs[self.stats + RS_RE_REPORTS] += re_reports
         t0 = now_ticks()
+        self.zs[self.stats + RS_ACK_PENDING_SINCE] = t0       # the watchdog sees a stalled host
         err = self.device.report(self.batch_pfn, self.batch_order, n)
+        self.zs[self.stats + RS_ACK_PENDING_SINCE] = 0
         zs, st = self.zs, self.stats
         zs[st + RS_ACK_WAIT_TICKS] += now_ticks() - t0
         zs[st + RS_REPORTS] += 1

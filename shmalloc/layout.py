@@ -193,11 +193,13 @@ REPORT_FIELDS = (
     "installs",          # hostscan: reclaimed blocks the guest allocated again
     "scans",             # hostscan: passes of the host scanner
     "refcnt",            # boundary: zones requesting, +1 while a pass runs
+    "ack_pending_since", # ticks when the report now in flight was sent; 0: none
+    "hv_extra_latency_ms",  # fault injection: the stub waits this much more per report
 )
 (RS_STATE, RS_REQUESTS, RS_CYCLES, RS_REPORTS, RS_RANGES_REPORTED, RS_PAGES_REPORTED,
  RS_RE_REPORTS, RS_ACK_WAIT_TICKS, RS_PAGES_NOT_TAKEN, RS_REPORT_ERRORS, RS_BUDGET_EXHAUSTED,
  RS_HV_REQUESTS, RS_HV_RANGES, RS_HV_PAGES_DISCARDED, RS_HV_DISCARD_TICKS, RS_HV_ERRORS,
- RS_INSTALLS, RS_SCANS, RS_REFCNT) = range(19)
+ RS_INSTALLS, RS_SCANS, RS_REFCNT, RS_ACK_PENDING_SINCE, RS_HV_EXTRA_LATENCY_MS) = range(21)
 REPORT_SLOTS = 64
 
 # ---------------------------------------------------------------------------

@@ -235,12 +235,19 @@ class RunObjects:
 
 
 def list_runs() -> dict[str, RunObjects]:
-    """Every shmalloc object visible in /dev/shm (and /dev/mqueue if mounted)."""
+    """Every shmalloc object of this user in /dev/shm (and /dev/mqueue if
+    mounted)."""
     runs: dict[str, RunObjects] = {}
 
     def note(entry: str, kind: str) -> None:
         m = _NAME_RE.match(entry)
         if not m:
+            return
+        try:                                   # other users' runs are not ours to judge
+            if os.stat(os.path.join(MQUEUE_DIR if kind == "mq" else SHM_DIR,
+                                    entry)).st_uid != os.geteuid():
+                return
+        except OSError:
             return
         run_id = f"{m['pid']}-{m['tag']}"
         run = runs.setdefault(run_id, RunObjects(run_id, int(m["pid"])))

@@ -11,30 +11,6 @@ from cli import assert_usage_error, shmalloc
 from conftest import ipc_objects
 from shmalloc.machine import AllocatorError, ConfigError, Machine, MachineConfig
 
-BAD_COMMAND_LINES = [
-    (["bench", "--reps", "0"], "--reps", "1..1000"),
-    (["bench", "--reps", "many"], "--reps", "not an integer"),
-    (["bench", "--iters", "-5"], "--iters"),
-    (["bench", "--init-memory", "5M"], "--init-memory", "multiple of"),
-    (["bench", "--init-memory", "12X"], "--init-memory", "not a size"),
-    (["bench", "--init-memory", "0"], "--init-memory"),
-    (["bench", "--bogus"], "unrecognized arguments: --bogus"),
-    (["cleanup", "--bogus"], "unrecognized arguments"),
-    (["cleanup", "now"], "unrecognized arguments: now"),
-    ([], "required"),
-    (["frobnicate"], "invalid choice"),
-]
-
-
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("argv", BAD_COMMAND_LINES, ids=lambda a: " ".join(a[0]) or "(none)")
-def test_bad_command_lines(argv):
-    before = ipc_objects()
-    res = shmalloc(*argv[0])
-    assert_usage_error(res, *argv[1:])
-    assert ipc_objects() == before
-
-
 @pytest.mark.timeout(300)
 def test_bench_json():
     res = shmalloc("bench", "--json", "--reps", "1", "--iters", "1", "--init-memory", "64M")

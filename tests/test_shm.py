@@ -148,3 +148,19 @@ def test_host_resident_bytes_follow_writes(make_machine):
     assert m.host_resident_bytes() == 0
     m.mem[: 512 * 100: 512] = np.arange(1, 101, dtype=np.int64)   # touch 100 pages
     assert m.host_resident_bytes() == 100 * 4096
+
+
+def test_cleanup_ignores_other_users_objects(make_machine):
+    """A run of another user is never listed, judged or removed."""
+    m = make_machine()
+    dead = f"{2**22 + 17}-abcdef"                  # a pid that cannot be running
+    obj = shm.SharedObject.create(shm.object_name(dead, "zones"), 64, "zones")
+    try:
+        os.fchown(obj.fd, 4242, -1)
+        assert dead not in shm.list_runs()
+        shm.cleanup()
+        assert os.path.exists(f"/dev/shm/shmalloc-{dead}-zones")
+    finally:
+        obj.close()
+        shm.unlink_shm(shm.object_name(dead, "zones"))
+    assert m.run_id in shm.list_runs()

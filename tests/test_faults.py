@@ -1,0 +1,150 @@
+"""Injected faults: every one stops the run in bounded time, names the
+process and the fault, exits 3, removes every IPC object, and accounts for
+every page."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import posix_ipc
+import pytest
+
+from cli import attach_running, shmalloc, start_shmalloc
+from conftest import ipc_objects
+from launcher import results
+from shmalloc import shm, virtqueue
+
+PAGES = (256 << 20) // 4096
+FAULTS = [
+    # fault, strategy, message, bound (seconds after the fault), more flags
+    ("kill-worker:1@1", "mainline", r"worker 1 \(pid \d+\) was killed by signal 9", 5, []),
+    ("stop-worker@1", "none", r"zone 0 lock held for [\d.]+ s by worker 0 \(pid \d+, stopped\)"
+     r"|worker 0 \(pid \d+\) has been stopped for", 2 + 5, []),
+    ("kill-reporter@1", "mainline", r"reporter \(pid \d+\) was killed by signal 9", 5,
+     ["--hv-latency", "1"]),
+    ("kill-hypervisor@1", "mainline", r"hypervisor stub \(pid \d+\) was killed by signal 9", 5,
+     []),
+    ("slow-hypervisor@1", "mainline", r"hypervisor stub \(pid \d+\) has not acknowledged a "
+     r"report for [\d.]+ s", 2 + 5, []),
+    ("kill-reporter@1", "isolate", r"reporter \(pid \d+\) was killed by signal 9", 5,
+     ["--hv-latency", "1"]),
+]
+
+
+def gone(run_id: str) -> bool:
+    for name in virtqueue.queue_names(run_id):
+        try:
+            posix_ipc.MessageQueue(name).close()
+            return False
+        except posix_ipc.ExistentialError:
+            pass
+    return not any(r.run_id == run_id for r in shm.list_runs().values())
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fault,strategy,message,bound,extra", FAULTS,
+                         ids=[f"{f[0]}-{f[1]}" for f in FAULTS])
+def test_injected_fault(tmp_path, fault, strategy, message, bound, extra):
+    import re
+    before = ipc_objects()
+    out = tmp_path / "r.json"
+    proc = start_shmalloc("run", "--strategy", strategy, "--memory", "256M", "--duration", "60",
+                          "--delay", "0.2", "--stall-timeout", "2", "--pcp-batch", "0",
+                          "--inject", fault, "--json", str(out), *extra)
+    try:
+        m = attach_running(proc)
+        run_id = m.run_id
+        t_go = time.monotonic()
+        m.close()
+        _, err = proc.communicate(timeout=120)
+        elapsed = time.monotonic() - t_go
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 3, err
+    assert re.search(message, err), err
+    assert f"[injected: {fault.split(':')[0].split('@')[0]}" in err
+    assert "Traceback" not in err
+    assert elapsed < 1 + 5 + bound                 # fault time, the launcher's own grace
+    run = results.load(str(out))["runs"][0]
+    assert run["outcome"] == "aborted"
+    rows = {r["where"]: r["pages"] for r in run["page_accounting"]}
+    assert rows["unaccounted"] == 0 and sum(rows.values()) == PAGES
+    if fault.startswith("kill-reporter"):
+        kept = [n for w, n in rows.items() if w.startswith("in-flight batch") or
+                w == "free (isolate)"]
+        assert kept and kept[0] > 0, rows          # the dead reporter's batch is found
+    assert ipc_objects() == before and gone(run_id)
+
+
+BAD_FAULTS = [
+    (["--inject", "explode@1"], "WHAT@SECONDS"),
+    (["--inject", "kill-worker"], "WHAT@SECONDS"),
+    (["--inject", "kill-worker@soon"], "not a number"),
+    (["--inject", "kill-worker:5@1"], "only 2 workers"),
+    (["--inject", "kill-reporter@1"], "runs no reporter"),
+    (["--inject", "kill-worker@9", "--duration", "5"], "later than the end"),
+]
+
+
+@pytest.mark.parametrize("argv", BAD_FAULTS, ids=lambda a: " ".join(a[0]))
+def test_bad_inject(argv):
+    from cli import assert_usage_error
+    before = ipc_objects()
+    assert_usage_error(shmalloc("run", *argv[0]), "--inject", argv[1])
+    assert ipc_objects() == before
+
+
+@pytest.mark.timeout(300)
+def test_cleanup_after_a_killed_launcher_spares_a_live_run(tmp_path):
+    before = ipc_objects()
+    victim = start_shmalloc("run", "--strategy", "mainline", "--memory", "128M",
+                            "--duration", "120")
+    survivor = None
+    try:
+        m = attach_running(victim)
+        dead_run = m.run_id
+        m.close()
+        os.kill(victim.pid, signal.SIGKILL)        # no chance to clean up
+        victim.communicate(timeout=30)
+        assert not shm.run_creator_alive(shm.list_runs()[dead_run])
+        left = shm.list_runs()[dead_run].names
+        assert left                                # it did leave objects behind
+        survivor = start_shmalloc("run", "--strategy", "mainline", "--memory", "128M",
+                                  "--duration", "4", "--quiet")
+        live = attach_running(survivor)
+        live_run = live.run_id
+        live.close()
+        res = shmalloc("cleanup")
+        assert res.returncode == 0, res.stderr
+        for name in left:
+            assert f"removed {name}" in res.stdout
+        assert live_run in res.stdout.splitlines()[-1]   # left alone
+        _, err = survivor.communicate(timeout=120)
+        assert survivor.returncode == 0, err
+        assert gone(dead_run) and gone(live_run)
+    finally:
+        for p in (victim, survivor):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert ipc_objects() == before
+
+
+@pytest.mark.timeout(300)
+def test_two_runs_at_once_use_their_own_objects(tmp_path):
+    procs = [start_shmalloc("run", "--memory", "64M", "--duration", "2", "--quiet",
+                            "--json", str(tmp_path / f"{i}.json")) for i in range(2)]
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=200)
+            assert p.returncode == 0, err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    a, b = (results.load(str(tmp_path / f"{i}.json"))["runs"][0] for i in range(2))
+    assert a["safety"]["invariant_errors"] == [] == b["safety"]["invariant_errors"]
