@@ -355,7 +355,11 @@ class Run:
         """Stalls without a lock: a child stopped (SIGSTOP) for
         --stall-timeout, or a report the hypervisor has not acknowledged
         for that long."""
+        m = self.machine
+        holders = {int(m.zs[m.layout.zone(z) + Z_LOCK_PID]) for z in range(m.nr_zones)}
         for c in self.children:
+            if c.pid in holders:
+                continue                  # check_locks names it, with the lock it holds
             if c.proc.exitcode is None and process_state(c.pid) == "stopped":
                 since = self.stopped_since.setdefault(c.pid, now)
                 if now - since >= self.cfg.stall_timeout:
@@ -364,7 +368,6 @@ class Run:
                                      f"{self.cfg.stall_timeout:g} s")
             else:
                 self.stopped_since.pop(c.pid, None)
-        m = self.machine
         since = int(m.zs[m.layout.off_report + RS_ACK_PENDING_SINCE])
         if since:
             waited = (int(now_ticks()) - since) / m.ticks_per_sec
@@ -485,10 +488,17 @@ class Run:
                 c.proc.join()
 
     def _abort_children(self) -> None:
-        """Everyone stops now: children leave their current operation and
-        exit (the memory they hold stays where it is, for the accounting);
-        whoever has not exited after a grace period is killed."""
+        """Everyone stops now: children (stopped ones resumed) leave their
+        current operation and exit, the memory they hold staying where it is
+        for the accounting; whoever has not exited after a grace period is
+        killed."""
         self.machine.zs[H_STOP] = STOP_ABORT
+        for c in self.children:           # a stopped child may sit inside the allocator:
+            if c.proc.exitcode is None:   # let it finish its operation and leave
+                try:
+                    os.kill(c.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
         deadline = time.monotonic() + ABORT_GRACE_S
         while any(c.proc.exitcode is None for c in self.children):
             if time.monotonic() > deadline:

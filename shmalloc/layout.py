@@ -374,7 +374,8 @@ class Layout:
         self.size = off
 
     def write_header(self, zs: np.ndarray) -> None:
-        zs[H_MAGIC] = ZS_MAGIC
+        """Everything but ``H_MAGIC``, which the creator writes last, once
+        the machine is initialised: attaching waits for it."""
         zs[H_VERSION] = ZS_VERSION
         zs[H_NR_PAGES] = self.nr_pages
         zs[H_NR_ZONES] = self.nr_zones

@@ -34,7 +34,8 @@ from ._libc import measure_ticks_per_sec, mincore_resident, sem_pointer, sem_rel
 from .config import (DEFAULT_MAX_ORDER, DEFAULT_PCP_BATCH, DEFAULT_PCP_HIGH, MAX_ORDER_LIMIT,
                      MAX_WORKERS, MAX_ZONES, PAGE_REPORTING_CAPACITY, PAGE_SIZE,
                      PAGEBLOCK_ORDER, DEFAULT_LOCK_SPIN)
-from .layout import (AG_DRAIN_DONE, AG_PREF_ZONE, AG_SEM_AUX, H_BITMAP_WORDS, HOOK_BITMAP,
+from .layout import (AG_DRAIN_DONE, AG_PREF_ZONE, AG_SEM_AUX, H_BITMAP_WORDS, H_MAGIC, HOOK_BITMAP,
+                     ZS_MAGIC,
                      HOOK_HOSTSCAN,
                      Z_BOUNDARY, Z_WMARK_MIN, bitmap_words, AG_DRAIN_REQ, AG_PID, AG_ROLE, AG_SEM, E_NOMEM,
                      ERROR_TEXT, FRAME_DTYPE, H_CAPACITY, H_LOCK_SPIN, H_LOCK_STATS,
@@ -251,6 +252,9 @@ class Machine:
                 objs.append(shm.SharedObject.attach(shm.object_name(run_id, role),
                                                     with_header=(role != "guest")))
             zs = objs[0].array(np.int64)
+            if zs[H_MAGIC] != ZS_MAGIC:
+                raise shm.IPCError(f"{shm.object_name(run_id, 'zones')} is not initialised "
+                                   "(yet)")
             sems = [shm.open_semaphore(shm.object_name(run_id, f"zone{z}"))
                     for z in range(int(zs[H_NR_ZONES]))]
             wake = shm.open_semaphore(shm.object_name(run_id, "wake"))
@@ -482,3 +486,4 @@ def _init_metadata(zs: np.ndarray, frames: np.ndarray, layout: Layout, cfg: Mach
             zs[pb + PCP_TAIL] = -1
     zs[layout.off_pageblock: layout.off_pageblock + layout.nr_pageblocks] = MIGRATE_MOVABLE
     init_free_lists(frames, zs)
+    zs[H_MAGIC] = ZS_MAGIC                       # ready: others may attach now

@@ -84,3 +84,33 @@ def kill_outside_the_allocator(m, pid: int) -> None:
         os.kill(pid, signal.SIGCONT)
         time.sleep(0.001)
     raise AssertionError(f"pid {pid} never left the allocator")
+
+
+def run_objects_gone(run_id: str) -> bool:
+    """No shared memory, semaphore or message queue of ``run_id`` is left
+    (queues are checked by name: /dev/mqueue need not be mounted)."""
+    import posix_ipc
+
+    from shmalloc import shm, virtqueue
+
+    for name in virtqueue.queue_names(run_id):
+        try:
+            posix_ipc.MessageQueue(name).close()
+            return False
+        except posix_ipc.ExistentialError:
+            pass
+    return not any(r.run_id == run_id for r in shm.list_runs().values())
+
+
+def end(proc: subprocess.Popen) -> None:
+    """Make sure a started ``shmalloc`` is gone: SIGTERM first, so that it
+    removes its objects, SIGKILL if it does not."""
+    import signal
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()

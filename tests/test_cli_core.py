@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from cli import assert_usage_error, shmalloc
+from cli import shmalloc
 from conftest import ipc_objects
 from shmalloc.machine import AllocatorError, ConfigError, Machine, MachineConfig
 

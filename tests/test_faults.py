@@ -8,13 +8,12 @@ import os
 import signal
 import time
 
-import posix_ipc
 import pytest
 
-from cli import attach_running, shmalloc, start_shmalloc
+from cli import end, attach_running, run_objects_gone, shmalloc, start_shmalloc
 from conftest import ipc_objects
 from launcher import results
-from shmalloc import shm, virtqueue
+from shmalloc import shm
 
 PAGES = (256 << 20) // 4096
 FAULTS = [
@@ -32,15 +31,6 @@ FAULTS = [
      ["--hv-latency", "1"]),
 ]
 
-
-def gone(run_id: str) -> bool:
-    for name in virtqueue.queue_names(run_id):
-        try:
-            posix_ipc.MessageQueue(name).close()
-            return False
-        except posix_ipc.ExistentialError:
-            pass
-    return not any(r.run_id == run_id for r in shm.list_runs().values())
 
 
 @pytest.mark.timeout(300)
@@ -61,9 +51,7 @@ def test_injected_fault(tmp_path, fault, strategy, message, bound, extra):
         _, err = proc.communicate(timeout=120)
         elapsed = time.monotonic() - t_go
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        end(proc)
     assert proc.returncode == 3, err
     assert re.search(message, err), err
     assert f"[injected: {fault.split(':')[0].split('@')[0]}" in err
@@ -77,7 +65,7 @@ def test_injected_fault(tmp_path, fault, strategy, message, bound, extra):
         kept = [n for w, n in rows.items() if w.startswith("in-flight batch") or
                 w == "free (isolate)"]
         assert kept and kept[0] > 0, rows          # the dead reporter's batch is found
-    assert ipc_objects() == before and gone(run_id)
+    assert ipc_objects() == before and run_objects_gone(run_id)
 
 
 BAD_FAULTS = [
@@ -125,12 +113,10 @@ def test_cleanup_after_a_killed_launcher_spares_a_live_run(tmp_path):
         assert live_run in res.stdout.splitlines()[-1]   # left alone
         _, err = survivor.communicate(timeout=120)
         assert survivor.returncode == 0, err
-        assert gone(dead_run) and gone(live_run)
+        assert run_objects_gone(dead_run) and run_objects_gone(live_run)
     finally:
-        for p in (victim, survivor):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.communicate()
+        end(victim)
+        end(survivor)
     assert ipc_objects() == before
 
 
@@ -144,7 +130,6 @@ def test_two_runs_at_once_use_their_own_objects(tmp_path):
             assert p.returncode == 0, err
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.kill()
+            end(p)
     a, b = (results.load(str(tmp_path / f"{i}.json"))["runs"][0] for i in range(2))
     assert a["safety"]["invariant_errors"] == [] == b["safety"]["invariant_errors"]

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from cli import (assert_usage_error, attach_running, kill_outside_the_allocator, shmalloc,
+from cli import (end, assert_usage_error, attach_running, kill_outside_the_allocator, shmalloc,
                  start_shmalloc)
 from conftest import ipc_objects
 from launcher import results
@@ -92,8 +92,7 @@ def _wait_exit(proc, timeout):
     try:
         out, err = proc.communicate(timeout=timeout)
     except Exception:
-        proc.kill()
-        proc.communicate()
+        end(proc)
         raise
     return proc.returncode, out, err
 
@@ -112,8 +111,7 @@ def test_killed_worker_stops_the_run(tmp_path):
         code, stdout, stderr = _wait_exit(proc, 30)
         assert time.monotonic() - t0 < 5 + 5           # noticed within 5 s, cleaned up
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        end(proc)
     assert code == 3, stderr
     assert f"worker 1 (pid {victim}) was killed by signal 9 (SIGKILL)" in stderr
     assert "Traceback" not in stderr
@@ -149,8 +147,7 @@ def test_worker_stopped_holding_the_zone_lock(tmp_path):
         m.close()
         code, stdout, stderr = _wait_exit(proc, 30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        end(proc)
     assert code == 3, stderr
     assert "zone 0 lock held for" in stderr
     assert "by worker" in stderr and f"(pid {stopped}, stopped)" in stderr
@@ -168,8 +165,7 @@ def test_signal_cleans_up(sig):
         proc.send_signal(sig)
         code, stdout, stderr = _wait_exit(proc, 30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        end(proc)
     assert code == 128 + sig
     assert f"interrupted by {signal.Signals(sig).name}" in stderr
     assert ipc_objects() == before

@@ -6,28 +6,18 @@ import os
 import signal
 import time
 
-import posix_ipc
 import pytest
 
-from cli import attach_running, kill_outside_the_allocator, shmalloc, start_shmalloc
+from cli import (end, attach_running, kill_outside_the_allocator, run_objects_gone, shmalloc,
+                 start_shmalloc)
 from conftest import ipc_objects
 from launcher import results
-from shmalloc import virtqueue
 from shmalloc.layout import AG_PID, PS_INFLIGHT
 
 
 def load(path):
     return results.load(str(path))["runs"][0]
 
-
-def queues_gone(run_id: str) -> bool:
-    for name in virtqueue.queue_names(run_id):
-        try:
-            posix_ipc.MessageQueue(name).close()
-            return False
-        except posix_ipc.ExistentialError:
-            pass
-    return True
 
 
 @pytest.mark.timeout(300)
@@ -68,13 +58,12 @@ def test_stub_killed_mid_run(tmp_path):
         os.kill(stub, signal.SIGKILL)
         _, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        end(proc)
     assert proc.returncode == 3, err
     assert f"hypervisor stub (pid {stub}) was killed by signal 9 (SIGKILL)" in err
     rows = {r["where"]: r["pages"] for r in load(out)["page_accounting"]}
     assert rows["unaccounted"] == 0 and sum(rows.values()) == (256 << 20) // 4096
-    assert ipc_objects() == before and queues_gone(run_id)
+    assert ipc_objects() == before and run_objects_gone(run_id)
 
 
 @pytest.mark.timeout(300)
@@ -97,12 +86,11 @@ def test_reporter_killed_mid_cycle(tmp_path):
         m.close()
         _, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        end(proc)
     assert proc.returncode == 3, err
     assert f"reporter (pid {reporter}) was killed by signal 9 (SIGKILL)" in err
     rows = {r["where"]: r["pages"] for r in load(out)["page_accounting"]}
     inflight = [n for w, n in rows.items() if w.startswith("in-flight batch")]
     assert inflight and inflight[0] > 0
     assert rows["unaccounted"] == 0 and sum(rows.values()) == (256 << 20) // 4096
-    assert ipc_objects() == before and queues_gone(run_id)
+    assert ipc_objects() == before and run_objects_gone(run_id)
