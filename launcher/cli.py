@@ -68,6 +68,9 @@ def add_machine_flags(p, strategy: bool = True) -> None:
                    f"(default {DEFAULT_LOCK_SPIN})")
     g.add_argument("--no-lock-stats", dest="lock_stats", action="store_false",
                    help="switch lock_stat accounting off")
+    g.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="let the scheduler place the workers (default: worker i on cpu i mod "
+                   "ncpus, as will-it-scale pins its tasks)")
     g = p.add_argument_group("reporting")
     if strategy:
         g.add_argument("--strategy", default="none", metavar="NAME",
@@ -104,7 +107,7 @@ def run_config(args):
     """The RunConfig the parsed flags describe (flag dest == field name)."""
     from dataclasses import fields
 
-    from .run import RunConfig
+    from .config import RunConfig
 
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
     values["inject"] = tuple(values.get("inject", ()))
@@ -119,8 +122,8 @@ def config_argv(cfg) -> list[str]:
     argv = []
     for f in fields(cfg):
         value = getattr(cfg, f.name)
-        if f.name == "lock_stats":
-            argv += [] if value else ["--no-lock-stats"]
+        if isinstance(value, bool):            # on by default: --no-<flag> turns it off
+            argv += [] if value else [f"--no-{f.name.replace('_', '-')}"]
         elif f.name == "inject":
             for fault in value:
                 argv += ["--inject", fault]
@@ -198,6 +201,9 @@ def _add_compare(sub) -> None:
     p.add_argument("--strategies", default=",".join(DEFAULT_LINEUP), metavar="LIST",
                    help="designs to run, comma-separated; callback/hint and callback/discard "
                    f"choose callback's mode (default {','.join(DEFAULT_LINEUP)})")
+    p.add_argument("--repeat", type=opt.int_range(1, 100), default=1, metavar="N",
+                   help="run the line-up N times, designs interleaved, and show medians "
+                   "(default 1)")
     add_machine_flags(p, strategy=False)
     add_output_flags(p)
     p.set_defaults(func=cmd_compare, **DEFAULTS)
@@ -215,7 +221,8 @@ def cmd_compare(args) -> int:
     for item in items:                       # every design's flags, before anything runs
         config_for(base, item)
     _check_json_output(args)
-    runs = run_lineup(base, items, progress=sys.stderr.isatty() and not args.quiet)
+    runs = run_lineup(base, items, progress=sys.stderr.isatty() and not args.quiet,
+                      repeat=args.repeat)
     status = max(run.pop("exit_status") for run in runs)
     warm = all(run.pop("numba_cache_warm") for run in runs)
     if not args.quiet:

@@ -17,7 +17,8 @@ import sys
 from dataclasses import replace
 
 from . import designs
-from .run import RunConfig, execute
+from .config import RunConfig
+from .run import execute
 from .summary import describe, fmt_bytes
 
 #: the default line-up: every design, callback in both modes
@@ -55,20 +56,25 @@ def config_for(base: RunConfig, item: str) -> RunConfig:
     return cfg.resolved()
 
 
-def run_lineup(base: RunConfig, items: list[str], progress: bool = False) -> list[dict]:
-    """Run every item in turn; returns the RUN records (each with ``label``).
-    Stops at the first aborted run (its record is the last one)."""
+def run_lineup(base: RunConfig, items: list[str], progress: bool = False,
+               repeat: int = 1) -> list[dict]:
+    """Run every item, ``repeat`` rounds, the items interleaved within each
+    round (so a slow spell of the machine does not fall on one design);
+    returns the RUN records, each with ``label``.  Stops at the first
+    aborted run (its record is the last one)."""
     runs = []
-    for i, item in enumerate(items, 1):
-        cfg = config_for(base, item)
-        label = f"[{i}/{len(items)}] {item:<17} "
-        run = execute(cfg, progress=progress, label=label)
-        run["label"] = item
-        runs.append(run)
-        if progress:
-            sys.stderr.write(f"{label}{run['outcome']}\n")
-        if run["outcome"] != "ok":
-            break
+    total = len(items) * repeat
+    for r in range(repeat):
+        for i, item in enumerate(items, 1):
+            cfg = config_for(base, item)
+            label = f"[{r * len(items) + i}/{total}] {item:<17} "
+            run = execute(cfg, progress=progress, label=label)
+            run["label"] = item
+            runs.append(run)
+            if progress:
+                sys.stderr.write(f"{label}{run['outcome']}\n")
+            if run["outcome"] != "ok":
+                return runs
     return runs
 
 
@@ -88,8 +94,11 @@ def lock_split(run: dict) -> dict:
                                  for lk in locks) / 1000,
             "hold_total_ms": sum(_split(lk, "holdtime_total_us", callers, sum)
                                  for lk in locks) / 1000,
+            "hold_avg_ns": 0.0,
             "hold_max_us": max(_split(lk, "holdtime_max_us", callers, max) for lk in locks),
         }
+        acq = out[who]["acquisitions"]
+        out[who]["hold_avg_ns"] = 1e6 * out[who]["hold_total_ms"] / acq if acq else 0.0
     return out
 
 
@@ -121,6 +130,8 @@ def flat_metrics(run: dict) -> dict:
         "lock_wait_ms_workers": round(ls["workers"]["wait_total_ms"], 3),
         "lock_wait_ms_reporter": round(ls["reporter"]["wait_total_ms"], 3),
         "lock_hold_ms_reporter": round(ls["reporter"]["hold_total_ms"], 3),
+        "lock_hold_avg_ns_workers": round(ls["workers"]["hold_avg_ns"], 1),
+        "lock_hold_avg_ns_reporter": round(ls["reporter"]["hold_avg_ns"], 1),
         "lock_hold_max_us_workers": ls["workers"]["hold_max_us"],
         "lock_hold_max_us_reporter": ls["reporter"]["hold_max_us"],
         "reported_bytes": m["reported_bytes"],
@@ -158,47 +169,84 @@ def _fmt(v, spec: str, none: str = "-") -> str:
     return none if v is None else format(v, spec)
 
 
+def _median(values: list):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def aggregate(runs: list[dict]) -> list[tuple[str, dict, int]]:
+    """One row per label, in first-seen order: (label, the median of every
+    number of :func:`flat_metrics` over the label's runs, how many runs);
+    the row's ``unsafe`` lists what any of them did wrong, ``rate_min`` and
+    ``rate_max`` the spread of throughput."""
+    by_label: dict[str, list[dict]] = {}
+    for r in runs:
+        by_label.setdefault(r["label"], []).append(r)
+    rows = []
+    for label, group in by_label.items():
+        flats = [flat_metrics(r) for r in group]
+        row = {}
+        for key in flats[0]:
+            vals = [f[key] for f in flats]
+            numeric = all(isinstance(v, (int, float)) or v is None for v in vals)
+            row[key] = _median(vals) if numeric else vals[0]
+        rates = [f["pages_per_sec"] for f in flats]
+        row["rate_min"], row["rate_max"] = min(rates), max(rates)
+        row["unsafe"] = [why for r in group for why in unsafe(r)]
+        rows.append((label, row, len(group)))
+    return rows
+
+
 def format_compare(runs: list[dict]) -> list[str]:
-    """The side-by-side tables (lines)."""
+    """The side-by-side tables (lines); with several runs of a design, its
+    medians (and the throughput's spread)."""
     if not runs:
         return []
-    base = next((r for r in runs if r["config"]["strategy"] == "none"), None)
-    base_rate = base["throughput"]["pages_per_sec"] if base else None
+    rows = aggregate(runs)
+    repeats = max(n for _, _, n in rows)
+    base = next((row for label, row, _ in rows if label == "none"), None)
+    base_rate = base["pages_per_sec"] if base else None
     first = runs[0]
     lines = [f"shmalloc compare: {describe(first['config'], strategy=False)}, "
-             f"{first['config']['duration']:g} s each", ""]
-    w = max(len(r["label"]) for r in runs) + 2
+             f"{first['config']['duration']:g} s each"
+             + (f", median of {repeats} runs" if repeats > 1 else ""), ""]
+    w = max(len(label) for label, _, _ in rows) + 2
+    spread = repeats > 1
     lines.append("what it costs the allocator (zone locks: workers / reporter)")
-    lines.append(f"{'design':<{w}}{'M pages/s':>10}{'vs none':>9}{'alloc p99':>10}"
-                 f"{'acquisitions':>20}{'contentions':>18}{'wait ms':>16}{'max hold us':>18}")
-    for r in runs:
-        rate = r["throughput"]["pages_per_sec"]
+    lines.append(f"{'design':<{w}}{'M pages/s':>10}" + (f"{'spread':>15}" if spread else "")
+                 + f"{'vs none':>9}{'alloc p99':>10}{'acquisitions':>20}{'contentions':>18}"
+                 f"{'wait ms':>16}{'avg hold ns':>13}{'max hold us':>18}")
+    for label, f, _ in rows:
+        rate = f["pages_per_sec"]
         rel = f"{100 * rate / base_rate:.1f}%" if base_rate else "-"
-        ls = lock_split(r)
-        wk, rp = ls["workers"], ls["reporter"]
+        rng = f"{f['rate_min'] / 1e6:.2f}-{f['rate_max'] / 1e6:.2f}" if spread else ""
         lines.append(
-            f"{r['label']:<{w}}{rate / 1e6:>10.3f}{rel:>9}{r['latency_ns']['alloc']['p99']:>10}"
-            f"{wk['acquisitions']:>11} / {rp['acquisitions']:<6}"
-            f"{wk['contentions']:>10} / {rp['contentions']:<5}"
-            f"{wk['wait_total_ms']:>8.1f} / {rp['wait_total_ms']:<5.1f}"
-            f"{wk['hold_max_us']:>9.1f} / {rp['hold_max_us']:<6.1f}")
+            f"{label:<{w}}{rate / 1e6:>10.3f}" + (f"{rng:>15}" if spread else "")
+            + f"{rel:>9}{f['alloc_p99_ns']:>10.0f}"
+            f"{f['lock_acquisitions_workers']:>11.0f} / {f['lock_acquisitions_reporter']:<6.0f}"
+            f"{f['lock_contentions_workers']:>10.0f} / {f['lock_contentions_reporter']:<5.0f}"
+            f"{f['lock_wait_ms_workers']:>8.1f} / {f['lock_wait_ms_reporter']:<5.1f}"
+            f"{f['lock_hold_avg_ns_workers']:>8.0f} / {f['lock_hold_avg_ns_reporter']:<5.0f}"
+            f"{f['lock_hold_max_us_workers']:>9.1f} / {f['lock_hold_max_us_reporter']:<6.1f}")
     lines += ["", "what it gives back, and at what risk"]
     lines.append(f"{'design':<{w}}{'reported':>12}{'discarded':>12}{'half back':>11}"
                  f"{'footprint':>11}{'host end':>12}{'refaults':>10}{'re-reports':>12}"
                  f"{'use-after-discard':>19}{'invariants':>12}")
-    for r in runs:
-        m, rep = r["memory"], r["reporting"]
-        inv = "ok" if not r["safety"]["invariant_errors"] else "VIOLATED"
-        mark = "   <-- UNSAFE" if unsafe(r) else ""
+    for label, f, _ in rows:
+        inv = "ok" if not f["invariant_errors"] else "VIOLATED"
+        mark = "   <-- UNSAFE" if f["unsafe"] else ""
         lines.append(
-            f"{r['label']:<{w}}{fmt_bytes(m['reported_bytes']):>12}"
-            f"{fmt_bytes(m['discarded_bytes']):>12}{_fmt(m.get('half_returned_s'), '.2f'):>9} s"
-            f"{m['footprint_gib_s']:>9.2f}  {fmt_bytes(m['host_resident_bytes_end']):>11}"
-            f"{r['refaults']:>10}{rep['re_reports']:>12}"
-            f"{r['safety']['use_after_discard']:>19}{inv:>12}{mark}")
+            f"{label:<{w}}{fmt_bytes(f['reported_bytes']):>12}"
+            f"{fmt_bytes(f['discarded_bytes']):>12}{_fmt(f['half_returned_s'], '.2f'):>9} s"
+            f"{f['footprint_gib_s']:>9.2f}  {fmt_bytes(f['host_resident_bytes_end']):>11}"
+            f"{f['refaults']:>10.0f}{f['re_reports']:>12.0f}"
+            f"{f['use_after_discard']:>19.0f}{inv:>12}{mark}")
     lines += ["", "footprint: host-resident memory integrated over the run, GiB*s; half back: "
               "seconds from the workers' shrink until the host held half of what they freed"]
-    for r in runs:
-        for why in unsafe(r):
-            lines.append(f"UNSAFE: {r['label']}: {why}")
+    for label, f, _ in rows:
+        for why in dict.fromkeys(f["unsafe"]):
+            lines.append(f"UNSAFE: {label}: {why}")
     return lines

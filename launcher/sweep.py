@@ -27,7 +27,8 @@ import time
 from dataclasses import dataclass, fields
 
 from . import results
-from .run import RunConfig, execute
+from .config import RunConfig
+from .run import execute
 
 CSV_NAME = "sweep.csv"
 

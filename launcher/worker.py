@@ -10,6 +10,7 @@ through ``drain_pages``.
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import time
@@ -41,6 +42,7 @@ class WorkerPlan:
     seed: int
     max_order: int
     duration_s: float = 0.0   # the run's length (phased schedules its phases on it)
+    cpu: int | None = None    # the cpu this worker is pinned to, if any
 
     def capacity(self) -> int:
         """Blocks the worker can hold at most (its private held arrays)."""
@@ -103,6 +105,10 @@ def worker_main(machine, agent: int, plan: WorkerPlan) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if plan.cpu is not None:
+        # one worker per cpu, as will-it-scale pins its tasks: two workers
+        # time-sharing a cpu would halve the contention they can make
+        os.sched_setaffinity(0, {plan.cpu})
     machine.bind(agent, ROLE_WORKER)
     cap = plan.capacity()
     held_pfn = np.zeros(cap, np.int64)

@@ -17,7 +17,7 @@ from launcher import designs, results  # noqa: E402
 from launcher.compare import DEFAULT_LINEUP, flat_metrics, run_label  # noqa: E402
 from launcher.metadata import collect as collect_metadata  # noqa: E402
 from launcher.options import float_range, int_range, parse_size, size_range  # noqa: E402
-from launcher.run import RunConfig  # noqa: E402
+from launcher.config import RunConfig  # noqa: E402
 from launcher.sweep import Point, merge, path_of, run_points  # noqa: E402
 
 __all__ = ["parser", "lineup", "points", "run_all", "table", "DEFAULT_LINEUP", "flat_metrics",

@@ -1,0 +1,151 @@
+"""What one experiment is: every flag of ``shmalloc run`` as a
+:class:`RunConfig`, validated before anything is created.  The results
+file's ``config`` is this, resolved."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+from hypervisor_stub import DISCARD_MODES, StubOptions
+from reporter import ReporterOptions
+from shmalloc import virtqueue
+from shmalloc.config import (DEFAULT_LOCK_SPIN, DEFAULT_MAX_ORDER, PAGE_REPORTING_CAPACITY,
+                             PAGE_SIZE, PAGEBLOCK_ORDER)
+from shmalloc.machine import ConfigError, MachineConfig
+from shmalloc.workload import THP_ORDER, WORKLOADS
+
+from . import designs, faults
+from .worker import WorkerPlan
+
+GIB = 1 << 30
+PAGE_FAULT1_BYTES = 128 << 20    # will-it-scale's page_fault1 maps 128 MiB per task
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every flag of ``shmalloc run``; the JSON ``config`` is this, resolved."""
+
+    strategy: str = "none"
+    workload: str = "page_fault1"
+    workers: int = 2
+    duration: float | None = None       # None: 5 s, or unlimited with --ops
+    ops: int = 0                        # per worker; 0: no budget
+    memory: int = GIB
+    zones: int = 1
+    max_order: int = DEFAULT_MAX_ORDER
+    working_set: int | None = None      # per worker; None: min(128 MiB, 80 % / workers)
+    hog_share: float = 0.9
+    hog_hold: float = 1.0
+    pcp_batch: int = 63
+    pcp_high: int = 378
+    lock_spin: int = DEFAULT_LOCK_SPIN
+    lock_stats: bool = True
+    pin: bool = True                    # worker i runs on allowed cpu i mod ncpus
+    seed: int = 1
+    stall_timeout: float = 10.0
+    report_order: int = PAGEBLOCK_ORDER
+    capacity: int | None = None         # None: the design's default (32, bitmap 16)
+    delay: float | None = None          # None: the design's default
+    hv_latency: float = 0.0
+    discard: str = "punch"
+    callback_mode: str = "hint"
+    scan_interval: float = 5.0
+    inject: tuple = ()                  # --inject WHAT@SECONDS, as given
+
+    @property
+    def design(self) -> designs.Design:
+        return designs.DESIGNS[self.strategy]
+
+    def resolved(self) -> "RunConfig":
+        """Defaults that depend on other values filled in; validated."""
+        cfg = self
+        if cfg.strategy in designs.DESIGNS and cfg.delay is None:
+            cfg = replace(cfg, delay=float(cfg.design.defaults.get("delay", 0.0)))
+        if cfg.strategy in designs.DESIGNS and cfg.capacity is None:
+            cfg = replace(cfg, capacity=int(cfg.design.defaults.get("capacity",
+                                                                    PAGE_REPORTING_CAPACITY)))
+        if cfg.duration is None:
+            cfg = replace(cfg, duration=0.0 if cfg.ops else 5.0)
+        if cfg.working_set is None:
+            unit = PAGE_SIZE << (THP_ORDER if cfg.workload == "thp" else 0)
+            share = int(cfg.memory * 0.8) // max(cfg.workers, 1)
+            cfg = replace(cfg, working_set=max(unit, min(PAGE_FAULT1_BYTES, share) // unit * unit))
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.strategy not in designs.DESIGNS:
+            raise ConfigError("--strategy", f"unknown design {self.strategy!r}; choose from "
+                              f"{', '.join(designs.names())}")
+        if self.workload not in WORKLOADS:
+            raise ConfigError("--workload", f"unknown workload {self.workload!r}; choose from "
+                              f"{', '.join(WORKLOADS)}")
+        self.machine_config().validate()
+        self.machine_config().check_space()
+        if self.duration is not None and (self.duration < 0 or
+                                          (self.duration == 0 and not self.ops)):
+            raise ConfigError("--duration", "must be > 0 (or 0 with --ops: until the ops are done)")
+        if self.working_set is not None:
+            unit = PAGE_SIZE << (THP_ORDER if self.workload == "thp" else 0)
+            if self.working_set < unit or self.working_set % PAGE_SIZE:
+                raise ConfigError("--working-set", f"must be a multiple of 4 KiB and at least "
+                                  f"{unit >> 10} KiB for {self.workload}, got {self.working_set}")
+            if self.working_set > self.memory:
+                raise ConfigError("--working-set", f"{self.working_set} bytes per worker is more "
+                                  f"than the guest ({self.memory} bytes)")
+        if not 0 < self.hog_share <= 1:
+            raise ConfigError("--hog-share", f"must be in (0, 1], got {self.hog_share}")
+        if self.stall_timeout <= 0:
+            raise ConfigError("--stall-timeout", f"must be > 0, got {self.stall_timeout}")
+        if self.discard not in DISCARD_MODES:
+            raise ConfigError("--discard", f"must be one of {', '.join(DISCARD_MODES)}, "
+                              f"got {self.discard!r}")
+        if self.delay is not None and self.delay < 0:
+            raise ConfigError("--delay", f"must be >= 0, got {self.delay}")
+        if self.hv_latency < 0:
+            raise ConfigError("--hv-latency", f"must be >= 0, got {self.hv_latency}")
+        if self.callback_mode not in ("hint", "discard"):
+            raise ConfigError("--callback-mode", f"must be hint or discard, got "
+                              f"{self.callback_mode!r}")
+        if self.report_order < self.design.min_report_order:
+            raise ConfigError("--report-order", f"{self.strategy} isolates whole pageblocks: "
+                              f"must be >= {self.design.min_report_order}, got {self.report_order}")
+        try:
+            faults.check([faults.parse(x) for x in self.inject], self)
+        except faults.FaultError as e:
+            raise ConfigError("--inject", str(e)) from None
+        if self.scan_interval <= 0:
+            raise ConfigError("--scan-interval", f"must be > 0, got {self.scan_interval}")
+        if self.design.reporter:
+            try:
+                virtqueue.check_limits(self.capacity)
+            except virtqueue.ProtocolError as e:
+                raise ConfigError(e.flag or "--capacity", str(e)) from None
+
+    def machine_config(self) -> MachineConfig:
+        return MachineConfig(memory=self.memory, zones=self.zones, max_order=self.max_order,
+                             workers=self.workers, pcp_batch=self.pcp_batch,
+                             pcp_high=self.pcp_high, lock_spin=self.lock_spin,
+                             lock_stats=self.lock_stats, report_order=self.report_order,
+                             capacity=self.capacity or PAGE_REPORTING_CAPACITY,
+                             strategy=self.design.hook)
+
+    def reporter_options(self) -> ReporterOptions:
+        return ReporterOptions(design=self.strategy, delay=self.delay, capacity=self.capacity,
+                               report_order=self.report_order, callback_mode=self.callback_mode)
+
+    def stub_options(self) -> StubOptions:
+        return StubOptions(discard=self.discard, hv_latency=self.hv_latency,
+                           host_scan=self.design.host_scan, scan_interval=self.scan_interval,
+                           capacity=self.capacity)
+
+    def plan(self, worker: int) -> WorkerPlan:
+        hog_pages = int(self.hog_share * (self.memory // PAGE_SIZE)) // self.workers
+        cpus = sorted(os.sched_getaffinity(0))
+        return WorkerPlan(workload=self.workload, working_set=self.working_set,
+                          cpu=cpus[worker % len(cpus)] if self.pin else None,
+                          hog_pages=hog_pages, hog_hold_s=self.hog_hold,
+                          max_ops=self.ops if self.ops else -1,
+                          seed=self.seed * 1_000_003 + worker, max_order=self.max_order,
+                          duration_s=self.duration)
