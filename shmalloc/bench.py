@@ -9,8 +9,12 @@ Cases (each the median of ``reps`` repetitions of ``iters`` rounds):
 ``order0_pcp``   order0_zone with the pcp lists on (batch 63, high 378).
 
 each with lock statistics on and off; the pure-Python reference allocator on
-order0_zone; the metadata bytes per page; and the time to create and
-initialise a 16 GiB guest.  ``../shared/bench/buddy_ref.c`` (a C buddy
+order0_zone; the metadata bytes per page; the time to create and initialise
+a 16 GiB guest; and what the reporting designs' bookkeeping costs the
+allocator (``reported_order9``: allocating and freeing 64 order-9 blocks
+carved out of free blocks that a reporting pass left Reported, with no
+reporting design, with mainline's flag, with Duyck's counters, and with his
+boundaries active as during a reporting cycle).  ``../shared/bench/buddy_ref.c`` (a C buddy
 allocator with a POSIX semaphore per operation, the same case shapes) is the
 physical-limit anchor to hold these figures against.
 
@@ -25,7 +29,23 @@ import time
 import numpy as np
 
 from .config import PAGE_SIZE, jit
-from .layout import FRAME_DTYPE, H_LOCK_STATS, ROLE_CONTROL
+from .layout import (
+    FRAME_DTYPE,
+    H_LOCK_STATS,
+    HOOK_BOUNDARY,
+    HOOK_MAINLINE,
+    HOOK_NONE,
+    MIGRATE_MOVABLE,
+    PG_REPORTED,
+    PS_BUDDY,
+    ROLE_CONTROL,
+    Z_BOUNDARY,
+    Z_FREE_HEAD,
+    Z_REPORT_FLAGS,
+    Z_REPORTED,
+    ZRF_ACTIVE,
+    free_list_slot,
+)
 from .machine import Machine, MachineConfig
 from .page_alloc import alloc_pages, free_pages
 from .reference import ReferenceAllocator
@@ -71,6 +91,51 @@ def _time_engine(order: int, batch: int, pcp: bool, stats: bool, reps: int, iter
         return statistics.median(samples)
 
 
+HOOK_VARIANTS = {"none": HOOK_NONE, "mainline": HOOK_MAINLINE, "boundary": HOOK_BOUNDARY,
+                 "boundary_active": HOOK_BOUNDARY}
+
+
+def _mark_reported(m: Machine, variant: str) -> None:
+    """Leave every free block of order >= 9 as a reporting pass would: flagged
+    Reported, counted (boundary), and for ``boundary_active`` with each list's
+    boundary on its first block and the zone's reporting active."""
+    f, zs, zb = m.frames, m.zs, m.layout.zone(0)
+    heads = np.flatnonzero((f["state"] == PS_BUDDY) & (f["order"] >= 9))
+    # the same pass over the frames for every variant, so each timed round
+    # starts with the same caches; "none" only marks nothing
+    f["flags"][heads] |= 0 if variant == "none" else PG_REPORTED
+    if variant.startswith("boundary"):
+        for o in range(9, m.max_order):
+            zs[zb + Z_REPORTED + o] = int((f["order"][heads] == o).sum())
+            slot = free_list_slot(o, MIGRATE_MOVABLE)
+            zs[zb + Z_BOUNDARY + slot] = zs[zb + Z_FREE_HEAD + slot] if variant.endswith(
+                "active") else -1
+        zs[zb + Z_REPORT_FLAGS] = ZRF_ACTIVE if variant.endswith("active") else 0
+
+
+def _time_hooks(reps: int, rounds: int = 100) -> dict:
+    """ns per order-9 alloc+free pair when the blocks come out of Reported
+    free blocks, per design bookkeeping (see the module docstring)."""
+    out = {}
+    for variant, hook in HOOK_VARIANTS.items():
+        cfg = MachineConfig(memory=GIB, zones=1, workers=1, pcp_batch=0, strategy=hook)
+        with Machine.create(cfg) as m:
+            held = np.empty(64, np.int64)
+            a = m.control_agent
+            _rounds(m.frames, m.zs, a, 9, 64, 1, held)
+            samples = []
+            for _ in range(reps):
+                total = 0.0
+                for _ in range(rounds):
+                    _mark_reported(m, variant)
+                    t0 = time.perf_counter()
+                    _rounds(m.frames, m.zs, a, 9, 64, 1, held)
+                    total += time.perf_counter() - t0
+                samples.append(total * 1e9 / (rounds * 64))
+            out[variant] = round(statistics.median(samples), 2)
+    return out
+
+
 def _time_reference(order: int, batch: int, reps: int) -> float:
     samples = []
     for _ in range(reps):
@@ -97,7 +162,8 @@ def run_bench(reps: int = 5, iters: int = 20, init_memory: int = 16 * GIB) -> di
     cases = {}
     for name, c in CASES.items():
         cases[name] = {
-            "ns_per_pair": round(_time_engine(c["order"], c["batch"], c["pcp"], True, reps, iters), 2),
+            "ns_per_pair": round(_time_engine(c["order"], c["batch"], c["pcp"], True, reps,
+                                              iters), 2),
             "ns_per_pair_no_stats": round(_time_engine(c["order"], c["batch"], c["pcp"], False,
                                                        reps, iters), 2),
         }
@@ -114,6 +180,7 @@ def run_bench(reps: int = 5, iters: int = 20, init_memory: int = 16 * GIB) -> di
         "metadata_bytes_per_page": round(meta_bytes, 3),
         "frame_bytes": FRAME_DTYPE.itemsize,
         "init_16gib_s": round(_time_init(init_memory), 3),
+        "reported_order9": _time_hooks(reps),
         "reps": reps,
         "iters": iters,
     }
@@ -135,5 +202,8 @@ def format_bench(res: dict) -> list[str]:
         f"metadata: {res['metadata_bytes_per_page']:.2f} bytes per page "
         f"({res['frame_bytes']}-byte frame record + zone state)",
         f"create and initialise a 16 GiB guest: {res['init_16gib_s']:.3f} s",
+        "",
+        "order-9 alloc+free out of Reported free blocks, ns per pair (lock_stat on):",
+        "  " + "   ".join(f"{k} {v:.1f}" for k, v in res["reported_order9"].items()),
     ]
     return lines

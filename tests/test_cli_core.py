@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from cli import shmalloc
 from conftest import ipc_objects
+
 from shmalloc.machine import AllocatorError, ConfigError, Machine, MachineConfig
+
 
 @pytest.mark.timeout(300)
 def test_bench_json():
@@ -23,6 +24,8 @@ def test_bench_json():
     assert out["python_reference"]["order0_zone"]["ns_per_pair"] > 0
     assert 16 <= out["metadata_bytes_per_page"] < 17
     assert out["init_16gib_s"] > 0
+    assert set(out["reported_order9"]) == {"none", "mainline", "boundary", "boundary_active"}
+    assert all(v > 0 for v in out["reported_order9"].values())
 
 
 @pytest.mark.timeout(120)
@@ -51,7 +54,8 @@ BAD_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("kw", BAD_CONFIGS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k[0].items()))
+@pytest.mark.parametrize("kw", BAD_CONFIGS,
+                         ids=lambda k: ",".join(f"{a}={b}" for a, b in k[0].items()))
 def test_bad_config_raises_before_creating_anything(kw):
     before = ipc_objects()
     args = dict(memory=16 << 20)
