@@ -41,10 +41,14 @@ def _pyplot():
 
 def title_of(runs: list[dict]) -> str:
     def one(key, fmt=str):
-        vals = {r["config"][key] for r in runs}
-        return fmt(vals.pop()) if len(vals) == 1 else "mixed"
-    return (f"{one('workload')}, {one('memory', fmt_bytes)} guest, "
-            f"{one('workers', lambda w: f'{w} workers')}, seed {one('seed')}")
+        vals = sorted({r["config"][key] for r in runs})
+        if len(vals) == 1:
+            return fmt(vals[0])
+        if all(isinstance(v, (int, float)) for v in vals):
+            return f"{fmt(vals[0])}-{fmt(vals[-1])}"
+        return "mixed"
+    return (f"{one('workload')}, {one('memory', fmt_bytes)} guest, {one('workers')} workers, "
+            f"seed {one('seed')}")
 
 
 def _by_design(runs):
@@ -62,6 +66,7 @@ def throughput_vs_workers(plt, runs, path):
             per_w[r["config"]["workers"]].append(r["throughput"]["pages_per_sec"] / 1e6)
         xs = sorted(per_w)
         ax.plot(xs, [sum(per_w[x]) / len(per_w[x]) for x in xs], marker="o", label=label)
+    ax.set_xticks(sorted({r["config"]["workers"] for r in runs}))
     ax.set_xlabel("worker processes")
     ax.set_ylabel("throughput (million pages/s)")
     ax.set_title(f"Throughput against workers\n{title_of(runs)}", fontsize=10)

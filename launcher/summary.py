@@ -19,9 +19,9 @@ def fmt_bytes(n: float) -> str:
 
 def fmt_rate(n: float, unit: str) -> str:
     if n >= 1e6:
-        return f"{n / 1e6:.3f} M{unit}"
+        return f"{n / 1e6:.3f} M {unit}"
     if n >= 1e3:
-        return f"{n / 1e3:.1f} K{unit}"
+        return f"{n / 1e3:.1f} K {unit}"
     return f"{n:.0f} {unit}"
 
 
@@ -44,12 +44,12 @@ def format_run(run: dict, lock_table: bool = True) -> list[str]:
     if run["outcome"] != "ok":
         lines += [f"ABORTED: {run['abort_reason']}", ""]
     lines += [f"throughput over {t['elapsed_s']:.2f} s",
-              f"  {'total':<10} {fmt_rate(t['pages_per_sec'], 'pages/s'):>17} "
-              f"{fmt_rate(t['ops_per_sec'], 'ops/s'):>15}"]
+              f"  {'total':<10} {fmt_rate(t['pages_per_sec'], 'pages/s'):>18} "
+              f"{fmt_rate(t['ops_per_sec'], 'ops/s'):>16}"]
     for w in t["per_worker"]:
         lines.append(f"  {'worker ' + str(w['worker']):<10} "
-                     f"{fmt_rate(w['pages_per_sec'], 'pages/s'):>17} "
-                     f"{fmt_rate(w['ops_per_sec'], 'ops/s'):>15}")
+                     f"{fmt_rate(w['pages_per_sec'], 'pages/s'):>18} "
+                     f"{fmt_rate(w['ops_per_sec'], 'ops/s'):>16}")
     lines += ["", f"latency (ns)  {'p50':>8} {'p99':>8} {'p99.9':>8} {'max':>10} {'calls':>12}"]
     for op in ("alloc", "free"):
         p = lat[op]
