@@ -38,9 +38,20 @@ import time
 from shmalloc.buddy import free_one_page
 from shmalloc.config import jit
 from shmalloc.freelist import free_list_first
-from shmalloc.layout import (CALLER_HOST, H_MAX_ORDER, H_REPORT_ORDER, H_STOP, MIGRATE_MOVABLE,
-                             RS_HV_DISCARD_TICKS, RS_HV_ERRORS, RS_HV_PAGES_DISCARDED,
-                             RS_HV_RANGES, RS_SCANS, STOP_HYPERVISOR, get_pageblock_migratetype)
+from shmalloc.layout import (
+    CALLER_HOST,
+    H_MAX_ORDER,
+    H_REPORT_ORDER,
+    H_STOP,
+    MIGRATE_MOVABLE,
+    RS_HV_DISCARD_TICKS,
+    RS_HV_ERRORS,
+    RS_HV_PAGES_DISCARDED,
+    RS_HV_RANGES,
+    RS_SCANS,
+    STOP_HYPERVISOR,
+    get_pageblock_migratetype,
+)
 from shmalloc.lock import now_ticks, zone_lock, zone_unlock
 from shmalloc.page_alloc import take_free_page
 from shmalloc.reporting import frame_bit, host_reclaimed

@@ -32,9 +32,17 @@ import posix_ipc
 from shmalloc import virtqueue
 from shmalloc._libc import die_with_parent
 from shmalloc.config import PAGE_SHIFT
-from shmalloc.layout import (H_STOP, ROLE_HYPERVISOR, RS_HV_DISCARD_TICKS, RS_HV_ERRORS,
-                             RS_HV_EXTRA_LATENCY_MS, RS_HV_PAGES_DISCARDED, RS_HV_RANGES,
-                             RS_HV_REQUESTS, STOP_HYPERVISOR)
+from shmalloc.layout import (
+    H_STOP,
+    ROLE_HYPERVISOR,
+    RS_HV_DISCARD_TICKS,
+    RS_HV_ERRORS,
+    RS_HV_EXTRA_LATENCY_MS,
+    RS_HV_PAGES_DISCARDED,
+    RS_HV_RANGES,
+    RS_HV_REQUESTS,
+    STOP_HYPERVISOR,
+)
 from shmalloc.lock import now_ticks
 
 DISCARD_MODES = ("punch", "remove", "none")

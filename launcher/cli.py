@@ -63,7 +63,8 @@ def add_machine_flags(p, strategy: bool = True) -> None:
                    help="per-worker page cache batch; 0 disables the pcp lists (default 63)")
     g.add_argument("--pcp-high", type=opt.int_range(1, 1 << 20), default=378, metavar="N",
                    help="pcp high watermark (default 378)")
-    g.add_argument("--lock-spin", type=opt.int_range(0, 1_000_000), default=DEFAULT_LOCK_SPIN, metavar="N",
+    g.add_argument("--lock-spin", type=opt.int_range(0, 1_000_000), default=DEFAULT_LOCK_SPIN,
+                   metavar="N",
                    help=f"sem_trywait retries before sleeping on a contended zone lock "
                    f"(default {DEFAULT_LOCK_SPIN})")
     g.add_argument("--no-lock-stats", dest="lock_stats", action="store_false",

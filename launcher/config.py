@@ -10,8 +10,13 @@ from dataclasses import dataclass, replace
 from hypervisor_stub import DISCARD_MODES, StubOptions
 from reporter import ReporterOptions
 from shmalloc import virtqueue
-from shmalloc.config import (DEFAULT_LOCK_SPIN, DEFAULT_MAX_ORDER, PAGE_REPORTING_CAPACITY,
-                             PAGE_SIZE, PAGEBLOCK_ORDER)
+from shmalloc.config import (
+    DEFAULT_LOCK_SPIN,
+    DEFAULT_MAX_ORDER,
+    PAGE_REPORTING_CAPACITY,
+    PAGE_SIZE,
+    PAGEBLOCK_ORDER,
+)
 from shmalloc.machine import ConfigError, MachineConfig
 from shmalloc.workload import THP_ORDER, WORKLOADS
 
@@ -57,7 +62,7 @@ class RunConfig:
     def design(self) -> designs.Design:
         return designs.DESIGNS[self.strategy]
 
-    def resolved(self) -> "RunConfig":
+    def resolved(self) -> RunConfig:
         """Defaults that depend on other values filled in; validated."""
         cfg = self
         if cfg.strategy in designs.DESIGNS and cfg.delay is None:

@@ -63,7 +63,8 @@ def size_range(lo: int, hi: int | None = None):
     def conv(text: str) -> int:
         v = parse_size(text)
         if v < lo or (hi is not None and v > hi):
-            rng = f"{format_size(lo)}..{format_size(hi)}" if hi is not None else f">= {format_size(lo)}"
+            rng = (f"{format_size(lo)}..{format_size(hi)}" if hi is not None
+                   else f">= {format_size(lo)}")
             raise argparse.ArgumentTypeError(f"must be {rng}, got {text}")
         return v
     conv.__name__ = "size"

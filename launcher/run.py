@@ -31,18 +31,39 @@ import numpy as np
 from hypervisor_stub import hypervisor_main
 from reporter import reporter_main
 from shmalloc import invariants, lockstat, snapshot, virtqueue
-from shmalloc.config import (PAGE_SIZE)
-from shmalloc.layout import (AG_PID, H_GO, H_STOP, HIST_ALLOC, HIST_FREE, NR_HIST_BUCKETS, REPORT_FIELDS, RS_ACK_PENDING_SINCE,
-                             RS_HV_PAGES_DISCARDED,
-                             RS_PAGES_REPORTED, STOP_ABORT, STOP_HYPERVISOR, STOP_REPORTER,
-                             STOP_WORKERS, WORKER_COUNTERS, WS_HIST, Z_LOCK_PID, Z_LOCK_SEQ)
+from shmalloc.config import PAGE_SIZE
+from shmalloc.layout import (
+    AG_PID,
+    H_GO,
+    H_STOP,
+    HIST_ALLOC,
+    HIST_FREE,
+    NR_HIST_BUCKETS,
+    REPORT_FIELDS,
+    RS_ACK_PENDING_SINCE,
+    RS_HV_PAGES_DISCARDED,
+    RS_PAGES_REPORTED,
+    STOP_ABORT,
+    STOP_HYPERVISOR,
+    STOP_REPORTER,
+    STOP_WORKERS,
+    WORKER_COUNTERS,
+    WS_HIST,
+    Z_LOCK_PID,
+    Z_LOCK_SEQ,
+)
 from shmalloc.lock import now_ticks
 from shmalloc.machine import Machine
 
 from . import faults
 from .config import RunConfig
-from .metrics import (footprint_gib_s, free_below_order, half_returned_s, launcher_rss_bytes,
-                      percentiles)
+from .metrics import (
+    footprint_gib_s,
+    free_below_order,
+    half_returned_s,
+    launcher_rss_bytes,
+    percentiles,
+)
 from .worker import worker_main
 
 SAMPLE_S = 0.1

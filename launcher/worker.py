@@ -20,12 +20,29 @@ import numpy as np
 
 from shmalloc._libc import die_with_parent
 from shmalloc.config import PAGE_SIZE
-from shmalloc.layout import (H_GO, H_STOP, ROLE_WORKER, STOP_ABORT, WC_MINOR_FAULTS, WC_PAGES_FREED,
-                             WC_RELEASED_PAGES, WC_T_END, WC_T_FREED, WC_T_START)
+from shmalloc.layout import (
+    H_GO,
+    H_STOP,
+    ROLE_WORKER,
+    STOP_ABORT,
+    WC_MINOR_FAULTS,
+    WC_PAGES_FREED,
+    WC_RELEASED_PAGES,
+    WC_T_END,
+    WC_T_FREED,
+    WC_T_START,
+)
 from shmalloc.lock import now_ticks
 from shmalloc.pcp import drain_pages, pcp_service_drain
-from shmalloc.workload import (PHASED_REGROW_AT, PHASED_SHRINK_AT, THP_ORDER, free_blocks,
-                               hog_alloc, run_chunks, run_random)
+from shmalloc.workload import (
+    PHASED_REGROW_AT,
+    PHASED_SHRINK_AT,
+    THP_ORDER,
+    free_blocks,
+    hog_alloc,
+    run_chunks,
+    run_random,
+)
 
 POLL_S = 0.01
 

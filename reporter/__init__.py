@@ -5,7 +5,7 @@ zone lock and the free-list primitives; a design supplies its cycle; the
 hypervisor stub is only what stands behind ``report(batch)``.
 """
 
-from . import bitmap, boundary, callback, isolate, mainline  # noqa: F401,E402  (registers them)
-from .process import IMPLEMENTATIONS, ReporterOptions, reporter_main  # noqa: E402
+from . import bitmap, boundary, callback, isolate, mainline  # noqa: F401  (registers them)
+from .process import IMPLEMENTATIONS, ReporterOptions, reporter_main
 
 __all__ = ["IMPLEMENTATIONS", "ReporterOptions", "reporter_main"]

@@ -22,10 +22,21 @@ from __future__ import annotations
 
 from shmalloc.buddy import free_one_page
 from shmalloc.config import BITMAP_WAKE_BITS, jit
-from shmalloc.layout import (CALLER_REPORTER, H_REPORT_ORDER, MIGRATE_MOVABLE,
-                             PS_BUDDY, RS_CYCLES, RS_PAGES_NOT_TAKEN, Z_BITMAP_COUNT, Z_NR_PAGES,
-                             Z_START_PFN, bitmap_word, get_pageblock_migratetype, report_slot,
-                             zone_base)
+from shmalloc.layout import (
+    CALLER_REPORTER,
+    H_REPORT_ORDER,
+    MIGRATE_MOVABLE,
+    PS_BUDDY,
+    RS_CYCLES,
+    RS_PAGES_NOT_TAKEN,
+    Z_BITMAP_COUNT,
+    Z_NR_PAGES,
+    Z_START_PFN,
+    bitmap_word,
+    get_pageblock_migratetype,
+    report_slot,
+    zone_base,
+)
 from shmalloc.lock import zone_lock, zone_unlock
 from shmalloc.page_alloc import isolate_free_page
 

@@ -32,11 +32,29 @@ from __future__ import annotations
 from shmalloc._libc import atomic_add
 from shmalloc.buddy import free_one_page
 from shmalloc.config import inline, jit
-from shmalloc.layout import (CALLER_REPORTER, H_MAX_ORDER, H_NR_ZONES, H_REPORT_ORDER,
-                             MIGRATE_ISOLATE, MIGRATE_TYPES, PG_REPORTED, PS_BUDDY, RS_CYCLES, RS_REFCNT,
-                             Z_BOUNDARY, Z_FREE_HEAD, Z_FREE_TAIL, Z_REPORT_FLAGS, Z_REPORTED,
-                             ZRF_ACTIVE, ZRF_REQUESTED, free_list_slot, get_pageblock_migratetype,
-                             report_slot, zone_base)
+from shmalloc.layout import (
+    CALLER_REPORTER,
+    H_MAX_ORDER,
+    H_NR_ZONES,
+    H_REPORT_ORDER,
+    MIGRATE_ISOLATE,
+    MIGRATE_TYPES,
+    PG_REPORTED,
+    PS_BUDDY,
+    RS_CYCLES,
+    RS_REFCNT,
+    Z_BOUNDARY,
+    Z_FREE_HEAD,
+    Z_FREE_TAIL,
+    Z_REPORT_FLAGS,
+    Z_REPORTED,
+    ZRF_ACTIVE,
+    ZRF_REQUESTED,
+    free_list_slot,
+    get_pageblock_migratetype,
+    report_slot,
+    zone_base,
+)
 from shmalloc.lock import zone_lock, zone_unlock
 from shmalloc.page_alloc import take_free_page
 from shmalloc.reporting import wake_reporter

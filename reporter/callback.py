@@ -29,9 +29,9 @@ import numpy as np
 
 from shmalloc import virtqueue
 from shmalloc.config import jit
+from shmalloc.freelist import free_list_first
 from shmalloc.layout import CALLER_REPORTER, MIGRATE_MOVABLE, RS_CYCLES
 from shmalloc.lock import zone_lock, zone_unlock
-from shmalloc.freelist import free_list_first
 
 from .process import ReportingDesign, register
 

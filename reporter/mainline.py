@@ -42,14 +42,29 @@ import math
 
 from shmalloc.config import inline, jit
 from shmalloc.freelist import free_list_count, free_list_first, rotate_free_list_to_front
-from shmalloc.layout import (CALLER_REPORTER, MIGRATE_ISOLATE,
-                             MIGRATE_TYPES, PG_REPORTED, REPORTING_REQUESTED, RS_BUDGET_EXHAUSTED, RS_CYCLES,
-                             RS_PAGES_NOT_TAKEN, RS_STATE, Z_WMARK_LOW, get_pageblock_migratetype,
-                             pfn_to_zone, report_slot, zone_base)
+from shmalloc.layout import (
+    CALLER_REPORTER,
+    MIGRATE_ISOLATE,
+    MIGRATE_TYPES,
+    PG_REPORTED,
+    REPORTING_REQUESTED,
+    RS_BUDGET_EXHAUSTED,
+    RS_CYCLES,
+    RS_PAGES_NOT_TAKEN,
+    RS_STATE,
+    Z_WMARK_LOW,
+    get_pageblock_migratetype,
+    pfn_to_zone,
+    report_slot,
+    zone_base,
+)
 from shmalloc.lock import zone_lock, zone_unlock
 from shmalloc.page_alloc import isolate_free_page, putback_isolated_page, zone_free_pages
-from shmalloc.reporting import (page_reporting_begin_pass, page_reporting_end_pass,
-                                page_reporting_request)
+from shmalloc.reporting import (
+    page_reporting_begin_pass,
+    page_reporting_end_pass,
+    page_reporting_request,
+)
 
 from .process import ReportingDesign, register
 

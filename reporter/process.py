@@ -30,11 +30,20 @@ import numpy as np
 import posix_ipc
 
 from shmalloc._libc import die_with_parent
-from shmalloc.virtqueue import KIND_REPORT
-from shmalloc.layout import (H_STOP, RS_ACK_PENDING_SINCE, RS_ACK_WAIT_TICKS, RS_PAGES_REPORTED,
-                             RS_RANGES_REPORTED, RS_RE_REPORTS,
-                             RS_REPORT_ERRORS, RS_REPORTS, ROLE_REPORTER, STOP_REPORTER)
+from shmalloc.layout import (
+    H_STOP,
+    ROLE_REPORTER,
+    RS_ACK_PENDING_SINCE,
+    RS_ACK_WAIT_TICKS,
+    RS_PAGES_REPORTED,
+    RS_RANGES_REPORTED,
+    RS_RE_REPORTS,
+    RS_REPORT_ERRORS,
+    RS_REPORTS,
+    STOP_REPORTER,
+)
 from shmalloc.lock import now_ticks
+from shmalloc.virtqueue import KIND_REPORT
 
 POLL_S = 0.05
 

@@ -13,16 +13,29 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from launcher import designs, results  # noqa: E402
-from launcher.compare import DEFAULT_LINEUP, flat_metrics, run_label  # noqa: E402
-from launcher.metadata import collect as collect_metadata  # noqa: E402
-from launcher.options import float_range, int_range, parse_size, size_range  # noqa: E402
-from launcher.config import RunConfig  # noqa: E402
-from launcher.sweep import Point, merge, path_of, run_points  # noqa: E402
+from launcher import designs, results
+from launcher.compare import DEFAULT_LINEUP, flat_metrics, run_label
+from launcher.config import RunConfig
+from launcher.metadata import collect as collect_metadata
+from launcher.options import float_range, int_range, parse_size, size_range
+from launcher.sweep import Point, merge, path_of, run_points
 
-__all__ = ["parser", "lineup", "points", "run_all", "table", "DEFAULT_LINEUP", "flat_metrics",
-           "run_label", "float_range", "int_range", "size_range", "parse_size", "bar_chart",
-           "designs"]
+__all__ = [
+    "DEFAULT_LINEUP",
+    "bar_chart",
+    "designs",
+    "flat_metrics",
+    "float_range",
+    "int_range",
+    "lineup",
+    "parse_size",
+    "parser",
+    "points",
+    "run_all",
+    "run_label",
+    "size_range",
+    "table",
+]
 
 
 def csv_list(conv):

@@ -23,10 +23,20 @@ from __future__ import annotations
 
 from .config import inline
 from .freelist import add_to_free_list, del_page_from_free_list
+from .layout import (
+    H_MAX_ORDER,
+    H_PAGEBLOCK_ORDER,
+    H_STRATEGY,
+    HOOK_HOSTSCAN,
+    PS_ALLOC,
+    PS_BUDDY,
+    PS_NONE,
+    Z_FREE_HEAD,
+    free_list_slot,
+    get_pageblock_migratetype,
+    zone_base,
+)
 from .reporting import hostscan_install, page_reporting_free_hook
-from .layout import (H_MAX_ORDER, H_PAGEBLOCK_ORDER, H_STRATEGY, HOOK_HOSTSCAN, PS_ALLOC,
-                     PS_BUDDY, PS_NONE,
-                     Z_FREE_HEAD, free_list_slot, get_pageblock_migratetype, zone_base)
 
 
 @inline

@@ -16,10 +16,14 @@ import pathlib
 
 import numba
 
-#: nopython mode is njit's only mode.  ``cache=True`` keeps compiled kernels in ``__pycache__`` so worker processes
-#: and later runs start at once; ``boundscheck=False`` because the shared
-#: arrays are sized by the layout and every index is derived from it;
-#: ``error_model="numpy"`` drops the division-by-zero checks.
+#: nopython mode is njit's only mode.  ``cache=True`` keeps compiled kernels
+#: on disk (see :func:`_choose_cache_dir`) so worker processes and later runs
+#: start at once; ``_nrt=False`` compiles without numba's reference counting
+#: (kernels never allocate: every array comes from the caller), which an
+#: incref/decref pair per array per inlined call otherwise costs;
+#: ``boundscheck=False`` because the shared arrays are sized by the layout and
+#: every index is derived from it; ``error_model="numpy"`` drops the
+#: division-by-zero checks.
 JIT_OPTIONS = dict(nogil=True, cache=True, _nrt=False, boundscheck=False,
                    error_model="numpy")
 

@@ -18,9 +18,23 @@ from __future__ import annotations
 
 from .config import inline
 from .dlist import list_add, list_add_before, list_del, list_rotate_to_front
-from .layout import (H_REPORT_ORDER, H_STRATEGY, HOOK_BOUNDARY, PG_REPORTED, PS_BUDDY, PS_NONE,
-                     Z_BOUNDARY, Z_FREE_HEAD, Z_FREE_TAIL, Z_NR_FREE, Z_REPORT_FLAGS,
-                     Z_REPORTED, ZRF_ACTIVE, free_list_slot, zone_base)
+from .layout import (
+    H_REPORT_ORDER,
+    H_STRATEGY,
+    HOOK_BOUNDARY,
+    PG_REPORTED,
+    PS_BUDDY,
+    PS_NONE,
+    Z_BOUNDARY,
+    Z_FREE_HEAD,
+    Z_FREE_TAIL,
+    Z_NR_FREE,
+    Z_REPORT_FLAGS,
+    Z_REPORTED,
+    ZRF_ACTIVE,
+    free_list_slot,
+    zone_base,
+)
 
 
 @inline

@@ -30,16 +30,38 @@ machine and returning messages).
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from .layout import (H_BITMAP_WORDS, H_REPORT_ORDER, H_STRATEGY, HOOK_BITMAP, HOOK_BOUNDARY,
-                     HOOK_HOSTSCAN,
-                     MIGRATE_ISOLATE, MIGRATE_TYPES, MIGRATETYPE_NAMES, PCP_COUNT, PCP_HEAD,
-                     PCP_TAIL, PG_REPORTED, PS_ALLOC, PS_BUDDY, PS_INFLIGHT, PS_PCP, STATE_NAMES,
-                     Z_BITMAP_COUNT, Z_FREE_HEAD, Z_FREE_TAIL, Z_LOCK_PID, Z_NR_FREE,
-                     Z_REPORT_FLAGS, Z_REPORTED, ZRF_ACTIVE)
+from .layout import (
+    H_BITMAP_WORDS,
+    H_REPORT_ORDER,
+    H_STRATEGY,
+    HOOK_BITMAP,
+    HOOK_BOUNDARY,
+    HOOK_HOSTSCAN,
+    MIGRATE_ISOLATE,
+    MIGRATE_TYPES,
+    MIGRATETYPE_NAMES,
+    PCP_COUNT,
+    PCP_HEAD,
+    PCP_TAIL,
+    PG_REPORTED,
+    PS_ALLOC,
+    PS_BUDDY,
+    PS_INFLIGHT,
+    PS_PCP,
+    STATE_NAMES,
+    Z_BITMAP_COUNT,
+    Z_FREE_HEAD,
+    Z_FREE_TAIL,
+    Z_LOCK_PID,
+    Z_NR_FREE,
+    Z_REPORT_FLAGS,
+    Z_REPORTED,
+    ZRF_ACTIVE,
+)
 from .snapshot import heads, walk
 
 MAX_MESSAGES = 50

@@ -23,8 +23,14 @@ from __future__ import annotations
 from .buddy import free_one_page
 from .config import inline
 from .freelist import add_to_free_list, del_page_from_free_list
-from .layout import (H_PAGEBLOCK_ORDER, MIGRATE_ISOLATE, MIGRATE_MOVABLE, PS_BUDDY,
-                     get_pageblock_migratetype, pageblock_slot)
+from .layout import (
+    H_PAGEBLOCK_ORDER,
+    MIGRATE_ISOLATE,
+    MIGRATE_MOVABLE,
+    PS_BUDDY,
+    get_pageblock_migratetype,
+    pageblock_slot,
+)
 
 
 @inline

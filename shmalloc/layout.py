@@ -396,7 +396,7 @@ class Layout:
         zs[H_SIZE] = self.size
 
     @classmethod
-    def from_header(cls, zs: np.ndarray) -> "Layout":
+    def from_header(cls, zs: np.ndarray) -> Layout:
         return cls(int(zs[H_NR_PAGES]), int(zs[H_NR_ZONES]), int(zs[H_MAX_ORDER]),
                    int(zs[H_PAGEBLOCK_ORDER]), int(zs[H_NR_AGENTS]), int(zs[H_STRAT_SLOTS]))
 

@@ -27,12 +27,34 @@ from __future__ import annotations
 
 from ._libc import current_cpu, sem_post, sem_trywait, sem_wait, ticks
 from .config import inline, jit
-from .layout import (AG_PID, AG_SEM, H_LOCK_SPIN, H_LOCK_STATS, LS_ACQ_BOUNCES,
-                     LS_ACQUISITIONS, LS_CON_BOUNCES, LS_CONTENTIONS, LS_HOLD_MAX,
-                     LS_HOLD_MIN, LS_HOLD_TOTAL, LS_WAIT_MAX, LS_WAIT_MIN, LS_WAIT_TOTAL,
-                     NR_LS_FIELDS, WC_LOCK_ACQUISITIONS, Z_LOCK_AGENT, Z_LOCK_CALLER,
-                     Z_LOCK_CPU, Z_LOCK_PID, Z_LOCK_SEQ, Z_LOCK_T0, Z_LOCKSTAT, agent_base,
-                     wstats_base, zone_base)
+from .layout import (
+    AG_PID,
+    AG_SEM,
+    H_LOCK_SPIN,
+    H_LOCK_STATS,
+    LS_ACQ_BOUNCES,
+    LS_ACQUISITIONS,
+    LS_CON_BOUNCES,
+    LS_CONTENTIONS,
+    LS_HOLD_MAX,
+    LS_HOLD_MIN,
+    LS_HOLD_TOTAL,
+    LS_WAIT_MAX,
+    LS_WAIT_MIN,
+    LS_WAIT_TOTAL,
+    NR_LS_FIELDS,
+    WC_LOCK_ACQUISITIONS,
+    Z_LOCK_AGENT,
+    Z_LOCK_CALLER,
+    Z_LOCK_CPU,
+    Z_LOCK_PID,
+    Z_LOCK_SEQ,
+    Z_LOCK_T0,
+    Z_LOCKSTAT,
+    agent_base,
+    wstats_base,
+    zone_base,
+)
 
 
 @jit
@@ -87,10 +109,8 @@ def zone_lock(zs, agent, zone, caller):
             if bounce:
                 zs[ls + LS_CON_BOUNCES] += 1
             zs[ls + LS_WAIT_TOTAL] += wait
-            if wait < zs[ls + LS_WAIT_MIN]:
-                zs[ls + LS_WAIT_MIN] = wait
-            if wait > zs[ls + LS_WAIT_MAX]:
-                zs[ls + LS_WAIT_MAX] = wait
+            zs[ls + LS_WAIT_MIN] = min(zs[ls + LS_WAIT_MIN], wait)
+            zs[ls + LS_WAIT_MAX] = max(zs[ls + LS_WAIT_MAX], wait)
 
 
 @inline
@@ -103,10 +123,8 @@ def zone_unlock(zs, agent, zone, caller):
             hold = 0
         ls = zb + Z_LOCKSTAT + caller * NR_LS_FIELDS
         zs[ls + LS_HOLD_TOTAL] += hold
-        if hold < zs[ls + LS_HOLD_MIN]:
-            zs[ls + LS_HOLD_MIN] = hold
-        if hold > zs[ls + LS_HOLD_MAX]:
-            zs[ls + LS_HOLD_MAX] = hold
+        zs[ls + LS_HOLD_MIN] = min(zs[ls + LS_HOLD_MIN], hold)
+        zs[ls + LS_HOLD_MAX] = max(zs[ls + LS_HOLD_MAX], hold)
     zs[zb + Z_LOCK_PID] = 0
     zs[zb + Z_LOCK_AGENT] = -1
     # --- the zone lock is dropped here ---

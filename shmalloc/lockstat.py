@@ -11,8 +11,18 @@ caller prints.
 
 from __future__ import annotations
 
-from .layout import (CALLER_NAMES, LOCKSTAT_FIELDS, LS_ACQUISITIONS, LS_CONTENTIONS, LS_INF,
-                     LS_MIN_FIELDS, LS_TIME_FIELDS, NR_CALLERS, NR_LS_FIELDS, Layout)
+from .layout import (
+    CALLER_NAMES,
+    LOCKSTAT_FIELDS,
+    LS_ACQUISITIONS,
+    LS_CONTENTIONS,
+    LS_INF,
+    LS_MIN_FIELDS,
+    LS_TIME_FIELDS,
+    NR_CALLERS,
+    NR_LS_FIELDS,
+    Layout,
+)
 
 #: The /proc/lock_stat columns in order: (header, record key, kind).
 COLUMNS = (
@@ -140,7 +150,8 @@ def format_contention(records: list[dict]) -> list[str]:
             if r["contentions"]:
                 rows.append((r["waittime_total_us"], r["contentions"], r["waittime_max_us"],
                              r["waittime_avg_us"], f"{rec['name']} ({caller})"))
-    lines = [f"{'contended':>10} {'total wait':>12} {'max wait':>12} {'avg wait':>12}   lock (caller)"]
+    lines = [f"{'contended':>10} {'total wait':>12} {'max wait':>12} {'avg wait':>12}"
+             "   lock (caller)"]
     if not rows:
         lines.append(f"{0:>10} {'-':>12} {'-':>12} {'-':>12}   (no contention)")
     for total, con, mx, avg, name in sorted(rows, reverse=True):

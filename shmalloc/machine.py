@@ -31,19 +31,67 @@ import numpy as np
 
 from . import shm
 from ._libc import measure_ticks_per_sec, mincore_resident, sem_pointer, sem_release_pointer
-from .config import (DEFAULT_MAX_ORDER, DEFAULT_PCP_BATCH, DEFAULT_PCP_HIGH, MAX_ORDER_LIMIT,
-                     MAX_WORKERS, MAX_ZONES, PAGE_REPORTING_CAPACITY, PAGE_SIZE,
-                     PAGEBLOCK_ORDER, DEFAULT_LOCK_SPIN)
-from .layout import (AG_DRAIN_DONE, AG_PREF_ZONE, AG_SEM_AUX, H_BITMAP_WORDS, H_MAGIC, HOOK_BITMAP,
-                     ZS_MAGIC,
-                     HOOK_HOSTSCAN,
-                     Z_BOUNDARY, Z_WMARK_MIN, bitmap_words, AG_DRAIN_REQ, AG_PID, AG_ROLE, AG_SEM, E_NOMEM,
-                     ERROR_TEXT, FRAME_DTYPE, H_CAPACITY, H_LOCK_SPIN, H_LOCK_STATS,
-                     H_NR_WORKERS, H_NR_ZONES, H_PCP_BATCH, H_PCP_HIGH, H_REPORT_ORDER, H_STRATEGY,
-                     H_TICKS_PER_SEC, LS_MIN_FIELDS, LS_INF, MIGRATE_MOVABLE, NR_CALLERS,
-                     NR_LS_FIELDS, PCP_HEAD, PCP_TAIL, ROLE_CONTROL, ROLE_NONE, Z_FREE_HEAD,
-                     Z_FREE_TAIL, Z_LOCK_AGENT, Z_LOCK_CPU, Z_LOCKSTAT, Z_NR_PAGES,
-                     Z_START_PFN, Z_WMARK_LOW, Layout, MIGRATE_TYPES)
+from .config import (
+    DEFAULT_LOCK_SPIN,
+    DEFAULT_MAX_ORDER,
+    DEFAULT_PCP_BATCH,
+    DEFAULT_PCP_HIGH,
+    MAX_ORDER_LIMIT,
+    MAX_WORKERS,
+    MAX_ZONES,
+    PAGE_REPORTING_CAPACITY,
+    PAGE_SIZE,
+    PAGEBLOCK_ORDER,
+)
+from .layout import (
+    AG_DRAIN_DONE,
+    AG_DRAIN_REQ,
+    AG_PID,
+    AG_PREF_ZONE,
+    AG_ROLE,
+    AG_SEM,
+    AG_SEM_AUX,
+    E_NOMEM,
+    ERROR_TEXT,
+    FRAME_DTYPE,
+    H_BITMAP_WORDS,
+    H_CAPACITY,
+    H_LOCK_SPIN,
+    H_LOCK_STATS,
+    H_MAGIC,
+    H_NR_WORKERS,
+    H_NR_ZONES,
+    H_PCP_BATCH,
+    H_PCP_HIGH,
+    H_REPORT_ORDER,
+    H_STRATEGY,
+    H_TICKS_PER_SEC,
+    HOOK_BITMAP,
+    HOOK_HOSTSCAN,
+    LS_INF,
+    LS_MIN_FIELDS,
+    MIGRATE_MOVABLE,
+    MIGRATE_TYPES,
+    NR_CALLERS,
+    NR_LS_FIELDS,
+    PCP_HEAD,
+    PCP_TAIL,
+    ROLE_CONTROL,
+    ROLE_NONE,
+    Z_BOUNDARY,
+    Z_FREE_HEAD,
+    Z_FREE_TAIL,
+    Z_LOCK_AGENT,
+    Z_LOCK_CPU,
+    Z_LOCKSTAT,
+    Z_NR_PAGES,
+    Z_START_PFN,
+    Z_WMARK_LOW,
+    Z_WMARK_MIN,
+    ZS_MAGIC,
+    Layout,
+    bitmap_words,
+)
 from .lock import now_ticks
 from .page_alloc import alloc_pages, free_pages, init_free_lists
 from .pcp import drain_pages
@@ -198,7 +246,7 @@ class Machine:
 
     # ------------------------------------------------------------------ life
     @classmethod
-    def create(cls, cfg: MachineConfig, run_id: str | None = None) -> "Machine":
+    def create(cls, cfg: MachineConfig, run_id: str | None = None) -> Machine:
         """Create and initialise every object of a new machine (O_EXCL, 0600).
 
         On any failure, whatever was created is removed again."""
@@ -244,7 +292,7 @@ class Machine:
             raise
 
     @classmethod
-    def attach(cls, run_id: str) -> "Machine":
+    def attach(cls, run_id: str) -> Machine:
         """Map an existing machine by run id (checks owner, magic, version)."""
         objs = []
         try:
@@ -317,7 +365,7 @@ class Machine:
         self.unlink()
         self.close()
 
-    def __enter__(self) -> "Machine":
+    def __enter__(self) -> Machine:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -16,12 +16,36 @@ from __future__ import annotations
 from .buddy import free_one_page, prep_new_page, rmqueue_smallest
 from .config import inline, jit
 from .freelist import add_to_free_list, del_page_from_free_list
-from .layout import (AG_PREF_ZONE, CALLER_ALLOC, CALLER_FREE, E_BAD_ORDER, E_BAD_PFN, E_DOUBLE_FREE,
-                     E_NOMEM, E_NOT_ALLOCATED, E_NOT_OWNER, E_WRONG_ORDER, H_MAX_ORDER,
-                     H_NR_PAGES, H_NR_ZONES, H_PCP_BATCH, MIGRATE_MOVABLE, PS_ALLOC,
-                     PS_BUDDY, PS_INFLIGHT, PS_PCP, MIGRATE_ISOLATE, Z_NR_FREE, Z_WMARK_MIN,
-                     agent_base, free_list_slot, get_pageblock_migratetype, next_zone,
-                     pfn_to_zone, zone_base)
+from .layout import (
+    AG_PREF_ZONE,
+    CALLER_ALLOC,
+    CALLER_FREE,
+    E_BAD_ORDER,
+    E_BAD_PFN,
+    E_DOUBLE_FREE,
+    E_NOMEM,
+    E_NOT_ALLOCATED,
+    E_NOT_OWNER,
+    E_WRONG_ORDER,
+    H_MAX_ORDER,
+    H_NR_PAGES,
+    H_NR_ZONES,
+    H_PCP_BATCH,
+    MIGRATE_ISOLATE,
+    MIGRATE_MOVABLE,
+    PS_ALLOC,
+    PS_BUDDY,
+    PS_INFLIGHT,
+    PS_PCP,
+    Z_NR_FREE,
+    Z_WMARK_MIN,
+    agent_base,
+    free_list_slot,
+    get_pageblock_migratetype,
+    next_zone,
+    pfn_to_zone,
+    zone_base,
+)
 from .lock import zone_lock, zone_unlock
 from .pcp import pcp_alloc, pcp_free
 

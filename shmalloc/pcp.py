@@ -23,10 +23,27 @@ from __future__ import annotations
 from .buddy import free_one_page, prep_new_page, rmqueue_smallest
 from .config import inline, jit
 from .dlist import list_add, list_del
-from .layout import (AG_DRAIN_DONE, AG_DRAIN_REQ, AG_PREF_ZONE, CALLER_ALLOC, CALLER_FREE, E_NOMEM,
-                     H_NR_ZONES, H_PCP_BATCH, H_PCP_HIGH, MIGRATE_MOVABLE, PCP_COUNT,
-                     PCP_HEAD, PCP_TAIL, PS_PCP, agent_base, get_pageblock_migratetype,
-                     next_zone, pcp_base, pfn_to_zone)
+from .layout import (
+    AG_DRAIN_DONE,
+    AG_DRAIN_REQ,
+    AG_PREF_ZONE,
+    CALLER_ALLOC,
+    CALLER_FREE,
+    E_NOMEM,
+    H_NR_ZONES,
+    H_PCP_BATCH,
+    H_PCP_HIGH,
+    MIGRATE_MOVABLE,
+    PCP_COUNT,
+    PCP_HEAD,
+    PCP_TAIL,
+    PS_PCP,
+    agent_base,
+    get_pageblock_migratetype,
+    next_zone,
+    pcp_base,
+    pfn_to_zone,
+)
 from .lock import zone_lock, zone_unlock
 
 

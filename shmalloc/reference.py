@@ -23,9 +23,20 @@ Rules (mm/page_alloc.c in miniature, as the engine implements them):
 
 from __future__ import annotations
 
-from .layout import (E_BAD_ORDER, E_BAD_PFN, E_DOUBLE_FREE, E_NOMEM, E_NOT_ALLOCATED,
-                     E_NOT_OWNER, E_WRONG_ORDER, MIGRATE_MOVABLE, MIGRATE_TYPES, PS_ALLOC,
-                     PS_BUDDY, PS_PCP)
+from .layout import (
+    E_BAD_ORDER,
+    E_BAD_PFN,
+    E_DOUBLE_FREE,
+    E_NOMEM,
+    E_NOT_ALLOCATED,
+    E_NOT_OWNER,
+    E_WRONG_ORDER,
+    MIGRATE_MOVABLE,
+    MIGRATE_TYPES,
+    PS_ALLOC,
+    PS_BUDDY,
+    PS_PCP,
+)
 
 
 class ReferenceAllocator:

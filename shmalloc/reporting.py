@@ -23,11 +23,34 @@ import numpy as np
 
 from ._libc import atomic_add, atomic_cas, atomic_xchg, sem_post
 from .config import BITMAP_WAKE_BITS, PAGE_REPORTING_HWM, inline, jit
-from .layout import (AG_SEM_AUX, H_REPORT_ORDER, H_STRATEGY, HOOK_BITMAP, HOOK_BOUNDARY,
-                     HOOK_MAINLINE, HOOK_NONE, MIGRATE_TYPES, REPORTING_ACTIVE, REPORTING_IDLE,
-                     REPORTING_REQUESTED, RS_INSTALLS, RS_REFCNT, RS_REQUESTS, RS_STATE, Z_BITMAP_COUNT,
-                     Z_NR_FREE, Z_REPORT_FLAGS, Z_REPORTED, Z_START_PFN, ZRF_REQUESTED,
-                     agent_base, bitmap_word, free_list_slot, report_slot, zone_base)
+from .layout import (
+    AG_SEM_AUX,
+    H_REPORT_ORDER,
+    H_STRATEGY,
+    HOOK_BITMAP,
+    HOOK_BOUNDARY,
+    HOOK_MAINLINE,
+    HOOK_NONE,
+    MIGRATE_TYPES,
+    REPORTING_ACTIVE,
+    REPORTING_IDLE,
+    REPORTING_REQUESTED,
+    RS_INSTALLS,
+    RS_REFCNT,
+    RS_REQUESTS,
+    RS_STATE,
+    Z_BITMAP_COUNT,
+    Z_NR_FREE,
+    Z_REPORT_FLAGS,
+    Z_REPORTED,
+    Z_START_PFN,
+    ZRF_REQUESTED,
+    agent_base,
+    bitmap_word,
+    free_list_slot,
+    report_slot,
+    zone_base,
+)
 
 
 @inline

@@ -46,7 +46,8 @@ HEADER_DTYPE = np.dtype([
 ])
 assert HEADER_DTYPE.itemsize <= HEADER_SIZE
 
-_NAME_RE = re.compile(r"^(?P<sem>sem\.)?" + PREFIX + r"-(?P<pid>\d+)-(?P<tag>[0-9a-f]{6})-(?P<role>[a-z0-9_]+)$")
+_NAME_RE = re.compile(r"^(?P<sem>sem\.)?" + PREFIX
+                      + r"-(?P<pid>\d+)-(?P<tag>[0-9a-f]{6})-(?P<role>[a-z0-9_]+)$")
 
 
 class IPCError(Exception):
@@ -93,7 +94,7 @@ class SharedObject:
 
     @classmethod
     def create(cls, name: str, payload_size: int, role: str, with_header: bool = True
-               ) -> "SharedObject":
+               ) -> SharedObject:
         total = payload_size + (HEADER_SIZE if with_header else 0)
         try:
             shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=MODE, size=total)
@@ -123,7 +124,7 @@ class SharedObject:
         return obj
 
     @classmethod
-    def attach(cls, name: str, with_header: bool = True) -> "SharedObject":
+    def attach(cls, name: str, with_header: bool = True) -> SharedObject:
         try:
             shm = posix_ipc.SharedMemory(name)          # flags 0, size 0: never resize
         except posix_ipc.ExistentialError as e:

@@ -11,9 +11,21 @@ from collections import Counter
 
 import numpy as np
 
-from .layout import (MIGRATE_TYPES, PCP_HEAD, PS_ALLOC, PS_BUDDY, PS_INFLIGHT,
-                     PS_NONE, PS_PCP, Z_FREE_HEAD, Z_NR_FREE, MIGRATE_ISOLATE,
-                     MIGRATETYPE_NAMES, ROLE_NAMES, AG_ROLE)
+from .layout import (
+    AG_ROLE,
+    MIGRATE_ISOLATE,
+    MIGRATE_TYPES,
+    MIGRATETYPE_NAMES,
+    PCP_HEAD,
+    PS_ALLOC,
+    PS_BUDDY,
+    PS_INFLIGHT,
+    PS_NONE,
+    PS_PCP,
+    ROLE_NAMES,
+    Z_FREE_HEAD,
+    Z_NR_FREE,
+)
 
 
 def walk(frames: np.ndarray, head: int, limit: int) -> tuple[list[int], bool]:

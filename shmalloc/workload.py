@@ -40,10 +40,28 @@ import numpy as np
 
 from ._libc import bit_length, ticks
 from .config import WORDS_PER_PAGE, inline, jit
-from .layout import (H_STOP, HIST_ALLOC, HIST_FREE, NR_HIST_BUCKETS, PG_TOUCHED, WC_ALLOC_FAILURES,
-                     WC_ALLOC_NS_MAX, WC_ALLOCS, WC_FOREIGN_CANARY, WC_FREE_ERRORS,
-                     WC_FREE_NS_MAX, WC_FREES, WC_ITERATIONS, WC_OPS, WC_PAGES_ALLOCATED,
-                     WC_PAGES_FREED, WC_REFAULTS, WC_USE_AFTER_DISCARD, WS_HIST, wstats_base)
+from .layout import (
+    H_STOP,
+    HIST_ALLOC,
+    HIST_FREE,
+    NR_HIST_BUCKETS,
+    PG_TOUCHED,
+    WC_ALLOC_FAILURES,
+    WC_ALLOC_NS_MAX,
+    WC_ALLOCS,
+    WC_FOREIGN_CANARY,
+    WC_FREE_ERRORS,
+    WC_FREE_NS_MAX,
+    WC_FREES,
+    WC_ITERATIONS,
+    WC_OPS,
+    WC_PAGES_ALLOCATED,
+    WC_PAGES_FREED,
+    WC_REFAULTS,
+    WC_USE_AFTER_DISCARD,
+    WS_HIST,
+    wstats_base,
+)
 from .page_alloc import alloc_pages, free_pages
 
 WORKLOADS = ("page_fault1", "thp", "random", "hog", "phased")
@@ -71,8 +89,7 @@ def hist_index(ns):
 def record_latency(zs, ws, hist, max_slot, t0, t1, ns_per_tick):
     ns = np.int64((t1 - t0) * ns_per_tick)
     zs[ws + WS_HIST + hist * NR_HIST_BUCKETS + hist_index(ns)] += 1
-    if ns > zs[ws + max_slot]:
-        zs[ws + max_slot] = ns
+    zs[ws + max_slot] = max(zs[ws + max_slot], ns)
 
 
 @inline

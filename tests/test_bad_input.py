@@ -7,7 +7,6 @@ import json
 import os
 
 import pytest
-
 from cli import assert_usage_error, shmalloc
 from conftest import ipc_objects
 

@@ -17,12 +17,19 @@ import time
 
 import numpy as np
 import pytest
-
 from kernels import hammer
 from procs import Children
+
 from shmalloc import invariants, lockstat, snapshot
-from shmalloc.layout import (AG_PID, H_GO, LS_CONTENTIONS, NR_CALLERS, ROLE_WORKER,
-                             WC_LOCK_ACQUISITIONS, Layout)
+from shmalloc.layout import (
+    AG_PID,
+    H_GO,
+    LS_CONTENTIONS,
+    NR_CALLERS,
+    ROLE_WORKER,
+    WC_LOCK_ACQUISITIONS,
+    Layout,
+)
 from shmalloc.pcp import pcp_service_drain
 
 NOPS = 20_000

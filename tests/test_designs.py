@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from cli import shmalloc
+from reporting_helpers import RecordingDevice, design, free_blocks_at_least
+
 from hypervisor_stub.stub import Hypervisor, StubOptions
 from launcher import designs, results
 from reporter import IMPLEMENTATIONS
-from reporting_helpers import RecordingDevice, design, free_blocks_at_least
 from shmalloc import invariants, snapshot
 from shmalloc.layout import MIGRATE_ISOLATE, RS_RE_REPORTS, WC_USE_AFTER_DISCARD
 

@@ -9,9 +9,9 @@ import signal
 import time
 
 import pytest
-
-from cli import end, attach_running, run_objects_gone, shmalloc, start_shmalloc
+from cli import attach_running, end, run_objects_gone, shmalloc, start_shmalloc
 from conftest import ipc_objects
+
 from launcher import results
 from shmalloc import shm
 

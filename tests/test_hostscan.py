@@ -4,13 +4,13 @@ state; the guest installs them on allocation."""
 from __future__ import annotations
 
 import pytest
-
 from cli import shmalloc
+
 from hypervisor_stub.hostscan import HostScanner
 from hypervisor_stub.stub import Hypervisor, StubOptions
 from launcher import results
 from shmalloc import invariants
-from shmalloc.layout import HOOK_HOSTSCAN, RS_INSTALLS, ROLE_HYPERVISOR
+from shmalloc.layout import HOOK_HOSTSCAN, ROLE_HYPERVISOR, RS_INSTALLS
 from shmalloc.reporting import frame_bit
 
 

@@ -11,8 +11,7 @@ import pytest
 
 from shmalloc import invariants
 from shmalloc.freelist import add_to_free_list
-from shmalloc.layout import (MIGRATE_MOVABLE, PCP_COUNT, PG_REPORTED, PS_ALLOC, Z_LOCK_PID,
-                             Z_NR_FREE)
+from shmalloc.layout import MIGRATE_MOVABLE, PCP_COUNT, PG_REPORTED, PS_ALLOC, Z_LOCK_PID, Z_NR_FREE
 
 pytestmark = pytest.mark.nojit
 

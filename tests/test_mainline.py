@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import pytest
-
 from reporting_helpers import RecordingDevice, design, free_blocks_at_least, reported
+
 from shmalloc import invariants
-from shmalloc.layout import (HOOK_MAINLINE, PG_REPORTED, REPORTING_IDLE, REPORTING_REQUESTED,
-                             RS_BUDGET_EXHAUSTED, RS_STATE)
+from shmalloc.layout import (
+    HOOK_MAINLINE,
+    PG_REPORTED,
+    REPORTING_IDLE,
+    REPORTING_REQUESTED,
+    RS_BUDGET_EXHAUSTED,
+    RS_STATE,
+)
 
 
 @pytest.fixture

@@ -15,8 +15,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shmalloc import invariants, snapshot
-from shmalloc.layout import (E_BAD_ORDER, E_BAD_PFN, E_DOUBLE_FREE, E_NOT_ALLOCATED,
-                             E_NOT_OWNER, E_WRONG_ORDER, MIGRATE_TYPES)
+from shmalloc.layout import (
+    E_BAD_ORDER,
+    E_BAD_PFN,
+    E_DOUBLE_FREE,
+    E_NOT_ALLOCATED,
+    E_NOT_OWNER,
+    E_WRONG_ORDER,
+    MIGRATE_TYPES,
+)
 from shmalloc.machine import Machine, MachineConfig
 from shmalloc.page_alloc import alloc_pages, free_pages
 from shmalloc.reference import ReferenceAllocator
@@ -73,7 +80,9 @@ def run_sequence(cfg: MachineConfig, ops) -> None:
             else:
                 if kind in ("free", "free_other", "wrong_order") and held:
                     pfn, o, owner = held[choice % len(held)]
-                    who = owner if kind != "free_other" else (owner + 1 + choice % (AGENTS - 1)) % AGENTS
+                    who = owner
+                    if kind == "free_other":
+                        who = (owner + 1 + choice % (AGENTS - 1)) % AGENTS
                     if kind == "wrong_order":
                         o = (o + 1 + choice % (cfg.max_order - 1)) % cfg.max_order
                 elif kind == "double_free" and freed:

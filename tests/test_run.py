@@ -7,10 +7,16 @@ import signal
 import time
 
 import pytest
-
-from cli import (end, assert_usage_error, attach_running, kill_outside_the_allocator, shmalloc,
-                 start_shmalloc)
+from cli import (
+    assert_usage_error,
+    attach_running,
+    end,
+    kill_outside_the_allocator,
+    shmalloc,
+    start_shmalloc,
+)
 from conftest import ipc_objects
+
 from launcher import results
 from shmalloc.layout import AG_PID, Z_LOCK_PID
 

@@ -7,10 +7,16 @@ import signal
 import time
 
 import pytest
-
-from cli import (end, attach_running, kill_outside_the_allocator, run_objects_gone, shmalloc,
-                 start_shmalloc)
+from cli import (
+    attach_running,
+    end,
+    kill_outside_the_allocator,
+    run_objects_gone,
+    shmalloc,
+    start_shmalloc,
+)
 from conftest import ipc_objects
+
 from launcher import results
 from shmalloc.layout import AG_PID, PS_INFLIGHT
 

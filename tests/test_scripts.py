@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-
 from cli import ROOT
+
 from launcher import results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

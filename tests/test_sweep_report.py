@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-
 from cli import ROOT, assert_usage_error, shmalloc
+
 from launcher import results
 
 GRID = ["--grid", "workers=1,2", "--grid", "strategy=none,mainline", "--duration", "0.5",
