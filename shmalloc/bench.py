@@ -38,7 +38,6 @@ from .layout import (
     MIGRATE_MOVABLE,
     PG_REPORTED,
     PS_BUDDY,
-    ROLE_CONTROL,
     Z_BOUNDARY,
     Z_FREE_HEAD,
     Z_REPORT_FLAGS,
@@ -72,21 +71,25 @@ def _rounds(frames, zs, agent, order, batch, iters, held):
     return bad
 
 
+def _timed_rounds(m: Machine, order: int, batch: int, iters: int, held: np.ndarray) -> float:
+    """Seconds for :func:`_rounds` as the machine's control agent (which
+    ``Machine.create`` binds); a failed operation makes the figure void."""
+    t0 = time.perf_counter()
+    bad = _rounds(m.frames, m.zs, m.control_agent, order, batch, iters, held)
+    elapsed = time.perf_counter() - t0
+    if bad:
+        raise RuntimeError(f"bench: {bad} failed operations")
+    return elapsed
+
+
 def _time_engine(order: int, batch: int, pcp: bool, stats: bool, reps: int, iters: int) -> float:
     cfg = MachineConfig(memory=GIB, zones=1, workers=1,
                         pcp_batch=63 if pcp else 0, pcp_high=378, lock_stats=stats)
     with Machine.create(cfg) as m:
-        m.bind(m.control_agent, ROLE_CONTROL)
         held = np.empty(batch, np.int64)
-        agent = m.control_agent
-        _rounds(m.frames, m.zs, agent, order, batch, 1, held)      # warm up, compile
-        samples = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            bad = _rounds(m.frames, m.zs, agent, order, batch, iters, held)
-            samples.append((time.perf_counter() - t0) * 1e9 / (iters * batch))
-            if bad:
-                raise RuntimeError(f"bench: {bad} failed operations")
+        _timed_rounds(m, order, batch, 1, held)                     # warm up, compile
+        samples = [_timed_rounds(m, order, batch, iters, held) * 1e9 / (iters * batch)
+                   for _ in range(reps)]
         assert int(m.zs[H_LOCK_STATS]) == int(stats)
         return statistics.median(samples)
 
@@ -121,16 +124,13 @@ def _time_hooks(reps: int, rounds: int = 100) -> dict:
         cfg = MachineConfig(memory=GIB, zones=1, workers=1, pcp_batch=0, strategy=hook)
         with Machine.create(cfg) as m:
             held = np.empty(64, np.int64)
-            a = m.control_agent
-            _rounds(m.frames, m.zs, a, 9, 64, 1, held)
+            _timed_rounds(m, 9, 64, 1, held)                        # warm up
             samples = []
             for _ in range(reps):
                 total = 0.0
                 for _ in range(rounds):
                     _mark_reported(m, variant)
-                    t0 = time.perf_counter()
-                    _rounds(m.frames, m.zs, a, 9, 64, 1, held)
-                    total += time.perf_counter() - t0
+                    total += _timed_rounds(m, 9, 64, 1, held)
                 samples.append(total * 1e9 / (rounds * 64))
             out[variant] = round(statistics.median(samples), 2)
     return out
