@@ -1,51 +1,82 @@
 """Fixtures shared by the test suite.
 
-``_no_ipc_leak`` (autouse) fails any test that leaves a ``shmalloc`` object in
-/dev/shm or /dev/mqueue behind, after removing it.
+``_no_ipc_leak`` (autouse) fails any test that leaves a ``shmalloc`` object
+behind (after removing it): shared memory and semaphores in /dev/shm, and
+message queues, listed in /dev/mqueue when the mqueue filesystem is mounted
+there (the session mounts it when running as root and it is missing) and in
+every case opened by name for every run the test made (see tests/leaks.py).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
+from leaks import ShmCreations, listed_objects, mount_mqueue, queues_by_name, run_id_of
 
+from shmalloc import shm
 from shmalloc.machine import Machine, MachineConfig
 
 
+def pytest_configure(config):
+    config._shmalloc_mqueue = mount_mqueue()
+
+
+def pytest_report_header(config):
+    return f"shmalloc: /dev/mqueue {config._shmalloc_mqueue}; running as uid {os.geteuid()}"
+
+
 def ipc_objects() -> set[str]:
-    found = set()
-    for d in ("/dev/shm", "/dev/mqueue"):
-        try:
-            found |= {os.path.join(d, e) for e in os.listdir(d) if "shmalloc" in e}
-        except OSError:
-            pass
-    return found
+    """Paths of the shmalloc objects that can be listed (/dev/shm, and
+    /dev/mqueue when mounted)."""
+    return listed_objects()
+
+
+def _queue_paths(run_ids) -> set[str]:
+    """The queues of ``run_ids`` that exist, found by name, as /dev/mqueue
+    paths (whether or not that filesystem is mounted)."""
+    return {os.path.join(shm.MQUEUE_DIR, name.lstrip("/")) for name in queues_by_name(run_ids)}
 
 
 def _remove(path: str) -> None:
     import posix_ipc
-    name = "/" + os.path.basename(path)
+    base = os.path.basename(path)
     try:
-        if path.startswith("/dev/mqueue"):
-            posix_ipc.unlink_message_queue(name)
-        elif os.path.basename(path).startswith("sem."):
-            posix_ipc.unlink_semaphore("/" + os.path.basename(path)[4:])
+        if path.startswith(shm.MQUEUE_DIR):
+            posix_ipc.unlink_message_queue("/" + base)
+        elif base.startswith("sem."):
+            posix_ipc.unlink_semaphore("/" + base[4:])
         else:
-            posix_ipc.unlink_shared_memory(name)
+            posix_ipc.unlink_shared_memory("/" + base)
     except posix_ipc.ExistentialError:
         pass
 
 
+def _run_ids(paths) -> set[str]:
+    return {r for r in map(run_id_of, paths) if r}
+
+
 @pytest.fixture(autouse=True)
 def _no_ipc_leak():
+    watch = ShmCreations()
     before = ipc_objects()
-    yield
-    left = ipc_objects() - before
-    if left:
-        for path in left:
-            _remove(path)
-        pytest.fail(f"test left IPC objects behind: {sorted(left)}")
+    queues_before = _queue_paths(_run_ids(before))
+    try:
+        yield
+        after = ipc_objects()
+        seen = watch.poll()
+        if watch.overflowed:
+            warnings.warn("the inotify queue overflowed: queues of some runs were not "
+                          "checked by name", stacklevel=1)
+        run_ids = _run_ids(before | after | seen)
+        left = (after - before) | (_queue_paths(run_ids) - queues_before)
+        if left:
+            for path in left:
+                _remove(path)
+            pytest.fail(f"test left IPC objects behind: {sorted(left)}")
+    finally:
+        watch.close()
 
 
 @pytest.fixture

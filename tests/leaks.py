@@ -1,0 +1,133 @@
+"""Finding the IPC objects a test leaves behind, message queues included.
+
+Shared memory and semaphores live in /dev/shm and are listed.  Message
+queues are listed in /dev/mqueue only where the mqueue filesystem is mounted
+there (:func:`mount_mqueue` mounts it when running as root); everywhere
+else a queue can only be found by name.  Every queue a run creates is named
+after its run id (``/shmalloc-<run id>-report`` and ``-ack``), and every run
+that creates queues first creates its shared-memory objects, so the run ids
+of a test are the ids in the names of the /dev/shm objects created while it
+ran.  Those objects may come and go between the test's start and end, so
+:class:`ShmCreations` watches /dev/shm with inotify and sees every one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+import struct
+import subprocess
+
+import posix_ipc
+
+from shmalloc import shm
+
+_NAME_RE = re.compile(r"^(?:sem\.)?shmalloc-(?P<run>\d+-[0-9a-f]{6})-[a-z0-9_]+$")
+
+IN_CREATE = 0x100
+IN_MOVED_TO = 0x80
+IN_Q_OVERFLOW = 0x4000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+_EVENT = struct.Struct("iIII")          # wd, mask, cookie, len (struct inotify_event)
+
+
+def mqueue_mounted() -> bool:
+    """Is the mqueue filesystem mounted at /dev/mqueue in this mount namespace?"""
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1:3] == [shm.MQUEUE_DIR, "mqueue"] for line in f)
+
+
+def mount_mqueue() -> str:
+    """Mount the mqueue filesystem at /dev/mqueue when running as root and it
+    is missing, so leaked queues can be listed; says what it did."""
+    if mqueue_mounted():
+        return "mounted"
+    if os.geteuid() != 0:
+        return "not mounted (not root): queues are checked by name"
+    os.makedirs(shm.MQUEUE_DIR, exist_ok=True)
+    res = subprocess.run(["mount", "-t", "mqueue", "none", shm.MQUEUE_DIR],
+                         capture_output=True, text=True)
+    if res.returncode != 0 or not mqueue_mounted():
+        return f"not mounted ({res.stderr.strip()}): queues are checked by name"
+    return "mounted by the test session"
+
+
+def run_id_of(name: str) -> str | None:
+    """The run id in an object name ('sem.shmalloc-12-abcdef-zone0' ->
+    '12-abcdef'), or None for a name that is not a run's."""
+    m = _NAME_RE.match(os.path.basename(name.lstrip("/")))
+    return m["run"] if m else None
+
+
+def listed_objects() -> set[str]:
+    """Paths of every shmalloc object listed in /dev/shm (and /dev/mqueue if
+    it is mounted)."""
+    found = set()
+    for d in (shm.SHM_DIR, shm.MQUEUE_DIR):
+        try:
+            found |= {os.path.join(d, e) for e in os.listdir(d) if "shmalloc" in e}
+        except OSError:
+            pass
+    return found
+
+
+def queues_by_name(run_ids) -> set[str]:
+    """Names of the message queues of ``run_ids`` that exist, found by
+    opening each possible name (no /dev/mqueue needed)."""
+    found = set()
+    for run_id in run_ids:
+        for role in shm.MQ_ROLES:
+            name = shm.object_name(run_id, role)
+            try:
+                posix_ipc.MessageQueue(name).close()
+            except posix_ipc.ExistentialError:
+                continue
+            except posix_ipc.PermissionsError:
+                pass                         # it exists, whoever owns it
+            found.add(name)
+    return found
+
+
+class ShmCreations:
+    """Every name created in /dev/shm from now on (inotify IN_CREATE)."""
+
+    def __init__(self, path: str = shm.SHM_DIR):
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        if libc.inotify_add_watch(self.fd, path.encode(), IN_CREATE | IN_MOVED_TO) < 0:
+            err = ctypes.get_errno()
+            os.close(self.fd)
+            raise OSError(err, f"inotify_add_watch({path}) failed")
+        self.names: set[str] = set()
+        self.overflowed = False
+
+    def poll(self) -> set[str]:
+        """Read what has queued up; returns every name seen so far."""
+        while True:
+            try:
+                buf = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno == errno.EINTR:
+                    continue
+                raise
+            pos = 0
+            while pos < len(buf):
+                _, mask, _, length = _EVENT.unpack_from(buf, pos)
+                pos += _EVENT.size
+                if mask & IN_Q_OVERFLOW:
+                    self.overflowed = True
+                name = buf[pos:pos + length].rstrip(b"\0").decode(errors="replace")
+                pos += length
+                if name:
+                    self.names.add(name)
+        return self.names
+
+    def close(self) -> None:
+        os.close(self.fd)

@@ -1,0 +1,83 @@
+"""The leak fixture (tests/conftest.py) sees a leaked message queue, both
+where /dev/mqueue is mounted and where it is not (found by name then).
+
+A throwaway test session runs a test that leaks its queues (the machine is
+removed, the queues stay, as when a launcher forgets ``unlink_queues``)
+beside one that cleans up; the fixture must fail exactly the first (an error
+at its teardown), name its queues and remove them."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+from cli import ROOT
+from leaks import mqueue_mounted, queues_by_name
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOTED = os.geteuid() == 0
+
+INNER = '''
+from shmalloc import virtqueue
+from shmalloc.machine import Machine, MachineConfig
+
+
+def test_leaks_its_queues():
+    m = Machine.create(MachineConfig(memory=16 << 20))
+    for q in virtqueue.create_queues(m.run_id, 4):
+        q.close()
+    m.destroy()                          # the machine goes, the queues stay
+
+
+def test_removes_its_queues():
+    m = Machine.create(MachineConfig(memory=16 << 20))
+    for q in virtqueue.create_queues(m.run_id, 4):
+        q.close()
+    virtqueue.unlink_queues(m.run_id)
+    m.destroy()
+'''
+
+MOUNT_CALL = "config._shmalloc_mqueue = mount_mqueue()"
+
+
+def test_the_session_mounts_mqueue_when_root():
+    if not ROOTED:
+        pytest.skip("not root: the session cannot mount mqueue; queues are checked by name")
+    assert mqueue_mounted()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("where", ["listed in /dev/mqueue", "found by name"])
+def test_fixture_fails_a_test_that_leaks_its_queues(tmp_path, where):
+    conftest = open(os.path.join(TESTS, "conftest.py")).read()
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rE", str(tmp_path)]
+    if where.startswith("listed"):
+        if not mqueue_mounted():
+            pytest.skip("/dev/mqueue is not mounted (and only root can mount it)")
+    elif mqueue_mounted():
+        if not ROOTED or not shutil.which("unshare"):
+            pytest.skip("/dev/mqueue is mounted and only root can unmount it")
+        # a session of its own in a mount namespace without the mqueue mount
+        assert MOUNT_CALL in conftest
+        conftest = conftest.replace(MOUNT_CALL, 'config._shmalloc_mqueue = "unmounted by the test"')
+        cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+               'umount /dev/mqueue && exec "$@"', "sh"] + cmd
+    (tmp_path / "conftest.py").write_text(conftest)
+    (tmp_path / "test_inner.py").write_text(INNER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]))
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=280)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out
+    # the fixture fails the test at its teardown: an error, the test's only one
+    assert re.search(r"\b2 passed, 1 error\b", out), out
+    assert "ERROR test_inner.py::test_leaks_its_queues" in out, out
+    leaked = set(re.findall(r"/dev/mqueue/shmalloc-(\d+-[0-9a-f]{6})-(?:report|ack)", out))
+    assert len(leaked) == 1, out                      # both queues of the one run, named
+    run_id = leaked.pop()
+    assert f"shmalloc-{run_id}-report" in out and f"shmalloc-{run_id}-ack" in out
+    assert queues_by_name({run_id}) == set()          # and removed
