@@ -50,6 +50,7 @@ class Fault:
     at: float                 # seconds after the start
     worker: int = 0
     fired: bool = False
+    fired_at: float | None = None     # seconds after the start
     note: str = ""
 
     def __str__(self) -> str:
@@ -110,6 +111,12 @@ class Injector:
         fired = [f.note for f in self.faults if f.fired]
         return f" [injected: {'; '.join(fired)}]" if fired else ""
 
+    def record(self) -> list[dict]:
+        """The results file's ``injected``: each fault, when it fired (seconds
+        after the start, None if it never did) and what it hit."""
+        return [{"fault": str(f), "fired_at_s": None if f.fired_at is None else
+                 round(f.fired_at, 3), "note": f.note} for f in self.faults]
+
     def _pid(self, f: Fault) -> int:
         role = {"kill-reporter": "reporter", "kill-hypervisor": "hypervisor",
                 "slow-hypervisor": "hypervisor"}.get(f.kind, "worker")
@@ -134,9 +141,11 @@ class Injector:
         m = self.run.machine
         if f.kind == "slow-hypervisor":
             m.zs[m.layout.off_report + RS_HV_EXTRA_LATENCY_MS] = SLOW_HOST_MS
+            f.fired_at = elapsed
             f.note = f"{f.kind} at {elapsed:.1f} s"
             return
         pid = self._pid(f)
+        batch = False
         try:
             os.kill(pid, signal.SIGSTOP)
             if not self._stopped(pid):
@@ -149,10 +158,15 @@ class Injector:
                     os.kill(pid, signal.SIGCONT)
                     f.fired = False
                     return
+                # stopped: what it leaves behind is what the run will find
+                batch = f.kind == "kill-reporter" and self._the_moment(f)
                 os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             return
+        f.fired_at = elapsed
         where = f", holding the zone {holds[0]} lock" if holds else ""
+        if f.kind == "kill-reporter":
+            where = ", with a batch out" if batch else ", with no batch out"
         f.note = f"{f.kind} pid {pid} at {elapsed:.1f} s{where}"
 
     @staticmethod

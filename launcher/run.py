@@ -181,10 +181,14 @@ def warm_kernels(machine: Machine, strategy: str) -> bool:
 # ---------------------------------------------------------------------------
 
 class Run:
-    def __init__(self, cfg: RunConfig, progress: bool = False, label: str = ""):
+    def __init__(self, cfg: RunConfig, progress: bool = False, label: str = "", until=None):
         self.cfg = cfg
         self.progress = progress
         self.label = label
+        # a predicate on this Run, checked at every watch step: the run ends
+        # as at the end of --duration once it holds (tests wait for an event
+        # this way, with --duration as the backstop)
+        self.until = until
         self.machine: Machine | None = None
         self.children: list[Child] = []
         self.timeline = {"t_s": [], "free_bytes": [], "host_resident_bytes": [],
@@ -351,6 +355,8 @@ class Run:
             if self.signal_received:
                 raise RunAborted(self._signal_reason(), 128 + self.signal_received)
             if cfg.duration and now - self.t_go >= cfg.duration:
+                return
+            if self.until is not None and self.until(self):
                 return
             if cfg.ops and all(c.proc.exitcode == 0 for c in self.workers()):
                 return
@@ -531,6 +537,8 @@ class Run:
             "config": asdict(cfg),
             "outcome": outcome,
             "abort_reason": reason,
+            "stopped_at_s": round((self.t_stop or time.monotonic()) - self.t_go, 3),
+            "injected": self.injector.record(),
             "throughput": throughput,
             "latency_ns": latency,
             "locks": lockstat.lock_records(m.zs, m.nr_zones, tps),
@@ -553,5 +561,5 @@ class Run:
         return record
 
 
-def execute(cfg: RunConfig, progress: bool = False, label: str = "") -> dict:
-    return Run(cfg, progress=progress, label=label).execute()
+def execute(cfg: RunConfig, progress: bool = False, label: str = "", until=None) -> dict:
+    return Run(cfg, progress=progress, label=label, until=until).execute()

@@ -35,16 +35,17 @@ class RecordingDevice:
 
 
 def design(machine, name: str, device=None, capacity: int = 4, report_order: int = 9,
-           **kw):
-    """``name``'s design object bound to the machine's reporter agent, run
-    in this process (``process()`` is one pass)."""
+           cls=None, **kw):
+    """``name``'s design object (or a ``cls`` given with ``name``'s options)
+    bound to the machine's reporter agent, run in this process
+    (``process()`` is one pass)."""
     acting = machine.agent
     machine.bind(machine.reporter_agent, ROLE_REPORTER)
     machine.agent = acting                      # Python calls still act as before
     opts = ReporterOptions(design=name, delay=0.0, capacity=capacity,
                            report_order=report_order, **kw)
-    return IMPLEMENTATIONS[name](machine, machine.reporter_agent, device or RecordingDevice(),
-                                opts)
+    return (cls or IMPLEMENTATIONS[name])(machine, machine.reporter_agent,
+                                         device or RecordingDevice(), opts)
 
 
 def free_blocks_at_least(machine, order: int) -> list[tuple[int, int]]:

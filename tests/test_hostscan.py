@@ -4,11 +4,10 @@ state; the guest installs them on allocation."""
 from __future__ import annotations
 
 import pytest
-from cli import shmalloc
+from runs import all_freed, host_gave_back, run_until
 
 from hypervisor_stub.hostscan import HostScanner
 from hypervisor_stub.stub import Hypervisor, StubOptions
-from launcher import results
 from shmalloc import invariants
 from shmalloc.layout import HOOK_HOSTSCAN, ROLE_HYPERVISOR, RS_INSTALLS
 from shmalloc.reporting import frame_bit
@@ -83,13 +82,11 @@ def test_a_marked_frame_holding_an_allocation_is_a_violation(m):
 
 
 @pytest.mark.timeout(300)
-def test_hostscan_gives_a_hog_memory_back(tmp_path):
-    out = tmp_path / "r.json"
-    res = shmalloc("run", "--strategy", "hostscan", "--workload", "hog", "--memory", "256M",
-                   "--duration", "5", "--hog-hold", "0.5", "--scan-interval", "0.5",
-                   "--json", str(out), "--quiet")
-    assert res.returncode == 0, res.stderr
-    run = results.load(str(out))["runs"][0]
+def test_hostscan_gives_a_hog_memory_back():
+    """The hog frees; the run lasts until the host has scanned and holds less
+    than a quarter of what it held."""
+    run = run_until(lambda r: all_freed(r) and host_gave_back(r, 0.25), strategy="hostscan",
+                    workload="hog", memory=256 << 20, hog_hold=0.5, scan_interval=0.5)
     assert run["safety"]["use_after_discard"] == 0
     assert run["safety"]["invariant_errors"] == []
     mem = run["memory"]
