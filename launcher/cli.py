@@ -376,7 +376,7 @@ def _add_bench(sub) -> None:
 
 
 def cmd_bench(args) -> int:
-    from shmalloc.bench import format_bench, run_bench
+    from shmalloc.bench import failures, format_bench, run_bench
     from shmalloc.machine import ConfigError, MachineConfig
 
     try:
@@ -388,6 +388,11 @@ def cmd_bench(args) -> int:
         print(json.dumps(res, indent=2))
     else:
         print("\n".join(format_bench(res)))
+    failed = failures(res)
+    if failed:
+        print(f"shmalloc bench: operations failed, figures void: "
+              f"{', '.join(f'{k} ({n})' for k, n in failed.items())}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -18,6 +18,11 @@ boundaries active as during a reporting cycle).  ``../shared/bench/buddy_ref.c``
 allocator with a POSIX semaphore per operation, the same case shapes) is the
 physical-limit anchor to hold these figures against.
 
+Each figure comes with its counts (``counts`` and ``counts_no_stats`` of a
+case, ``reported_order9_counts`` of a variant): the alloc+free pairs it is
+the mean of and the operations that failed; a failed operation makes the
+figure void (``None``) and ``shmalloc bench`` exit with status 1.
+
 This is the engine's micro-benchmark; contention lives in ``shmalloc run``.
 """
 
@@ -71,27 +76,47 @@ def _rounds(frames, zs, agent, order, batch, iters, held):
     return bad
 
 
-def _timed_rounds(m: Machine, order: int, batch: int, iters: int, held: np.ndarray) -> float:
+class Tally:
+    """What a figure is the mean of: the alloc+free pairs timed, and the
+    operations that failed, warm-up included (any makes the figure void)."""
+
+    def __init__(self):
+        self.pairs = 0
+        self.failed = 0
+
+    def as_dict(self) -> dict:
+        return {"pairs": self.pairs, "failed_ops": self.failed}
+
+
+def _timed_rounds(m: Machine, order: int, batch: int, iters: int, held: np.ndarray,
+                  tally: Tally, warmup: bool = False) -> float:
     """Seconds for :func:`_rounds` as the machine's control agent (which
-    ``Machine.create`` binds); a failed operation makes the figure void."""
+    ``Machine.create`` binds); the pairs (unless ``warmup``) and the failed
+    operations go into ``tally``."""
     t0 = time.perf_counter()
     bad = _rounds(m.frames, m.zs, m.control_agent, order, batch, iters, held)
     elapsed = time.perf_counter() - t0
-    if bad:
-        raise RuntimeError(f"bench: {bad} failed operations")
+    tally.pairs += 0 if warmup else iters * batch
+    tally.failed += bad
     return elapsed
 
 
-def _time_engine(order: int, batch: int, pcp: bool, stats: bool, reps: int, iters: int) -> float:
+def _figure(samples: list[float], tally: Tally) -> float | None:
+    """The median, or None (void) if an operation failed."""
+    return None if tally.failed else round(statistics.median(samples), 2)
+
+
+def _time_engine(order: int, batch: int, pcp: bool, stats: bool, reps: int, iters: int,
+                 tally: Tally) -> float | None:
     cfg = MachineConfig(memory=GIB, zones=1, workers=1,
                         pcp_batch=63 if pcp else 0, pcp_high=378, lock_stats=stats)
     with Machine.create(cfg) as m:
         held = np.empty(batch, np.int64)
-        _timed_rounds(m, order, batch, 1, held)                     # warm up, compile
-        samples = [_timed_rounds(m, order, batch, iters, held) * 1e9 / (iters * batch)
+        _timed_rounds(m, order, batch, 1, held, tally, warmup=True)   # warm up, compile
+        samples = [_timed_rounds(m, order, batch, iters, held, tally) * 1e9 / (iters * batch)
                    for _ in range(reps)]
         assert int(m.zs[H_LOCK_STATS]) == int(stats)
-        return statistics.median(samples)
+        return _figure(samples, tally)
 
 
 HOOK_VARIANTS = {"none": HOOK_NONE, "mainline": HOOK_MAINLINE, "boundary": HOOK_BOUNDARY,
@@ -116,24 +141,27 @@ def _mark_reported(m: Machine, variant: str) -> None:
         zs[zb + Z_REPORT_FLAGS] = ZRF_ACTIVE if variant.endswith("active") else 0
 
 
-def _time_hooks(reps: int, rounds: int = 100) -> dict:
+def _time_hooks(reps: int, rounds: int = 100) -> tuple[dict, dict]:
     """ns per order-9 alloc+free pair when the blocks come out of Reported
-    free blocks, per design bookkeeping (see the module docstring)."""
-    out = {}
+    free blocks, per design bookkeeping (see the module docstring), and each
+    figure's :class:`Tally`."""
+    out, counts = {}, {}
     for variant, hook in HOOK_VARIANTS.items():
         cfg = MachineConfig(memory=GIB, zones=1, workers=1, pcp_batch=0, strategy=hook)
+        tally = Tally()
         with Machine.create(cfg) as m:
             held = np.empty(64, np.int64)
-            _timed_rounds(m, 9, 64, 1, held)                        # warm up
+            _timed_rounds(m, 9, 64, 1, held, tally, warmup=True)    # warm up
             samples = []
             for _ in range(reps):
                 total = 0.0
                 for _ in range(rounds):
                     _mark_reported(m, variant)
-                    total += _timed_rounds(m, 9, 64, 1, held)
+                    total += _timed_rounds(m, 9, 64, 1, held, tally)
                 samples.append(total * 1e9 / (rounds * 64))
-            out[variant] = round(statistics.median(samples), 2)
-    return out
+            out[variant] = _figure(samples, tally)
+        counts[variant] = tally.as_dict()
+    return out, counts
 
 
 def _time_reference(order: int, batch: int, reps: int) -> float:
@@ -161,12 +189,15 @@ def run_bench(reps: int = 5, iters: int = 20, init_memory: int = 16 * GIB) -> di
     """Run every case; returns the ``shmalloc bench --json`` object."""
     cases = {}
     for name, c in CASES.items():
+        on, off = Tally(), Tally()
         cases[name] = {
-            "ns_per_pair": round(_time_engine(c["order"], c["batch"], c["pcp"], True, reps,
-                                              iters), 2),
-            "ns_per_pair_no_stats": round(_time_engine(c["order"], c["batch"], c["pcp"], False,
-                                                       reps, iters), 2),
+            "ns_per_pair": _time_engine(c["order"], c["batch"], c["pcp"], True, reps, iters, on),
+            "ns_per_pair_no_stats": _time_engine(c["order"], c["batch"], c["pcp"], False, reps,
+                                                 iters, off),
+            "counts": on.as_dict(),
+            "counts_no_stats": off.as_dict(),
         }
+    hooks, hook_counts = _time_hooks(reps)
     ref = _time_reference(0, CASES["order0_zone"]["batch"], reps)
     with Machine.create(MachineConfig(memory=GIB, workers=2)) as m:
         meta_bytes = (m.zs.nbytes + m.frames.nbytes) / m.nr_pages
@@ -174,16 +205,37 @@ def run_bench(reps: int = 5, iters: int = 20, init_memory: int = 16 * GIB) -> di
         "cases": cases,
         "python_reference": {"order0_zone": {
             "ns_per_pair": round(ref, 1),
-            "engine_speedup": round(ref / cases["order0_zone"]["ns_per_pair"], 1),
-            "engine_speedup_no_stats": round(ref / cases["order0_zone"]["ns_per_pair_no_stats"], 1),
+            "engine_speedup": _ratio(ref, cases["order0_zone"]["ns_per_pair"]),
+            "engine_speedup_no_stats": _ratio(ref, cases["order0_zone"]["ns_per_pair_no_stats"]),
         }},
         "metadata_bytes_per_page": round(meta_bytes, 3),
         "frame_bytes": FRAME_DTYPE.itemsize,
         "init_16gib_s": round(_time_init(init_memory), 3),
-        "reported_order9": _time_hooks(reps),
+        "reported_order9": hooks,
+        "reported_order9_counts": hook_counts,
         "reps": reps,
         "iters": iters,
     }
+
+
+def _ratio(a: float, b: float | None) -> float | None:
+    return None if b is None else round(a / b, 1)
+
+
+def failures(res: dict) -> dict[str, int]:
+    """Failed operations per figure of a :func:`run_bench` result ({} when
+    every figure stands)."""
+    counts = {}
+    for name, c in res["cases"].items():
+        counts[name] = c["counts"]["failed_ops"]
+        counts[f"{name} (lock_stat off)"] = c["counts_no_stats"]["failed_ops"]
+    for variant, c in res["reported_order9_counts"].items():
+        counts[f"reported_order9 {variant}"] = c["failed_ops"]
+    return {k: n for k, n in counts.items() if n}
+
+
+def _f(v: float | None, spec: str) -> str:
+    return "void" if v is None else format(v, spec)
 
 
 def format_bench(res: dict) -> list[str]:
@@ -192,18 +244,21 @@ def format_bench(res: dict) -> list[str]:
              "",
              f"{'case':<14} {'lock_stat on':>14} {'lock_stat off':>14}"]
     for name, c in res["cases"].items():
-        lines.append(f"{name:<14} {c['ns_per_pair']:>14.1f} {c['ns_per_pair_no_stats']:>14.1f}")
+        lines.append(f"{name:<14} {_f(c['ns_per_pair'], '.1f'):>14} "
+                     f"{_f(c['ns_per_pair_no_stats'], '.1f'):>14}")
     ref = res["python_reference"]["order0_zone"]
     lines += [
         "",
         f"pure-Python reference, order0_zone: {ref['ns_per_pair']:.0f} ns per pair "
-        f"(engine {ref['engine_speedup']:.0f}x faster with lock_stat, "
-        f"{ref['engine_speedup_no_stats']:.0f}x without)",
+        f"(engine {_f(ref['engine_speedup'], '.0f')}x faster with lock_stat, "
+        f"{_f(ref['engine_speedup_no_stats'], '.0f')}x without)",
         f"metadata: {res['metadata_bytes_per_page']:.2f} bytes per page "
         f"({res['frame_bytes']}-byte frame record + zone state)",
         f"create and initialise a 16 GiB guest: {res['init_16gib_s']:.3f} s",
         "",
         "order-9 alloc+free out of Reported free blocks, ns per pair (lock_stat on):",
-        "  " + "   ".join(f"{k} {v:.1f}" for k, v in res["reported_order9"].items()),
+        "  " + "   ".join(f"{k} {_f(v, '.1f')}" for k, v in res["reported_order9"].items()),
     ]
+    for figure, n in failures(res).items():
+        lines.append(f"void: {figure}: {n} operations failed")
     return lines

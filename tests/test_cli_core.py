@@ -14,18 +14,63 @@ from shmalloc.machine import AllocatorError, ConfigError, Machine, MachineConfig
 
 @pytest.mark.timeout(300)
 def test_bench_json():
-    res = shmalloc("bench", "--json", "--reps", "1", "--iters", "1", "--init-memory", "64M")
+    """Every figure is the mean of exactly the pairs its case says (reps x
+    iters x the case's blocks) and no operation behind it failed."""
+    from shmalloc.bench import CASES
+    reps, iters = 2, 1
+    res = shmalloc("bench", "--json", "--reps", str(reps), "--iters", str(iters),
+                   "--init-memory", "64M")
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""
     out = json.loads(res.stdout)
-    for case in ("order0_zone", "order9_zone", "order0_pcp"):
-        assert out["cases"][case]["ns_per_pair"] > 0
-        assert out["cases"][case]["ns_per_pair_no_stats"] > 0
-    assert out["python_reference"]["order0_zone"]["ns_per_pair"] > 0
+    assert set(out["cases"]) == set(CASES)
+    for case, shape in CASES.items():
+        c = out["cases"][case]
+        for counts in (c["counts"], c["counts_no_stats"]):
+            assert counts == {"pairs": reps * iters * shape["batch"], "failed_ops": 0}, case
+        assert c["ns_per_pair"] > 0 and c["ns_per_pair_no_stats"] > 0
+    ref = out["python_reference"]["order0_zone"]
+    assert ref["ns_per_pair"] > 0
+    assert ref["engine_speedup"] == pytest.approx(
+        ref["ns_per_pair"] / out["cases"]["order0_zone"]["ns_per_pair"], rel=0.01)
     assert 16 <= out["metadata_bytes_per_page"] < 17
     assert out["init_16gib_s"] > 0
-    assert set(out["reported_order9"]) == {"none", "mainline", "boundary", "boundary_active"}
-    assert all(v > 0 for v in out["reported_order9"].values())
+    variants = {"none", "mainline", "boundary", "boundary_active"}
+    assert set(out["reported_order9"]) == set(out["reported_order9_counts"]) == variants
+    for variant, counts in out["reported_order9_counts"].items():
+        # 100 rounds of 64 order-9 blocks per repetition
+        assert counts == {"pairs": reps * 100 * 64, "failed_ops": 0}, variant
+        assert out["reported_order9"][variant] > 0
+
+
+def test_a_failed_operation_voids_the_figure(monkeypatch, capsys):
+    """A bench figure behind which an operation failed is void: None in the
+    JSON, counted, named on stderr, exit status 1."""
+    from launcher.cli import main
+    from shmalloc import bench
+
+    real = bench._rounds
+
+    def one_failure(*args):
+        real(*args)
+        return 1
+
+    monkeypatch.setattr(bench, "_rounds", one_failure)
+    tally = bench.Tally()
+    assert bench._time_engine(9, 64, False, True, 2, 1, tally) is None
+    assert tally.as_dict() == {"pairs": 2 * 64, "failed_ops": 3}     # warm-up + 2 reps
+
+    def fake_bench(**kw):
+        zero = {"pairs": 1, "failed_ops": 0}
+        return {"cases": {"order9_zone": {"ns_per_pair": None, "ns_per_pair_no_stats": 1.0,
+                                          "counts": {"pairs": 1, "failed_ops": 2},
+                                          "counts_no_stats": zero}},
+                "reported_order9_counts": {"none": zero}}
+
+    monkeypatch.setattr(bench, "run_bench", fake_bench)
+    assert main(["bench", "--json"]) == 1
+    err = capsys.readouterr().err
+    assert err == "shmalloc bench: operations failed, figures void: order9_zone (2)\n"
 
 
 @pytest.mark.timeout(120)
