@@ -7,11 +7,13 @@ import os
 import shlex
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 from cli import ROOT, assert_usage_error, shmalloc
 
 from launcher import results
+from launcher.cli import build_parser, run_config
 
 GRID = ["--grid", "workers=1,2", "--grid", "strategy=none,mainline", "--duration", "0.5",
         "--memory", "64M", "--seed", "7"]
@@ -52,11 +54,17 @@ def test_listed_commands_stand_alone(tmp_path):
     assert run.returncode == 0, run.stderr
     target = argv[argv.index("--json") + 1]
     listed = results.load(target)["runs"][0]
-    # the same point through the sweep itself gives the same configuration
-    res = shmalloc("sweep", *GRID, "--out", str(out))
-    assert "3 run, 1 already done" in res.stdout
     assert listed["config"]["workers"] == 2 and listed["config"]["strategy"] == "mainline"
     assert listed["config"]["seed"] == 7
+    # the sweep runs the other points; each listed command, read by shmalloc
+    # run's own parser, is exactly the configuration its point ran with
+    res = shmalloc("sweep", *GRID, "--out", str(out))
+    assert "3 run, 1 already done" in res.stdout
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        cfg = asdict(run_config(build_parser().parse_args(argv)))
+        ran = results.load(argv[argv.index("--json") + 1])["runs"][0]["config"]
+        assert json.loads(json.dumps(cfg)) == ran, command
 
 
 @pytest.mark.timeout(300)
