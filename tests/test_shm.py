@@ -54,6 +54,24 @@ def test_attach_from_an_unrelated_process(make_machine):
     assert invariants.check(m, held={m.control_agent: [(held, 4)], 0: [(p5, 5)]}) == []
 
 
+#: giving an object to another user takes root (fchown)
+needs_root = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="needs root: makes an object another user's (fchown)")
+
+
+@needs_root
+def test_attach_refuses_another_users_objects(make_machine):
+    m = make_machine()
+    fd = os.open(f"/dev/shm/{m.object_names()[0][1:]}", os.O_RDWR)
+    try:
+        os.fchown(fd, 4242, -1)
+        with pytest.raises(IPCError, match="owned by uid 4242"):
+            Machine.attach(m.run_id)
+    finally:
+        os.fchown(fd, os.geteuid(), -1)
+        os.close(fd)
+
+
 def test_attach_refuses_foreign_objects(make_machine):
     # not made by shmalloc: no magic
     name = shm.object_name(f"{os.getpid()}-abcdef", "zones")
@@ -64,17 +82,8 @@ def test_attach_refuses_foreign_objects(make_machine):
             shm.SharedObject.attach(name)
     finally:
         shm.unlink_shm(name)
-    # another user's object
-    m = make_machine()
-    fd = os.open(f"/dev/shm/{m.object_names()[0][1:]}", os.O_RDWR)
-    try:
-        os.fchown(fd, 4242, -1)
-        with pytest.raises(IPCError, match="owned by uid 4242"):
-            Machine.attach(m.run_id)
-    finally:
-        os.fchown(fd, os.geteuid(), -1)
-        os.close(fd)
     # a future format version
+    m = make_machine()
     zones = shm.SharedObject.attach(shm.object_name(m.run_id, "zones"))
     zones.header["version"] = 99
     try:
@@ -150,6 +159,7 @@ def test_host_resident_bytes_follow_writes(make_machine):
     assert m.host_resident_bytes() == 100 * 4096
 
 
+@needs_root
 def test_cleanup_ignores_other_users_objects(make_machine):
     """A run of another user is never listed, judged or removed."""
     m = make_machine()
