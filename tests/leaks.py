@@ -47,9 +47,12 @@ def mount_mqueue() -> str:
         return "mounted"
     if os.geteuid() != 0:
         return "not mounted (not root): queues are checked by name"
-    os.makedirs(shm.MQUEUE_DIR, exist_ok=True)
-    res = subprocess.run(["mount", "-t", "mqueue", "none", shm.MQUEUE_DIR],
-                         capture_output=True, text=True)
+    try:
+        os.makedirs(shm.MQUEUE_DIR, exist_ok=True)
+        res = subprocess.run(["mount", "-t", "mqueue", "none", shm.MQUEUE_DIR],
+                             capture_output=True, text=True)
+    except OSError as e:
+        return f"not mounted ({e}): queues are checked by name"
     if res.returncode != 0 or not mqueue_mounted():
         return f"not mounted ({res.stderr.strip()}): queues are checked by name"
     return "mounted by the test session"
