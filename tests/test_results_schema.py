@@ -93,7 +93,9 @@ def test_metadata(hog_doc):
             assert meta[f"mqueue_{limit}"] == f.read().strip()
     head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
                           text=True).stdout.strip()
-    assert meta["git_commit"].startswith(head)
+    # the commit git gives this user (none where git refuses the checkout,
+    # e.g. another user's: "dubious ownership")
+    assert meta["git_commit"] is None if not head else meta["git_commit"].startswith(head)
 
 
 @pytest.mark.timeout(300)
