@@ -77,7 +77,20 @@ def add_machine_flags(p, strategy: bool = True) -> None:
         g.add_argument("--strategy", default="none", metavar="NAME",
                        help=f"reporting design: {', '.join(names())} (default none)")
     g.add_argument("--report-order", type=opt.int_range(0, MAX_ORDER_LIMIT - 1), default=9,
-                   metavar="N", help="smallest order reported (default 9, pageblock order)")
+                   metavar="N", help="smallest order reported (default 9, pageblock order); "
+                   "the page_reporting_order module parameter of Linux 5.14 and later "
+                   "(5.7 fixed it at pageblock_order)")
+    g.add_argument("--putback", default=None, metavar="WHERE",
+                   help="mainline, isolate: where a reported block goes back on its free list: "
+                   "head (Linux 5.7, the default) or tail (5.10's FPI_TO_TAIL)")
+    g.add_argument("--walk-order", type=opt.int_range(0, MAX_ORDER_LIMIT - 1), default=None,
+                   metavar="N", help="callback: lowest order walk_free_mem_block visits under "
+                   "the zone lock (default 0, as v14); blocks below --report-order are visited "
+                   "and paid for, not reported")
+    g.add_argument("--callback-ns", type=opt.int_range(0, 10_000_000), default=None,
+                   metavar="NS", help="callback: cost of v14's per-block callback (add_one_sg, "
+                   "virtqueue_kick) under the zone lock (default: calibrated at start as one "
+                   "message on a POSIX queue, the virtqueue stand-in)")
     g.add_argument("--capacity", type=opt.int_range(1, 1 << 20), default=None, metavar="N",
                    help="ranges per report (default 32, PAGE_REPORTING_CAPACITY; bitmap 16)")
     g.add_argument("--delay", type=opt.float_range(0, 3600), default=None, metavar="SECONDS",

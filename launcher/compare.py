@@ -51,6 +51,11 @@ def parse_lineup(text: str) -> list[str]:
 def config_for(base: RunConfig, item: str) -> RunConfig:
     name, _, mode = item.partition("/")
     cfg = replace(base, strategy=name, delay=None, capacity=None)
+    design = designs.DESIGNS[name]        # flags the design does not take do not apply
+    if design.putback is None:
+        cfg = replace(cfg, putback=None)
+    if not design.walks:
+        cfg = replace(cfg, walk_order=None, callback_ns=None)
     if mode:
         cfg = replace(cfg, callback_mode=mode)
     return cfg.resolved()
@@ -210,8 +215,10 @@ def format_compare(runs: list[dict]) -> list[str]:
     base = next((row for label, row, _ in rows if label == "none"), None)
     base_rate = base["pages_per_sec"] if base else None
     first = runs[0]
+    putbacks = {r["config"].get("putback") for r in runs} - {None}
     lines = [f"shmalloc compare: {describe(first['config'], strategy=False)}, "
              f"{first['config']['duration']:g} s each"
+             + (f", putback {putbacks.pop()} (mainline, isolate)" if len(putbacks) == 1 else "")
              + (f", median of {repeats} runs" if repeats > 1 else ""), ""]
     w = max(len(label) for label, _, _ in rows) + 2
     spread = repeats > 1

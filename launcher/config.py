@@ -55,6 +55,9 @@ class RunConfig:
     hv_latency: float = 0.0
     discard: str = "punch"
     callback_mode: str = "hint"
+    putback: str | None = None          # None: the design's (head, as 5.7) where it applies
+    walk_order: int | None = None       # callback: None: 0, as v14
+    callback_ns: int | None = None      # callback: None: calibrated at start
     scan_interval: float = 5.0
     inject: tuple = ()                  # --inject WHAT@SECONDS, as given
 
@@ -70,6 +73,10 @@ class RunConfig:
         if cfg.strategy in designs.DESIGNS and cfg.capacity is None:
             cfg = replace(cfg, capacity=int(cfg.design.defaults.get("capacity",
                                                                     PAGE_REPORTING_CAPACITY)))
+        if cfg.strategy in designs.DESIGNS and cfg.putback is None:
+            cfg = replace(cfg, putback=cfg.design.putback)
+        if cfg.strategy in designs.DESIGNS and cfg.design.walks and cfg.walk_order is None:
+            cfg = replace(cfg, walk_order=0)
         if cfg.duration is None:
             cfg = replace(cfg, duration=0.0 if cfg.ops else 5.0)
         if cfg.working_set is None:
@@ -113,6 +120,19 @@ class RunConfig:
         if self.callback_mode not in ("hint", "discard"):
             raise ConfigError("--callback-mode", f"must be hint or discard, got "
                               f"{self.callback_mode!r}")
+        if self.putback is not None:
+            if self.putback not in ("head", "tail"):
+                raise ConfigError("--putback", f"must be head or tail, got {self.putback!r}")
+            if self.design.putback is None:
+                fixed = designs.FIXED_PUTBACK.get(self.strategy, "nothing is put back")
+                raise ConfigError("--putback", f"applies to mainline and isolate, not "
+                                  f"{self.strategy} ({fixed})")
+        for flag, value in (("--walk-order", self.walk_order), ("--callback-ns", self.callback_ns)):
+            if value is not None and not self.design.walks:
+                raise ConfigError(flag, f"applies to callback only, not {self.strategy}")
+        if self.walk_order is not None and not 0 <= self.walk_order <= self.report_order:
+            raise ConfigError("--walk-order", f"must be 0..--report-order ({self.report_order}), "
+                              f"got {self.walk_order}")
         if self.report_order < self.design.min_report_order:
             raise ConfigError("--report-order", f"{self.strategy} isolates whole pageblocks: "
                               f"must be >= {self.design.min_report_order}, got {self.report_order}")
@@ -138,7 +158,9 @@ class RunConfig:
 
     def reporter_options(self) -> ReporterOptions:
         return ReporterOptions(design=self.strategy, delay=self.delay, capacity=self.capacity,
-                               report_order=self.report_order, callback_mode=self.callback_mode)
+                               report_order=self.report_order, callback_mode=self.callback_mode,
+                               putback=self.putback, walk_order=self.walk_order or 0,
+                               callback_ns=self.callback_ns)
 
     def stub_options(self) -> StubOptions:
         return StubOptions(discard=self.discard, hv_latency=self.hv_latency,

@@ -25,6 +25,8 @@ class Design:
     defaults: dict = field(default_factory=dict)     # flag defaults of this design
     unsafe_when: dict = field(default_factory=dict)  # config under which it may lose data
     min_report_order: int = 0           # isolate works on whole pageblocks
+    putback: str | None = None          # default --putback where the design takes it
+    walks: bool = False                 # takes --walk-order and --callback-ns (callback)
 
     def unsafe(self, config) -> bool:
         return bool(self.unsafe_when) and all(getattr(config, k) == v
@@ -35,16 +37,16 @@ DESIGNS: dict[str, Design] = {d.name: d for d in (
     Design("none", "no reporting: the baseline"),
     Design("mainline", "Linux 5.7 mm/page_reporting.c: PageReported, list rotation, budget, "
            "2 s delay", hook=HOOK_MAINLINE, reporter=True, hypervisor=True,
-           defaults={"delay": 2.0}),
+           defaults={"delay": 2.0}, putback="head"),
     Design("boundary", "Duyck v9: Reported run behind per-list boundary pointers, kept by "
            "the allocator; 0.1 s delay", hook=HOOK_BOUNDARY, reporter=True, hypervisor=True,
            defaults={"delay": 0.1}),
     Design("callback", "Wang v14: walk_free_mem_block under the zone lock, ranges sent after; "
            "hint or discard", reporter=True, hypervisor=True, defaults={"delay": 2.0},
-           unsafe_when={"callback_mode": "discard"}),
+           unsafe_when={"callback_mode": "discard"}, walks=True),
     Design("isolate", "Hocko: callback walk, then start/undo_isolate_page_range around the "
            "report", reporter=True, hypervisor=True, defaults={"delay": 2.0},
-           min_report_order=9),
+           min_report_order=9, putback="head"),
     Design("bitmap", "Nitesh v12: a bit per report-order block set on free, 16 bits wake the "
            "reporter, no Reported state", hook=HOOK_BITMAP, reporter=True, hypervisor=True,
            defaults={"delay": 0.0, "capacity": 16}),
@@ -52,6 +54,12 @@ DESIGNS: dict[str, Design] = {d.name: d for d in (
            "reclaims 2 MiB frames, the guest installs on allocation", hook=HOOK_HOSTSCAN,
            hypervisor=True, host_scan=True),
 )}
+
+
+#: what --putback means where it does not apply (README's design table)
+FIXED_PUTBACK = {"boundary": "tail (v9: the Reported run sits at the tail)",
+                 "bitmap": "head (v12's __free_one_page placement)",
+                 "hostscan": "tail (the host's choice)"}
 
 
 def names() -> list[str]:

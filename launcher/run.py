@@ -129,20 +129,22 @@ def design_kernels(strategy: str, f, zs, a, arr) -> list:
     from shmalloc import reporting
 
     b = True
-    walk = [(callback.walk_free_mem_block, (f, zs, a, 0, 0, 0, arr, 0))]
+    walk = [(callback.walk_free_mem_block, (f, zs, a, 0, 0, 0, arr, 0, b, 0))]
     return {
-        "mainline": [(mainline.reporting_cycle_step, (f, zs, a, 0, 0, 0, arr, arr, 0, 0, b, 0)),
-                     (mainline.drain_batch, (f, zs, a, 0, arr, arr, 0, b)),
+        "mainline": [(mainline.reporting_cycle_step, (f, zs, a, 0, 0, 0, arr, arr, 0, 0, b, 0,
+                                                      b)),
+                     (mainline.drain_batch, (f, zs, a, 0, arr, arr, 0, b, b)),
                      (reporting.page_reporting_request, (zs, a)),
                      (reporting.page_reporting_begin_pass, (zs,)),
                      (reporting.page_reporting_end_pass, (zs,))],
         "boundary": [(boundary.boundary_cycle_step, (f, zs, a, 0, arr, arr, 0, b)),
                      (boundary.boundary_request_all, (zs, a))],
         "callback": walk,
-        "isolate": walk + [(isolate.isolate_range, (f, zs, a, 0, 0, 0)),
-                           (isolate.undo_isolate_batch, (f, zs, a, 0, arr, arr, 0))],
+        "isolate": walk + [(isolate.isolate_pageblock, (f, zs, a, 0, 0, 0, 0)),
+                           (isolate.undo_isolate_batch, (f, zs, a, 0, arr, arr, 0, b))],
         "bitmap": [(bitmap.bitmap_scan, (f, zs, a, 0, arr, arr, 0)),
-                   (bitmap.bitmap_return, (f, zs, a, 0, arr, arr, 0))],
+                   (bitmap.bitmap_return, (f, zs, a, 0, arr, arr, 0)),
+                   (bitmap.bitmap_pass_done, (zs,))],
         "hostscan": [(hostscan.host_scan_take, (f, zs, a, 0, arr, arr)),
                      (hostscan.host_scan_mark, (f, zs, a, 0, arr, arr, 0, np.zeros(1, np.bool_)))],
     }.get(strategy, [])

@@ -1,27 +1,42 @@
-"""Nitesh Narayan Lal's page hinting, v12 (August 2019): a bitmap per zone.
+"""Nitesh Narayan Lal's page hinting, v12 (August 2019, "[RFC][Patch v12 1/2]
+mm: page_reporting: core infrastructure"): a bitmap per zone.
 
-The free path (:func:`shmalloc.reporting.bitmap_notify_free`) sets the bit of
-the report-order block it just freed, after merging, and counts set bits;
-the 16th set bit wakes the reporter at once, with no delay.  The reporter
-*scans* the zone's bitmap: for each set bit it clears the bit and, if the
-block is still a free block of at least the report order, *isolates* it
-(``__isolate_free_page``); 16 such blocks are *reported*; then *returned* to
-the free lists, without setting their bits again.
+The free path (:func:`shmalloc.reporting.bitmap_notify_free`,
+``__page_reporting_enqueue``) sets the bit of the report-order block it just
+freed, after merging, and counts newly set bits in the zone's
+``free_pages``; once a zone has at least ``max_pages`` set bits (16,
+``--capacity``) and no pass is queued or running (``refcnt`` 0 -> 1), it
+wakes the reporter at once, with no delay.  The reporter
+(``page_reporting_wq``) *scans* only zones whose count is at least
+``max_pages`` (``free_pages >= max_pages``); for each set bit
+(``scan_zone_bitmap``) it takes the zone lock, and if the block is still a
+free block of at least the report order *isolates* it
+(``__isolate_free_page``), drops the lock, and clears the bit; 16 isolated
+blocks are *reported*, then *returned* to the free lists under one lock hold
+(``__return_isolated_page`` -> ``__free_one_page`` without notification, so
+no bit is set again and the block lands where ``buddy_merge_likely`` puts
+it: the head, for orders >= MAX_ORDER - 2); the scan goes on to the end of
+the bitmap and reports the leftover.  When every zone is done, ``refcnt``
+goes back to 0: bits set meanwhile wait for the next free that finds the
+threshold reached.
 
 There is no Reported state: a block freed or merged again gets its bit set
 again and is reported again, even if the host already discarded it and
 nobody wrote it since.  Those re-reports are counted.
 
-Deviations: the bitmap lives in shared memory beside the zones, one int64
-word per 64 blocks, rather than a kmalloc'ed per-zone bitmap; blocks above
-the report order are tracked by the bit of their first report-order block;
-one zone-lock hold scans until the batch is full (v12 took it per block).
+Deviations, each for a reason: the bitmap lives in shared memory beside the
+zones, one int64 word per 64 blocks, rather than a kmalloc'ed per-zone
+bitmap; blocks above the report order are tracked by the bit of their first
+report-order block (v12 the same: the bit of the freed block's head); the
+bit is cleared before the lock is dropped rather than just after with an
+atomic ``clear_bit`` (the free path sets bits under the same lock here).
 """
 
 from __future__ import annotations
 
+from shmalloc._libc import atomic_xchg
 from shmalloc.buddy import free_one_page
-from shmalloc.config import BITMAP_WAKE_BITS, jit
+from shmalloc.config import jit
 from shmalloc.layout import (
     CALLER_REPORTER,
     H_REPORT_ORDER,
@@ -29,6 +44,7 @@ from shmalloc.layout import (
     PS_BUDDY,
     RS_CYCLES,
     RS_PAGES_NOT_TAKEN,
+    RS_REFCNT,
     Z_BITMAP_COUNT,
     Z_NR_PAGES,
     Z_START_PFN,
@@ -45,23 +61,22 @@ from .process import ReportingDesign, register
 
 @jit
 def bitmap_scan(frames, zs, agent, zone, batch_pfn, batch_order, index):
-    """From bit ``index`` on, clear set bits and isolate the blocks that are
-    still free, until the batch is full.  Returns (blocks taken, next index;
-    -1 when the scan reached the end of the zone's bitmap)."""
+    """``scan_zone_bitmap`` from bit ``index`` on: for each set bit, one
+    zone-lock hold that isolates the block if it is still free and clears
+    the bit; stop when the batch is full.  Returns (blocks taken, next
+    index; -1 when the scan reached the end of the zone's bitmap)."""
     zb = zone_base(zone)
     nbits = zs[zb + Z_NR_PAGES] >> zs[H_REPORT_ORDER]
     n = 0
-    zone_lock(zs, agent, zone, CALLER_REPORTER)
     while index < nbits and n < len(batch_pfn):
         word = bitmap_word(zs, zone, index)
-        if zs[word] == 0:                          # skip empty words whole
+        if zs[word] == 0:                          # for_each_set_bit skips empty words
             index = (index | 63) + 1
             continue
         bit = 1 << (index & 63)
         if (zs[word] & bit) != 0:
-            zs[word] &= ~bit
-            zs[zb + Z_BITMAP_COUNT] -= 1
             pfn = zs[zb + Z_START_PFN] + (index << zs[H_REPORT_ORDER])
+            zone_lock(zs, agent, zone, CALLER_REPORTER)
             order = frames[pfn]['order']
             if (frames[pfn]['state'] == PS_BUDDY and order >= zs[H_REPORT_ORDER]
                     and get_pageblock_migratetype(zs, pfn) == MIGRATE_MOVABLE):
@@ -71,14 +86,17 @@ def bitmap_scan(frames, zs, agent, zone, batch_pfn, batch_order, index):
                     n += 1
                 else:
                     zs[report_slot(zs, RS_PAGES_NOT_TAKEN)] += 1 << order
+            zs[word] &= ~bit                       # processed: clear its bit and count
+            zs[zb + Z_BITMAP_COUNT] -= 1
+            zone_unlock(zs, agent, zone, CALLER_REPORTER)
         index += 1
-    zone_unlock(zs, agent, zone, CALLER_REPORTER)
     return n, (index if index < nbits else -1)
 
 
 @jit
 def bitmap_return(frames, zs, agent, zone, batch_pfn, batch_order, n):
-    """Return a reported batch to the free lists, no bits set, nothing marked."""
+    """``return_isolated_page``: the reported batch back to the free lists
+    under one hold, no bits set, nothing marked."""
     zone_lock(zs, agent, zone, CALLER_REPORTER)
     for i in range(n):
         pfn = batch_pfn[i]
@@ -87,27 +105,38 @@ def bitmap_return(frames, zs, agent, zone, batch_pfn, batch_order, n):
     zone_unlock(zs, agent, zone, CALLER_REPORTER)
 
 
+@jit
+def bitmap_pass_done(zs):
+    """``atomic_set(&phconf->refcnt, 0)``: a later free may queue a pass."""
+    atomic_xchg(zs, report_slot(zs, RS_REFCNT), 0)
+
+
 @register("bitmap")
 class Bitmap(ReportingDesign):
     """Nitesh v12 (see the module docstring)."""
 
     def wait(self) -> bool:
-        return self.wait_wake()                    # 16 bits set: at once, no delay
+        return self.wait_wake()                    # the free path's schedule_work: no delay
 
     def zone_bits(self, zone: int) -> int:
         return int(self.zs[zone_base(zone) + Z_BITMAP_COUNT])
 
     def process(self) -> bool:
+        """``page_reporting_wq``: every zone at the threshold, then refcnt 0."""
         self.zs[self.stats + RS_CYCLES] += 1
+        threshold = self.opts.capacity             # max_pages (the hook reads H_CAPACITY)
         for zone in range(self.m.nr_zones):
-            index = 0
-            while index >= 0 and self.zone_bits(zone) and not self.stopping():
-                n, index = bitmap_scan(self.frames, self.zs, self.agent, zone, self.batch_pfn,
-                                       self.batch_order, index)
-                if n:
-                    self.report(n)                 # the lock is not held here
-                    bitmap_return(self.frames, self.zs, self.agent, zone, self.batch_pfn,
-                                  self.batch_order, n)
-        # bits set while we scanned may have reached the threshold again
-        return any(self.zone_bits(z) >= BITMAP_WAKE_BITS for z in range(self.m.nr_zones))
+            if self.zone_bits(zone) >= threshold and not self.stopping():
+                self.scan_zone_bitmap(zone)
+        bitmap_pass_done(self.zs)
+        return False
 
+    def scan_zone_bitmap(self, zone: int) -> None:
+        index = 0
+        while index >= 0 and not self.stopping():
+            n, index = bitmap_scan(self.frames, self.zs, self.agent, zone, self.batch_pfn,
+                                   self.batch_order, index)
+            if n:
+                self.report(n)                     # the lock is not held here
+                bitmap_return(self.frames, self.zs, self.agent, zone, self.batch_pfn,
+                              self.batch_order, n)

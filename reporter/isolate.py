@@ -4,54 +4,101 @@ with the existing page isolation machinery while the hypervisor works.
 
 Every ``--delay`` seconds, per zone: *collect* the free blocks of at least
 the report order with the callback walk (:mod:`reporter.callback`); for each
-range *isolate* it (``start_isolate_page_range``, one zone-lock hold per
-range: refused if a pageblock is already isolated or the range is no longer
-wholly free); once ``--capacity`` ranges are isolated *report* them and wait;
-then *undo* (``undo_isolate_page_range``: restore MOVABLE and free the range
-again, merging with non-isolated buddies).  Isolated pages sit on the ISOLATE
-free list, where allocations never look, and a free into an isolated
-pageblock would land there too.
+range *isolate* it (``start_isolate_page_range``, mm/page_isolation.c 5.7:
+per pageblock, ``set_migratetype_isolate`` takes the zone lock once and then
+``drain_all_pages(zone)`` asks every worker holding pcp pages of the zone to
+drain them and waits); once ``--capacity`` ranges are isolated *report*
+them and wait; then *undo* (``undo_isolate_page_range``: restore MOVABLE
+and put the range back with ``__putback_isolated_page``, merging with
+non-isolated buddies).  Isolated pages sit on the ISOLATE free list, where
+allocations never look, and a free into an isolated pageblock would land
+there too.
 
-Deviations: isolation works on whole free blocks of at least pageblock order
-(the report order must be >= 9), not on arbitrary pfn ranges, so there are no
-pcp pages to drain and nothing to migrate (see :mod:`shmalloc.isolation`);
-one lock hold isolates a whole block rather than one pageblock at a time.
-Nothing remembers what was reported: every pass reports every free block
-again (counted as re-reports once their memory is gone from the host).
+Where the undo puts a block is ``--putback``: ``head`` (default) as in 5.7,
+where ``unset_migratetype_isolate`` hands blocks of pageblock order and up
+to ``__putback_isolated_page`` without a placement flag (and 2019's kernels
+freed them through ``__free_pages``: the head too, for orders >= MAX_ORDER -
+2); ``tail`` as since 5.10 (Hildenbrand's FPI_TO_TAIL patch names "page
+isolation, when undoing the isolation" as one of its two users).
+
+The drain is ``drain_all_pages``: a request in each worker's slot
+(``AG_DRAIN_REQ``, :mod:`shmalloc.pcp`), served the next time the worker
+enters its pcp path or polls while idle; the reporter waits for each, as
+``flush_work`` does, but only while the run goes on: a worker that stops or
+dies stops the run (the launcher's watchdog), and the wait ends with it.
+Counted in ``reporting``: ``pcp_drains`` (drain_all_pages calls) and
+``drain_requests`` (workers asked).
+
+Deviations, each for a reason:
+
+* the walk visits only orders >= the report order (>= pageblock order),
+  whatever ``--walk-order`` says for callback: a smaller free block cannot be
+  isolated without isolating its whole pageblock, whose other pages are in
+  use, and Hocko's proposal isolated only what is reported;
+* isolation works on whole free blocks, not on arbitrary pfn ranges, so
+  ``has_unmovable_pages`` never fails and nothing is migrated;
+* ``drain_all_pages`` asks only workers with pcp pages in the zone
+  (5.7's ``cpus_with_pcps``), and a drain waits for a worker's next pass
+  through its pcp path (an idle worker polls every 10 ms) rather than for a
+  per-CPU work item;
+* the undo takes one zone-lock hold per reported batch, where
+  ``undo_isolate_page_range`` takes one per pageblock (without a drain);
+* nothing remembers what was reported: every pass reports every free block
+  again (counted as re-reports once their memory is gone from the host).
 """
 
 from __future__ import annotations
 
+import time
+
 from shmalloc.config import jit
-from shmalloc.isolation import start_isolate_free_block, undo_isolate_free_block
-from shmalloc.layout import CALLER_REPORTER, RS_CYCLES, RS_PAGES_NOT_TAKEN
+from shmalloc.isolation import set_migratetype_isolate, undo_isolate_free_block
+from shmalloc.layout import (
+    AG_DRAIN_DONE,
+    AG_DRAIN_REQ,
+    AG_PID,
+    AG_ROLE,
+    CALLER_REPORTER,
+    H_PAGEBLOCK_ORDER,
+    PCP_COUNT,
+    ROLE_WORKER,
+    RS_CYCLES,
+    RS_DRAIN_REQUESTS,
+    RS_PAGES_NOT_TAKEN,
+    RS_PCP_DRAINS,
+)
 from shmalloc.lock import zone_lock, zone_unlock
 
 from .callback import WalkingDesign
 from .process import register
 
+DRAIN_POLL_S = 50e-6
+
 
 @jit
-def isolate_range(frames, zs, agent, zone, pfn, order):
-    """``start_isolate_page_range`` on one free block, under the zone lock."""
+def isolate_pageblock(frames, zs, agent, zone, pfn, order, pageblock):
+    """``set_migratetype_isolate`` on one pageblock of the free block at
+    ``pfn``: one zone-lock hold."""
     zone_lock(zs, agent, zone, CALLER_REPORTER)
-    ok = start_isolate_free_block(frames, zs, zone, pfn, order)
+    ok = set_migratetype_isolate(frames, zs, zone, pfn, order, pageblock)
     zone_unlock(zs, agent, zone, CALLER_REPORTER)
     return ok
 
 
 @jit
-def undo_isolate_batch(frames, zs, agent, zone, batch_pfn, batch_order, n):
+def undo_isolate_batch(frames, zs, agent, zone, batch_pfn, batch_order, n, to_tail):
     """``undo_isolate_page_range`` on a reported batch, one lock hold."""
     zone_lock(zs, agent, zone, CALLER_REPORTER)
     for i in range(n):
-        undo_isolate_free_block(frames, zs, agent, zone, batch_pfn[i], batch_order[i])
+        undo_isolate_free_block(frames, zs, agent, zone, batch_pfn[i], batch_order[i], to_tail)
     zone_unlock(zs, agent, zone, CALLER_REPORTER)
 
 
 @register("isolate")
 class Isolate(WalkingDesign):
     """Hocko's isolate-report-undo (see the module docstring)."""
+
+    walk_reported_only = True
 
     def process(self) -> bool:
         self.zs[self.stats + RS_CYCLES] += 1
@@ -62,7 +109,7 @@ class Isolate(WalkingDesign):
                 if self.stopping():
                     break                            # the leftover is still undone below
                 pfn, order = int(self.walk_pfn[i]), int(self.walk_order[i])
-                if not isolate_range(self.frames, self.zs, self.agent, zone, pfn, order):
+                if not self.start_isolate_page_range(zone, pfn, order):
                     self.zs[self.stats + RS_PAGES_NOT_TAKEN] += 1 << order
                     continue
                 self.batch_pfn[k], self.batch_order[k] = pfn, order
@@ -74,7 +121,41 @@ class Isolate(WalkingDesign):
                 self.report_and_undo(zone, k)
         return False
 
+    def start_isolate_page_range(self, zone: int, pfn: int, order: int) -> bool:
+        """Pageblock by pageblock: one hold each, then ``drain_all_pages``.
+        Only the first pageblock can refuse (the block changed since the
+        walk); the others are the same free block's."""
+        step = 1 << int(self.zs[H_PAGEBLOCK_ORDER])
+        for pageblock in range(pfn, pfn + (1 << order), step):
+            if not isolate_pageblock(self.frames, self.zs, self.agent, zone, pfn, order,
+                                     pageblock):
+                return False
+            self.drain_all_pages(zone)               # the zone lock is not held here
+        return True
+
+    def drain_all_pages(self, zone: int) -> None:
+        """``drain_all_pages(zone)``: ask every worker with pcp pages in the
+        zone to drain its lists, and wait until each has (or the run stops)."""
+        zs, lay = self.zs, self.m.layout
+        waiting = []
+        for agent in range(self.m.nr_workers):
+            base = lay.agent(agent)
+            if zs[base + AG_ROLE] != ROLE_WORKER or zs[base + AG_PID] == 0:
+                continue
+            if zs[lay.pcp(agent, zone) + PCP_COUNT] == 0:
+                continue                             # 5.7: only cpus_with_pcps
+            zs[base + AG_DRAIN_REQ] += 1
+            waiting.append((agent, base, int(zs[base + AG_DRAIN_REQ])))
+        zs[self.stats + RS_PCP_DRAINS] += 1
+        zs[self.stats + RS_DRAIN_REQUESTS] += len(waiting)
+        while waiting and not self.stopping():
+            waiting = [(a, base, want) for a, base, want in waiting
+                       if int(zs[base + AG_DRAIN_DONE]) < want
+                       and zs[lay.pcp(a, zone) + PCP_COUNT] != 0 and zs[base + AG_PID] != 0]
+            if waiting:
+                time.sleep(DRAIN_POLL_S)
+
     def report_and_undo(self, zone: int, k: int) -> None:
         self.report(k)                               # the lock is not held here
         undo_isolate_batch(self.frames, self.zs, self.agent, zone, self.batch_pfn,
-                           self.batch_order, k)
+                           self.batch_order, k, self.to_tail)

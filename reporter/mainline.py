@@ -10,7 +10,7 @@ fill    under the zone lock, walk ``free_area[order][mt]`` for order >= the
 report  rotate the list so the walk resumes at the first unprocessed block
         (``list_rotate_to_front``), drop the lock, hand the batch to the
         hypervisor and wait for its acknowledgement;
-drain   retake the lock, put each block back at the tail of its list
+drain   retake the lock, put each block back on its list
         (``__putback_isolated_page``: no notification, no new request) and
         mark it Reported if it did not merge; restart the walk at the head;
 idle    when no full batch can be gathered, report the leftover, and go
@@ -31,9 +31,20 @@ Where the model deviates from the kernel, and why:
 * the lock is a POSIX semaphore, not ``spin_lock_irq``: a holder can be
   preempted, which shows in the hold times;
 * the hypervisor answers over a message queue, so a report costs a round
-  trip between processes (``--hv-latency`` adds more);
-* put-back goes to the tail of the list (Linux 5.10's FPI_TO_TAIL): 5.7 used
-  the shuffle heuristics, which this allocator does not have.
+  trip between processes (``--hv-latency`` adds more).
+
+Where the drain puts a block back is ``--putback``: ``head`` (the default) is
+5.7, where ``__putback_isolated_page`` called ``__free_one_page`` with no
+placement flag and ``buddy_merge_likely()`` is false for order >= MAX_ORDER -
+2, so reported order-9 and order-10 blocks went to the head of their lists
+(mm/page_alloc.c, 5.7).  Allocations then take host-discarded memory first
+(refaults), splits clear PageReported (re-reports), and every later walk of
+the list skips the just-reported blocks under the lock.  ``tail`` is 5.10 and
+later (Hildenbrand, "mm/page_alloc: place pages to tail in
+__putback_isolated_page()", FPI_TO_TAIL).  On acknowledgement 5.7's
+``virtballoon_free_page_report`` returns 0 whatever the host's discard did,
+so the blocks are marked Reported; only a report that never reached the host
+(the stub went away) counts as failed here.
 """
 
 from __future__ import annotations
@@ -74,27 +85,30 @@ STEP_STOP = 2      # budget spent, a block could not be taken, or a report faile
 
 
 @inline
-def page_reporting_drain(frames, zs, agent, batch_pfn, batch_order, n, reported):
-    """Put the batch back; mark Reported what did not merge.  Zone lock held."""
+def page_reporting_drain(frames, zs, agent, batch_pfn, batch_order, n, reported, to_tail):
+    """Put the batch back (at the tail with ``to_tail``, 5.10's FPI_TO_TAIL);
+    mark Reported what did not merge.  Zone lock held."""
     for i in range(n):
         pfn = batch_pfn[i]
         order = batch_order[i]
         mt = get_pageblock_migratetype(zs, pfn)
-        if putback_isolated_page(frames, zs, agent, pfn_to_zone(zs, pfn), pfn, order, mt):
+        if putback_isolated_page(frames, zs, agent, pfn_to_zone(zs, pfn), pfn, order, mt,
+                                 to_tail):
             if reported:
                 frames[pfn]['flags'] |= PG_REPORTED
 
 
 @jit
 def reporting_cycle_step(frames, zs, agent, zone, order, mt, batch_pfn, batch_order, nbatch,
-                         drain_n, reported, budget):
+                         drain_n, reported, budget, to_tail):
     """One stretch of ``page_reporting_cycle`` under one zone-lock hold: drain
     the ``drain_n`` blocks of the last report (if any), then fill the batch
     from the head of the list.  Returns (status, entries in the batch)."""
     capacity = len(batch_pfn)
     zone_lock(zs, agent, zone, CALLER_REPORTER)
     if drain_n > 0:
-        page_reporting_drain(frames, zs, agent, batch_pfn, batch_order, drain_n, reported)
+        page_reporting_drain(frames, zs, agent, batch_pfn, batch_order, drain_n, reported,
+                             to_tail)
         nbatch = 0
     status = STEP_DONE
     # the old next is not valid: we dropped the lock to report, so start over
@@ -131,10 +145,10 @@ def reporting_cycle_step(frames, zs, agent, zone, order, mt, batch_pfn, batch_or
 
 
 @jit
-def drain_batch(frames, zs, agent, zone, batch_pfn, batch_order, n, reported):
+def drain_batch(frames, zs, agent, zone, batch_pfn, batch_order, n, reported, to_tail):
     """Put a reported leftover batch back (its own lock hold)."""
     zone_lock(zs, agent, zone, CALLER_REPORTER)
-    page_reporting_drain(frames, zs, agent, batch_pfn, batch_order, n, reported)
+    page_reporting_drain(frames, zs, agent, batch_pfn, batch_order, n, reported, to_tail)
     zone_unlock(zs, agent, zone, CALLER_REPORTER)
 
 
@@ -175,7 +189,7 @@ class Mainline(ReportingDesign):
         if nbatch:                              # report the leftover before going idle
             err = self.report(nbatch)
             drain_batch(self.frames, zs, self.agent, zone, self.batch_pfn, self.batch_order,
-                        nbatch, not err)
+                        nbatch, not err, self.to_tail)
         return err
 
     def cycle(self, zone: int, order: int, mt: int, nbatch: int) -> tuple[int, int]:
@@ -187,14 +201,14 @@ class Mainline(ReportingDesign):
         budget = math.ceil(area_nr_free / (self.opts.capacity * 16))
         status, nbatch = reporting_cycle_step(self.frames, self.zs, self.agent, zone, order, mt,
                                               self.batch_pfn, self.batch_order, nbatch, 0, True,
-                                              budget)
+                                              budget, self.to_tail)
         err = 0
         while status == STEP_FULL:
             err = self.report(nbatch)           # the zone lock is not held here
             budget -= 1
             status, nbatch = reporting_cycle_step(self.frames, self.zs, self.agent, zone, order,
                                                   mt, self.batch_pfn, self.batch_order, nbatch,
-                                                  nbatch, err == 0, budget)
+                                                  nbatch, err == 0, budget, self.to_tail)
             if self.stopping():
                 break
         return nbatch, err

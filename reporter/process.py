@@ -65,6 +65,9 @@ class ReporterOptions:
     capacity: int            # ranges per report
     report_order: int
     callback_mode: str = "hint"
+    putback: str | None = None      # mainline, isolate: "head" (5.7) or "tail" (5.10)
+    walk_order: int = 0             # callback: the lowest order walk_free_mem_block visits
+    callback_ns: int | None = None  # callback: per-block cost under the lock; None: calibrate
 
 
 class ReportingDesign:
@@ -83,6 +86,7 @@ class ReportingDesign:
         self.batch_order = np.zeros(opts.capacity, np.int64)
         self.stats = machine.layout.off_report
         self.reported_before: set[tuple[int, int]] = set()
+        self.to_tail = opts.putback == "tail"       # FPI_TO_TAIL on put-back
 
     # -- helpers every design uses -------------------------------------------
     def stopping(self) -> bool:

@@ -10,13 +10,24 @@ two halves of the aligned block of order ``o + 1`` differ in exactly bit
 All functions here expect the zone lock held (``zone_lock`` in the callers in
 :mod:`shmalloc.page_alloc` and :mod:`shmalloc.pcp`).
 
+Where a freed block goes (5.7's ``__free_one_page`` after ``done_merging``):
+to the tail of its list if the caller forces it (5.10's ``FPI_TO_TAIL``, here
+the ``tail`` argument) or if ``buddy_merge_likely()`` holds, else to the
+head.  ``buddy_merge_likely`` (mm/page_alloc.c, 5.4-5.7) returns false for
+order >= MAX_ORDER - 2 and otherwise checks whether the buddy of the block
+one order up is free: then this block's own buddy is likely to be freed soon
+and the three would merge, so the block should not be handed out first.  In
+5.7 that is the only reason a block goes to the tail, including for
+``__putback_isolated_page``: reported order-9 and order-10 blocks went back to
+the head (Hildenbrand's "mm/page_alloc: place pages to tail in
+__putback_isolated_page()", 5.10, says so and fixed it).
+
 Deviations from the kernel: there is one zone type and no fallback between
 migratetypes (there are only MOVABLE and ISOLATE), no watermarks on the
 allocation path (a zone either has a free block or the allocator tries the
-next zone), and a freed block goes to the head of its list unless the caller
-asks for the tail (the kernel's ``buddy_merge_likely`` tail heuristic is left
-out; reported pages are put back at the tail, as Linux does since 5.10's
-FPI_TO_TAIL, so allocations prefer pages the host still backs).
+next zone), and no page shuffling (``CONFIG_SHUFFLE_PAGE_ALLOCATOR`` is off
+by default and, when on, only randomises orders >= MAX_ORDER - 1, where
+``buddy_merge_likely`` is false anyway; so with it off 5.7 behaves as here).
 """
 
 from __future__ import annotations
@@ -86,11 +97,26 @@ def page_is_buddy(frames, buddy, order):
 
 
 @inline
+def buddy_merge_likely(frames, pfn, order, max_order):
+    """5.7's ``buddy_merge_likely``: the free block of ``order`` at ``pfn`` did
+    not merge; is the buddy of its parent (order + 1) free?  Then its own
+    buddy is probably about to be freed too, so it goes to the tail.  False
+    for order >= MAX_ORDER - 2.  The parent's buddy lies in the same
+    max-order block, so in the same zone."""
+    if order >= max_order - 2:
+        return False
+    higher = pfn & ~(1 << order)                 # combined_pfn = buddy_pfn & pfn
+    return page_is_buddy(frames, higher ^ (1 << (order + 1)), order + 1)
+
+
+@inline
 def free_one_page(frames, zs, agent, zone, pfn, order, mt, tail, notify):
     """``__free_one_page``: merge the block at ``pfn`` with its free buddies,
-    then put the result on ``free_area[order][mt]``, and with ``notify`` tell
-    the reporting design (``page_reporting_notify_free``; put-backs of
-    reported pages do not).  Returns the final (pfn, order).
+    then put the result on ``free_area[order][mt]`` (at the tail if ``tail``,
+    5.10's FPI_TO_TAIL, or if :func:`buddy_merge_likely`; else at the head),
+    and with ``notify`` tell the reporting design
+    (``page_reporting_notify_free``; put-backs of reported pages do not).
+    Returns the final (pfn, order).
 
     A buddy merges only if it is a free head of the same order whose pageblock
     has the same migratetype: an isolated pageblock never merges with a
@@ -110,6 +136,8 @@ def free_one_page(frames, zs, agent, zone, pfn, order, mt, tail, notify):
         frames[pfn]['order'] = -1
         pfn &= buddy
         order += 1
+    if not tail:
+        tail = buddy_merge_likely(frames, pfn, order, max_order)
     add_to_free_list(frames, zs, zone, pfn, order, mt, tail)
     if notify:
         page_reporting_free_hook(zs, agent, zone, pfn, order)

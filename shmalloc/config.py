@@ -96,7 +96,7 @@ DEFAULT_PCP_HIGH = 378
 PAGE_REPORTING_CAPACITY = 32
 PAGE_REPORTING_DELAY_S = 2.0
 PAGE_REPORTING_HWM = 32        # Duyck v9: request at nr_free >= reported + HWM
-BITMAP_WAKE_BITS = 16          # Nitesh v12: wake the reporter at 16 set bits
+BITMAP_MAX_PAGES = 16          # Nitesh v12: PAGE_REPORTING_MAX_PAGES, batch and wake-up
 
 #: sem_trywait retries before sleeping in sem_wait on a contended zone lock
 #: (measured: see README, "Choosing --lock-spin").

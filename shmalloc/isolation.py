@@ -1,21 +1,32 @@
-"""Page isolation of free blocks (mm/page_isolation.c in miniature).
+"""Page isolation of free blocks (mm/page_isolation.c, Linux 5.7, in
+miniature).
 
-``start_isolate_free_block`` and ``undo_isolate_free_block`` are what Michal
-Hocko proposed the reporting side use instead of a new page flag: set the
-pageblocks of a wholly free range to MIGRATE_ISOLATE and move its free pages
-to the ISOLATE free list, where the allocator never looks
-(``start_isolate_page_range``); report; then restore the migratetype and
-free the range again, merging with its non-isolated buddies
-(``undo_isolate_page_range``).
+``start_isolate_page_range`` walks a pageblock-aligned range one pageblock
+at a time; for each, ``set_migratetype_isolate`` takes the zone lock, refuses
+a pageblock that is already isolated (or has pages it cannot move), sets it
+MIGRATE_ISOLATE, moves the pageblock's free pages to the ISOLATE free lists
+(``move_freepages_block``), drops the lock, and then calls
+``drain_all_pages(zone)`` unconditionally: pages of the range may sit on
+another CPU's pcp list, where an allocation would still find them.  Every
+CPU with pcp pages in the zone drains its lists, and its next allocations
+refill them through ``rmqueue_bulk`` under the zone lock.
+``undo_isolate_page_range`` restores each pageblock
+(``unset_migratetype_isolate``); a free block of at least pageblock order is
+taken off the ISOLATE list and put back with ``__putback_isolated_page``, so
+it merges with non-isolated buddies and lands where that puts it (5.7: the
+head for orders >= MAX_ORDER - 2; the tail since 5.10).
 
-The kernel isolates arbitrary pfn ranges, pageblock by pageblock, and must
-drain the per-cpu lists because some pages of a range may sit on them
-(``drain_all_pages``) and migrate the pages in use.  Here only whole free
-blocks of at least pageblock order are isolated: such a block has no page on
-any pcp list and none in use, so there is nothing to drain or migrate, and a
-block that is no longer a free block of that order when the lock is taken is
-simply refused.  Isolated pages stay out of NR_FREE_PAGES.  All functions
-expect the zone lock held.
+Here the ranges are whole free blocks of at least pageblock order (what
+Michal Hocko proposed to isolate around a report).  :func:`set_migratetype_isolate`
+is one pageblock's hold: on the block's first pageblock it checks that the
+block is still a free block of that order, sets the pageblock ISOLATE and
+moves the whole block to the ISOLATE list (``move_freepages_block`` finds
+the block's head there); on its later pageblocks only the migratetype
+changes (their pages are the same free block's tail pages).  The caller
+drains after each pageblock (:mod:`reporter.isolate`).  A pageblock that
+holds allocated pages is never asked for, so ``has_unmovable_pages`` and
+migration do not arise.  Isolated pages stay out of NR_FREE_PAGES.  All
+functions here expect the zone lock held.
 """
 
 from __future__ import annotations
@@ -42,25 +53,28 @@ def set_pageblocks_migratetype(zs, pfn, order, mt):
 
 
 @inline
-def start_isolate_free_block(frames, zs, zone, pfn, order):
-    """Isolate the free block at ``pfn``: refused (False) if it is no longer a
-    free block of that order or a pageblock of it is already isolated."""
-    if frames[pfn]['state'] != PS_BUDDY or frames[pfn]['order'] != order:
+def set_migratetype_isolate(frames, zs, zone, pfn, order, pageblock):
+    """Isolate ``pageblock`` (a pfn) of the free block at ``pfn``: False if
+    it is isolated already or, on the block's first pageblock, if the block
+    is no longer a free block of that order (then nothing changed)."""
+    if get_pageblock_migratetype(zs, pageblock) == MIGRATE_ISOLATE:
         return False
-    step = 1 << zs[H_PAGEBLOCK_ORDER]
-    for p in range(pfn, pfn + (1 << order), step):
-        if get_pageblock_migratetype(zs, p) == MIGRATE_ISOLATE:
+    if pageblock == pfn:
+        if frames[pfn]['state'] != PS_BUDDY or frames[pfn]['order'] != order:
             return False
-    del_page_from_free_list(frames, zs, zone, pfn, order, MIGRATE_MOVABLE)
-    set_pageblocks_migratetype(zs, pfn, order, MIGRATE_ISOLATE)
-    add_to_free_list(frames, zs, zone, pfn, order, MIGRATE_ISOLATE, False)
+        del_page_from_free_list(frames, zs, zone, pfn, order, MIGRATE_MOVABLE)
+        zs[pageblock_slot(zs, pageblock)] = MIGRATE_ISOLATE
+        add_to_free_list(frames, zs, zone, pfn, order, MIGRATE_ISOLATE, False)
+    else:
+        zs[pageblock_slot(zs, pageblock)] = MIGRATE_ISOLATE
     return True
 
 
 @inline
-def undo_isolate_free_block(frames, zs, agent, zone, pfn, order):
-    """Undo :func:`start_isolate_free_block`: restore the migratetype and
-    free the block again, merging with non-isolated buddies."""
+def undo_isolate_free_block(frames, zs, agent, zone, pfn, order, to_tail):
+    """``undo_isolate_page_range`` on an isolated free block: restore the
+    migratetype and put the block back (``__putback_isolated_page``, at the
+    tail with ``to_tail``), merging with non-isolated buddies."""
     del_page_from_free_list(frames, zs, zone, pfn, order, MIGRATE_ISOLATE)
     set_pageblocks_migratetype(zs, pfn, order, MIGRATE_MOVABLE)
-    free_one_page(frames, zs, agent, zone, pfn, order, MIGRATE_MOVABLE, False, False)
+    free_one_page(frames, zs, agent, zone, pfn, order, MIGRATE_MOVABLE, to_tail, False)

@@ -189,17 +189,22 @@ REPORT_FIELDS = (
     "hv_ranges",
     "hv_pages_discarded",
     "hv_discard_ticks",  # time the stub spent discarding
-    "hv_errors",         # discards that failed
+    "hv_errors",         # discards that failed (acknowledged as done all the same)
     "installs",          # hostscan: reclaimed blocks the guest allocated again
     "scans",             # hostscan: passes of the host scanner
     "refcnt",            # boundary: zones requesting, +1 while a pass runs
     "ack_pending_since", # ticks when the report now in flight was sent; 0: none
     "hv_extra_latency_ms",  # fault injection: the stub waits this much more per report
+    "pcp_drains",        # isolate: drain_all_pages() calls, one per pageblock isolated
+    "drain_requests",    # isolate: pcp drains asked of workers (those with pcp pages)
+    "blocks_walked",     # callback: free blocks the walk visited under the zone lock
+    "callback_ns",       # callback: the per-block cost paid under the lock, ns
 )
 (RS_STATE, RS_REQUESTS, RS_CYCLES, RS_REPORTS, RS_RANGES_REPORTED, RS_PAGES_REPORTED,
  RS_RE_REPORTS, RS_ACK_WAIT_TICKS, RS_PAGES_NOT_TAKEN, RS_REPORT_ERRORS, RS_BUDGET_EXHAUSTED,
  RS_HV_REQUESTS, RS_HV_RANGES, RS_HV_PAGES_DISCARDED, RS_HV_DISCARD_TICKS, RS_HV_ERRORS,
- RS_INSTALLS, RS_SCANS, RS_REFCNT, RS_ACK_PENDING_SINCE, RS_HV_EXTRA_LATENCY_MS) = range(21)
+ RS_INSTALLS, RS_SCANS, RS_REFCNT, RS_ACK_PENDING_SINCE, RS_HV_EXTRA_LATENCY_MS,
+ RS_PCP_DRAINS, RS_DRAIN_REQUESTS, RS_BLOCKS_WALKED, RS_CALLBACK_NS) = range(25)
 REPORT_SLOTS = 64
 
 # ---------------------------------------------------------------------------

@@ -167,10 +167,13 @@ def isolate_free_page(frames, zs, agent, zone, pfn, order, mt):
 
 
 @inline
-def putback_isolated_page(frames, zs, agent, zone, pfn, order, mt):
-    """``__putback_isolated_page``: return a batch block to the tail of its
-    free list (merging as usual) without notifying reporting.  Zone lock
-    held.  Returns True if the block is still a free block of that order
-    (it did not merge), i.e. it may be marked Reported."""
-    free_one_page(frames, zs, agent, zone, pfn, order, mt, True, False)
+def putback_isolated_page(frames, zs, agent, zone, pfn, order, mt, to_tail):
+    """``__putback_isolated_page``: return a batch block to its free list
+    (merging as usual) without notifying reporting.  ``to_tail`` is 5.10's
+    FPI_TO_TAIL (``--putback tail``); without it the block goes where
+    ``__free_one_page`` puts any block (5.7: the head, for orders >=
+    MAX_ORDER - 2).  Zone lock held.  Returns True if the block is still a
+    free block of that order (it did not merge), i.e. it may be marked
+    Reported."""
+    free_one_page(frames, zs, agent, zone, pfn, order, mt, to_tail, False)
     return frames[pfn]['state'] == PS_BUDDY and frames[pfn]['order'] == order

@@ -13,7 +13,10 @@ Rules (mm/page_alloc.c in miniature, as the engine implements them):
   order and returns upper halves to the heads of the lower lists;
 * a freed block merges with its buddy ``pfn ^ (1 << order)`` while the buddy
   is a free head of the same order (and, at or above pageblock order, of the
-  same migratetype), then goes to the head of its list;
+  same migratetype), then goes to the head of its list, or to the tail when
+  5.7's ``buddy_merge_likely`` holds: its order is below MAX_ORDER - 2 and
+  the buddy of the block one order up (``(pfn & ~(1 << order)) ^ (2 <<
+  order)``) is a free head of that order;
 * order-0 pages go through per-(agent, zone) pcp lists when ``pcp_batch`` > 0:
   allocation pops the head, refilling ``pcp_batch`` pages at the tail when
   empty; a free pushes the head and, at ``pcp_high`` pages, returns
@@ -90,8 +93,18 @@ class ReferenceAllocator:
             del self.heads[buddy]
             pfn = min(pfn, buddy)
             order += 1
-        self.free_area[zone][order][MIGRATE_MOVABLE].insert(0, pfn)
+        lst = self.free_area[zone][order][MIGRATE_MOVABLE]
+        if self._merge_likely(pfn, order):
+            lst.append(pfn)
+        else:
+            lst.insert(0, pfn)
         self.heads[pfn] = [PS_BUDDY, order, -1]
+
+    def _merge_likely(self, pfn: int, order: int) -> bool:
+        if order >= self.max_order - 2:
+            return False
+        parent_buddy = (pfn & ~(1 << order)) ^ (1 << (order + 1))
+        return self.heads.get(parent_buddy, [None, None])[:2] == [PS_BUDDY, order + 1]
 
     # -- pcp -----------------------------------------------------------------
     def _pcp_alloc(self, agent: int) -> int:

@@ -22,9 +22,10 @@ from __future__ import annotations
 import numpy as np
 
 from ._libc import atomic_add, atomic_cas, atomic_xchg, sem_post
-from .config import BITMAP_WAKE_BITS, PAGE_REPORTING_HWM, inline, jit
+from .config import PAGE_REPORTING_HWM, inline, jit
 from .layout import (
     AG_SEM_AUX,
+    H_CAPACITY,
     H_REPORT_ORDER,
     H_STRATEGY,
     HOOK_BITMAP,
@@ -91,16 +92,20 @@ def boundary_notify_free(zs, agent, zone, order):
 
 @inline
 def bitmap_notify_free(zs, agent, zone, pfn):
-    """Nitesh v12: set the bit of the report-order block just freed (after
-    merging); at 16 set bits, wake the reporter at once.  Zone lock held."""
+    """Nitesh v12 ``__page_reporting_enqueue``: set the bit of the
+    report-order block just freed (after merging), counting newly set bits
+    in the zone's ``free_pages``; when the zone has at least ``max_pages``
+    (``--capacity``, 16) set bits and no pass is queued or running
+    (``atomic_cmpxchg(&refcnt, 0, 1)``), wake the reporter at once.  Zone
+    lock held."""
     zb = zone_base(zone)
     word, bit = frame_bit(zs, zone, pfn)
-    if (zs[word] & bit) != 0:
-        return
-    zs[word] |= bit
-    zs[zb + Z_BITMAP_COUNT] += 1
-    if zs[zb + Z_BITMAP_COUNT] == BITMAP_WAKE_BITS:
-        wake_reporter(zs, agent)
+    if (zs[word] & bit) == 0:
+        zs[word] |= bit
+        zs[zb + Z_BITMAP_COUNT] += 1
+    if zs[zb + Z_BITMAP_COUNT] >= zs[H_CAPACITY]:
+        if atomic_cas(zs, report_slot(zs, RS_REFCNT), 0, 1) == 0:
+            wake_reporter(zs, agent)             # schedule_work(&reporting_work)
 
 
 @inline

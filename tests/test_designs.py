@@ -21,17 +21,17 @@ REPORTING = sorted(IMPLEMENTATIONS)
 
 
 def make(make_machine, name: str):
-    return make_machine(memory=64 << 20, zones=2, pcp_batch=0,
-                        strategy=designs.DESIGNS[name].hook)
+    return make_machine(memory=64 << 20, zones=2, pcp_batch=0, capacity=4,
+                        strategy=designs.DESIGNS[name].hook)   # design()'s capacity
 
 
 def fragment(m):
     held = [m.alloc(0) for _ in range(300)] + [m.alloc(9) for _ in range(3)] + [m.alloc(4)]
     for p in held[:300:3]:
         m.free(p, 0)
-    freed = [m.alloc(9) for _ in range(4)]        # freed through the free path: the
-    for p in freed:                                # hooks of every design see them
-        m.free(p, 9)
+    freed = [m.alloc(9) for _ in range(8)]        # freed through the free path: the
+    for p in freed[::2] + freed[1::2]:             # hooks of every design see them (bitmap:
+        m.free(p, 9)                               # 4 bits, its threshold, in one zone)
     return held
 
 
