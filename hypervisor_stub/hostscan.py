@@ -8,10 +8,12 @@ guest allocates from such a frame it first asks for it back, synchronously
 (an *install*).  The stub here already maps the metadata, so it does the
 same with no reporter process and no message per report:
 
-scan    every ``--scan-interval`` seconds (HyperAlloc's timer, 5 s), per zone,
-        take the zone lock for one batch of at most ``--capacity`` free
-        blocks of at least the report order whose frames are not all marked
-        yet, largest orders first, and take them off the free lists;
+scan    every ``--scan-interval`` seconds (HyperAlloc's timer, 5 s), per zone
+        and per order from the largest down to the report order, walk the
+        free list once: take the zone lock, skip blocks whose frames are all
+        marked, take up to ``--capacity`` unmarked blocks off the list, and
+        rotate the list so that the next hold resumes where this one
+        stopped;
 discard drop the lock and punch the blocks out of guest memory;
 mark    retake the lock, put the blocks back at the tail of their lists and
         mark their frames host-reclaimed; next batch.
@@ -26,9 +28,20 @@ The guest side is in the core (:func:`shmalloc.reporting.hostscan_install`):
 an allocation that touches a marked frame clears the mark and counts an
 install; marks are per frame (a bit per report-order block, HyperAlloc's
 granularity), so splitting or merging a free block cannot lose or misplace
-one.  A list walk stops at the first fully marked block: marked blocks go
-back at the tail, so what follows is marked too (or was freed since and
-waits for the next scan).
+one.
+
+The walk skips marked blocks rather than stopping at the first one: marked
+blocks do not stay in a run at the tail (``expand`` puts the still-marked
+upper half of a split block at the head of a lower list, and a merge on
+put-back can leave a partly marked block anywhere), and HyperAlloc's host
+scans the allocator's frame state linearly, skipping evicted frames, rather
+than trusting an order in the lists.  Keeping marked remainders at the tail
+instead would have put a hostscan test into ``expand``, on the allocation
+path.  The walk's budget is one lap per list and scan: it visits at most as
+many blocks as the list held when the scan reached it (the rotation makes
+each hold start after the last one's stop, and the blocks it put back,
+marked, sit behind at the tail); blocks freed during the scan wait for the
+next one.
 """
 
 from __future__ import annotations
@@ -37,10 +50,9 @@ import time
 
 from shmalloc.buddy import free_one_page
 from shmalloc.config import jit
-from shmalloc.freelist import free_list_first
+from shmalloc.freelist import free_list_first, rotate_free_list_to_front
 from shmalloc.layout import (
     CALLER_HOST,
-    H_MAX_ORDER,
     H_REPORT_ORDER,
     H_STOP,
     MIGRATE_MOVABLE,
@@ -50,7 +62,10 @@ from shmalloc.layout import (
     RS_HV_RANGES,
     RS_SCANS,
     STOP_HYPERVISOR,
+    Z_NR_FREE,
+    free_list_slot,
     get_pageblock_migratetype,
+    zone_base,
 )
 from shmalloc.lock import now_ticks, zone_lock, zone_unlock
 from shmalloc.page_alloc import take_free_page
@@ -60,26 +75,28 @@ POLL_S = 0.05
 
 
 @jit
-def host_scan_take(frames, zs, agent, zone, batch_pfn, batch_order):
-    """One zone-lock hold: take up to a batch of unmarked free blocks of at
-    least the report order off the lists.  Returns how many."""
+def host_scan_take(frames, zs, agent, zone, order, batch_pfn, batch_order, budget):
+    """One zone-lock hold on ``free_area[order]``: from the head, visit at
+    most ``budget`` blocks, skip the marked ones, take up to a batch of
+    unmarked ones off the list; rotate the list so the next hold resumes at
+    the first block not visited.  Returns (blocks taken, blocks visited)."""
     n = 0
+    visited = 0
     zone_lock(zs, agent, zone, CALLER_HOST)
-    order = zs[H_MAX_ORDER] - 1
-    while order >= zs[H_REPORT_ORDER] and n < len(batch_pfn):
-        pfn = free_list_first(zs, zone, order, MIGRATE_MOVABLE)
-        while pfn >= 0 and n < len(batch_pfn):
-            nxt = frames[pfn]['next']
-            if host_reclaimed(zs, zone, pfn, order):
-                break                       # the marked run at the tail begins
+    pfn = free_list_first(zs, zone, order, MIGRATE_MOVABLE)
+    while pfn >= 0 and n < len(batch_pfn) and visited < budget:
+        nxt = frames[pfn]['next']
+        visited += 1
+        if not host_reclaimed(zs, zone, pfn, order):
             take_free_page(frames, zs, agent, zone, pfn, order, MIGRATE_MOVABLE)
             batch_pfn[n] = pfn
             batch_order[n] = order
             n += 1
-            pfn = nxt
-        order -= 1
+        pfn = nxt
+    # the old next is valid only while we hold the lock: resume there next time
+    rotate_free_list_to_front(frames, zs, zone, order, MIGRATE_MOVABLE, pfn)
     zone_unlock(zs, agent, zone, CALLER_HOST)
-    return n
+    return n, visited
 
 
 @jit
@@ -118,24 +135,32 @@ class HostScanner:
         zs, st = self.m.zs, self.hv.stats
         zs[st + RS_SCANS] += 1
         for zone in range(self.m.nr_zones):
-            while not self.stopping():
-                n = host_scan_take(self.m.frames, zs, self.agent, zone, self.batch_pfn,
-                                   self.batch_order)
-                if n == 0:
-                    break
-                t0 = now_ticks()                   # the zone lock is not held here
-                for i in range(n):
-                    order = int(self.batch_order[i])
-                    err = self.hv.discard(int(self.batch_pfn[i]), order)
-                    self.discarded[i] = err == 0
-                    if err:
-                        zs[st + RS_HV_ERRORS] += 1
-                    else:
-                        zs[st + RS_HV_PAGES_DISCARDED] += 1 << order
-                zs[st + RS_HV_DISCARD_TICKS] += now_ticks() - t0
-                zs[st + RS_HV_RANGES] += n
-                host_scan_mark(self.m.frames, zs, self.agent, zone, self.batch_pfn,
-                               self.batch_order, n, self.discarded)
+            for order in range(self.m.max_order - 1, int(zs[H_REPORT_ORDER]) - 1, -1):
+                self.scan_list(zone, order)
+
+    def scan_list(self, zone: int, order: int) -> None:
+        """One lap of ``free_area[order]``: batch by batch, each taken off
+        the list, discarded with the lock dropped, and put back marked."""
+        zs, st = self.m.zs, self.hv.stats
+        budget = int(zs[zone_base(zone) + Z_NR_FREE + free_list_slot(order, MIGRATE_MOVABLE)])
+        while budget > 0 and not self.stopping():
+            n, visited = host_scan_take(self.m.frames, zs, self.agent, zone, order,
+                                        self.batch_pfn, self.batch_order, budget)
+            budget -= visited
+            if n == 0:
+                break
+            t0 = now_ticks()                       # the zone lock is not held here
+            for i in range(n):
+                err = self.hv.discard(int(self.batch_pfn[i]), order)
+                self.discarded[i] = err == 0
+                if err:
+                    zs[st + RS_HV_ERRORS] += 1
+                else:
+                    zs[st + RS_HV_PAGES_DISCARDED] += 1 << order
+            zs[st + RS_HV_DISCARD_TICKS] += now_ticks() - t0
+            zs[st + RS_HV_RANGES] += n
+            host_scan_mark(self.m.frames, zs, self.agent, zone, self.batch_pfn,
+                           self.batch_order, n, self.discarded)
 
     def serve(self) -> None:
         next_scan = time.monotonic() + self.interval

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shmalloc.config import BITMAP_MAX_PAGES
 from shmalloc.layout import HOOK_BITMAP, HOOK_BOUNDARY, HOOK_HOSTSCAN, HOOK_MAINLINE, HOOK_NONE
 
 
@@ -49,7 +50,7 @@ DESIGNS: dict[str, Design] = {d.name: d for d in (
            min_report_order=9, putback="head"),
     Design("bitmap", "Nitesh v12: a bit per report-order block set on free, 16 bits wake the "
            "reporter, no Reported state", hook=HOOK_BITMAP, reporter=True, hypervisor=True,
-           defaults={"delay": 0.0, "capacity": 16}),
+           defaults={"delay": 0.0, "capacity": BITMAP_MAX_PAGES}),
     Design("hostscan", "after HyperAlloc (EuroSys'25): the host scans the free lists every 5 s, "
            "reclaims 2 MiB frames, the guest installs on allocation", hook=HOOK_HOSTSCAN,
            hypervisor=True, host_scan=True),
@@ -57,9 +58,9 @@ DESIGNS: dict[str, Design] = {d.name: d for d in (
 
 
 #: what --putback means where it does not apply (README's design table)
-FIXED_PUTBACK = {"boundary": "tail (v9: the Reported run sits at the tail)",
-                 "bitmap": "head (v12's __free_one_page placement)",
-                 "hostscan": "tail (the host's choice)"}
+FIXED_PUTBACK = {"boundary": "it puts blocks back at the tail by construction (v9's Reported run)",
+                 "bitmap": "it returns blocks through __free_one_page, as v12 did",
+                 "hostscan": "the host puts reclaimed blocks back at the tail"}
 
 
 def names() -> list[str]:

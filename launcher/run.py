@@ -145,7 +145,7 @@ def design_kernels(strategy: str, f, zs, a, arr) -> list:
         "bitmap": [(bitmap.bitmap_scan, (f, zs, a, 0, arr, arr, 0)),
                    (bitmap.bitmap_return, (f, zs, a, 0, arr, arr, 0)),
                    (bitmap.bitmap_pass_done, (zs,))],
-        "hostscan": [(hostscan.host_scan_take, (f, zs, a, 0, arr, arr)),
+        "hostscan": [(hostscan.host_scan_take, (f, zs, a, 0, 0, arr, arr, 0)),
                      (hostscan.host_scan_mark, (f, zs, a, 0, arr, arr, 0, np.zeros(1, np.bool_)))],
     }.get(strategy, [])
 

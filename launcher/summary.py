@@ -69,11 +69,21 @@ def format_run(run: dict, lock_table: bool = True) -> list[str]:
                   f"({fmt_bytes(rep['pages_reported'] * 4096)})",
                   f"  waiting for the hypervisor {rep['ack_wait_s']:.3f} s, re-reports "
                   f"{rep['re_reports']}, pages not taken {rep['pages_not_taken']}, "
-                  f"budget exhausted {rep['budget_exhausted']}, errors {rep['report_errors']}",
-                  "hypervisor stub",
+                  f"budget exhausted {rep['budget_exhausted']}, errors {rep['report_errors']}"]
+        if strategy == "mainline":
+            lines.append(f"  Reported blocks stepped over under the zone lock "
+                         f"{rep.get('reported_skipped', 0)}")
+        if strategy == "callback":
+            lines.append(f"  walk: {rep.get('blocks_walked', 0)} free blocks visited under the "
+                         f"zone lock from order {run['config'].get('walk_order', 0)} up, "
+                         f"{rep.get('callback_ns', 0)} ns each (the callback)")
+        if strategy == "isolate":
+            lines.append(f"  drain_all_pages {rep.get('pcp_drains', 0)}, pcp drains asked of "
+                         f"workers {rep.get('drain_requests', 0)}")
+        lines += ["hypervisor stub",
                   f"  reports {rep['hv_requests']}, ranges {rep['hv_ranges']}, discarded "
                   f"{fmt_bytes(rep['hv_pages_discarded'] * 4096)} in {rep['hv_discard_s']:.3f} s"
-                  f", errors {rep['hv_errors']}"]
+                  f", failed discards {rep['hv_errors']} (acknowledged all the same, as QEMU)"]
     if rep and design is not None and design.host_scan:
         lines += ["", "host scan (hostscan)",
                   f"  scans {rep['scans']}, blocks reclaimed {rep['hv_ranges']}, discarded "

@@ -77,7 +77,7 @@ def bitmap_scan(frames, zs, agent, zone, batch_pfn, batch_order, index):
         if (zs[word] & bit) != 0:
             pfn = zs[zb + Z_START_PFN] + (index << zs[H_REPORT_ORDER])
             zone_lock(zs, agent, zone, CALLER_REPORTER)
-            order = frames[pfn]['order']
+            order = int(frames[pfn]['order'])    # int8 in the record
             if (frames[pfn]['state'] == PS_BUDDY and order >= zs[H_REPORT_ORDER]
                     and get_pageblock_migratetype(zs, pfn) == MIGRATE_MOVABLE):
                 if isolate_free_page(frames, zs, agent, zone, pfn, order, MIGRATE_MOVABLE):

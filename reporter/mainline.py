@@ -62,6 +62,7 @@ from shmalloc.layout import (
     RS_BUDGET_EXHAUSTED,
     RS_CYCLES,
     RS_PAGES_NOT_TAKEN,
+    RS_REPORTED_SKIPPED,
     RS_STATE,
     Z_WMARK_LOW,
     get_pageblock_migratetype,
@@ -119,6 +120,7 @@ def reporting_cycle_step(frames, zs, agent, zone, order, mt, batch_pfn, batch_or
     while pfn >= 0:
         nxt = frames[pfn]['next']
         if (frames[pfn]['flags'] & PG_REPORTED) != 0:
+            zs[report_slot(zs, RS_REPORTED_SKIPPED)] += 1
             pfn = nxt                       # skip what the host already has
             continue
         if budget < 0:

@@ -199,12 +199,14 @@ REPORT_FIELDS = (
     "drain_requests",    # isolate: pcp drains asked of workers (those with pcp pages)
     "blocks_walked",     # callback: free blocks the walk visited under the zone lock
     "callback_ns",       # callback: the per-block cost paid under the lock, ns
+    "reported_skipped",  # mainline: PageReported blocks a walk stepped over under the lock
 )
 (RS_STATE, RS_REQUESTS, RS_CYCLES, RS_REPORTS, RS_RANGES_REPORTED, RS_PAGES_REPORTED,
  RS_RE_REPORTS, RS_ACK_WAIT_TICKS, RS_PAGES_NOT_TAKEN, RS_REPORT_ERRORS, RS_BUDGET_EXHAUSTED,
  RS_HV_REQUESTS, RS_HV_RANGES, RS_HV_PAGES_DISCARDED, RS_HV_DISCARD_TICKS, RS_HV_ERRORS,
  RS_INSTALLS, RS_SCANS, RS_REFCNT, RS_ACK_PENDING_SINCE, RS_HV_EXTRA_LATENCY_MS,
- RS_PCP_DRAINS, RS_DRAIN_REQUESTS, RS_BLOCKS_WALKED, RS_CALLBACK_NS) = range(25)
+ RS_PCP_DRAINS, RS_DRAIN_REQUESTS, RS_BLOCKS_WALKED, RS_CALLBACK_NS,
+ RS_REPORTED_SKIPPED) = range(26)
 REPORT_SLOTS = 64
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,359 @@
+"""Fidelity to the sources (issue 13): each test pins one behaviour a design
+module claims from a kernel file or a 2019 patch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cli import assert_usage_error, shmalloc
+from reporting_helpers import RecordingDevice, design
+
+from hypervisor_stub.hostscan import HostScanner
+from hypervisor_stub.stub import Hypervisor, StubOptions
+from launcher import designs, results
+from shmalloc import invariants, snapshot, virtqueue
+from shmalloc.freelist import rotate_free_list_to_front
+from shmalloc.layout import (
+    CALLER_REPORTER,
+    HOOK_BITMAP,
+    HOOK_HOSTSCAN,
+    HOOK_MAINLINE,
+    LS_ACQUISITIONS,
+    LS_HOLD_TOTAL,
+    MIGRATE_MOVABLE,
+    PG_REPORTED,
+    ROLE_HYPERVISOR,
+    RS_BLOCKS_WALKED,
+    RS_HV_ERRORS,
+    RS_HV_PAGES_DISCARDED,
+    RS_PCP_DRAINS,
+    RS_REFCNT,
+    RS_REPORTED_SKIPPED,
+    Z_BITMAP_COUNT,
+    zone_base,
+)
+from shmalloc.reference import ReferenceAllocator
+from shmalloc.reporting import frame_bit
+
+
+def reporter_locks(m, zone: int = 0) -> tuple[int, int]:
+    """(acquisitions, hold ticks) of the zone lock by the reporter."""
+    ls = m.layout.lockstat(zone, CALLER_REPORTER)
+    return int(m.zs[ls + LS_ACQUISITIONS]), int(m.zs[ls + LS_HOLD_TOTAL])
+
+
+def free_list(m, order: int, zone: int = 0) -> list[int]:
+    return snapshot.free_areas(m).get((zone, order, MIGRATE_MOVABLE), [])
+
+
+# -- item 1: buddy_merge_likely and the put-back placement -------------------------------
+
+
+def test_buddy_merge_likely_sends_a_block_to_the_tail(make_machine):
+    """5.7's __free_one_page: a block whose parent's buddy is free goes to
+    the tail; engine and reference agree on the list's order."""
+    m = make_machine(memory=16 << 20, pcp_batch=0)
+    ref = ReferenceAllocator(m.nr_pages, 1, m.max_order, m.control_agent + 1, 0, 1)
+    a = m.control_agent
+    for _ in range(8):                             # pfns 0..7, one by one
+        assert m.alloc(0) == ref.alloc(a, 0)
+    for p in (6, 2, 3, 0):
+        m.free(p, 0)
+        assert ref.free(a, p, 0) == 0
+    # 6: buddy 7 held, parent (6, o1)'s buddy (4, o1) held: the head;
+    # 2 and 3 merge into (2, o1); then 0: buddy 1 held, but its parent's
+    # buddy (2, o1) is free, so 0 goes to the tail, behind 6
+    assert free_list(m, 0) == [6, 0]
+    assert ref.free_area[0][0][MIGRATE_MOVABLE] == [6, 0]
+    assert snapshot.free_areas(m) == {(0, o, mt): lst for o in range(m.max_order)
+                                      for mt, lst in enumerate(ref.free_area[0][o]) if lst}
+    assert invariants.check(m, held={a: [(1, 0), (4, 0), (5, 0), (7, 0)]}) == []
+
+
+@pytest.mark.parametrize("putback", ["head", "tail"])
+def test_mainline_puts_reported_blocks_back_where_putback_says(make_machine, putback):
+    """Blocks freed while a report is out are unreported and still backed by
+    the host.  5.7 (head) drains the reported batch in front of them, so the
+    next allocations take memory the host discarded; 5.10 (tail) behind."""
+    m = make_machine(memory=64 << 20, pcp_batch=0, strategy=HOOK_MAINLINE)
+    hv = Hypervisor(m, StubOptions(discard="punch"))
+    m.mem[::512] = 1                               # the guest wrote every page
+    held = [m.alloc(10) for _ in range(4)]
+    dev = RecordingDevice(hypervisor=hv)
+
+    def free_held_during_the_last_report():
+        if len(dev.reports) == 2:                  # 8 blocks, then the leftover 4
+            for p in held:
+                m.free(p, 10)
+
+    dev.on_report = free_held_during_the_last_report
+    d = design(m, "mainline", device=dev, capacity=8, putback=putback)
+    d.process()
+    assert [len(r) for r in dev.reports] == [8, 4]
+    reported = {p for p, _ in dev.ranges()}
+    assert len(reported) == 12 and not reported & set(held)
+    first = set(free_list(m, 10)[:4])
+    assert first == ({p for p, _ in dev.reports[1]} if putback == "head" else set(held))
+    taken = [m.alloc(10) for _ in range(4)]
+    discarded = [p for p in taken if m.resident_pages(p, 1024) == 0]
+    assert len(discarded) == (4 if putback == "head" else 0)
+    assert all(not m.frames[p]["flags"] & PG_REPORTED for p in taken)
+    assert invariants.check(m, held={m.control_agent: [(p, 10) for p in taken]}) == []
+
+
+@pytest.mark.parametrize("putback,skipped", [("head", 8), ("tail", 0)])
+def test_mainline_head_steps_over_each_drained_batch_under_the_lock(make_machine, putback,
+                                                                     skipped):
+    """5.7's page_reporting_cycle restarts its walk at the head after each
+    drain ("the old next isn't valid"): with head put-back it first steps
+    over the batch it has just drained, under the zone lock, until it
+    rotates the list; with tail put-back that batch is behind."""
+    m = make_machine(memory=64 << 20, pcp_batch=0, strategy=HOOK_MAINLINE)
+    d = design(m, "mainline", capacity=4, putback=putback)
+    assert d.process() is True                     # budget ceil(16 / 64) = 1: 2 reports
+    assert [len(r) for r in d.device.reports] == [4, 4]
+    assert m.zs[m.layout.off_report + RS_REPORTED_SKIPPED] == skipped
+    assert invariants.check(m) == []
+
+
+def test_putback_is_recorded_shown_and_checked():
+    from launcher.config import RunConfig
+    from launcher.summary import describe
+    cfg = RunConfig(strategy="mainline").resolved()
+    assert cfg.putback == "head"                   # 5.7
+    assert "(putback head)" in describe(cfg.__dict__)
+    assert RunConfig(strategy="isolate", putback="tail").resolved().putback == "tail"
+    assert RunConfig(strategy="boundary").resolved().putback is None
+    assert "putback" not in describe(RunConfig(strategy="bitmap").resolved().__dict__)
+
+
+@pytest.mark.parametrize("argv,flag,text", [
+    (["run", "--strategy", "mainline", "--putback", "middle"], "--putback", "head or tail"),
+    (["run", "--strategy", "boundary", "--putback", "head"], "--putback", "by construction"),
+    (["run", "--strategy", "mainline", "--walk-order", "3"], "--walk-order", "callback only"),
+    (["run", "--strategy", "callback", "--walk-order", "10"], "--walk-order", "--report-order"),
+    (["run", "--strategy", "isolate", "--callback-ns", "5"], "--callback-ns", "callback only"),
+])
+def test_fidelity_flags_refuse_bad_input(argv, flag, text):
+    assert_usage_error(shmalloc(*argv), "shmalloc run:", flag, text)
+
+
+# -- item 2: callback walks every order, paying per block under the lock ----------------
+
+
+def fragmented(make_machine, hook):
+    m = make_machine(memory=64 << 20, pcp_batch=0, strategy=hook)
+    held = [m.alloc(0) for _ in range(600)]
+    for p in held[::2]:                            # many small free blocks
+        m.free(p, 0)
+    return m
+
+
+def test_callback_walks_down_to_walk_order_and_reports_from_report_order(make_machine):
+    m = fragmented(make_machine, 0)
+    free = snapshot.free_areas(m)
+    blocks = {o: sum(len(v) for (z, oo, mt), v in free.items() if oo == o)
+              for o in range(m.max_order)}
+    for walk_order, lists in ((9, 2 * 2), (0, 11 * 2)):
+        before = reporter_locks(m)[0]
+        walked = int(m.zs[m.layout.off_report + RS_BLOCKS_WALKED])
+        d = design(m, "callback", walk_order=walk_order, callback_ns=0)
+        d.start()
+        d.process()
+        assert reporter_locks(m)[0] - before == lists          # one hold per list
+        visited = int(m.zs[m.layout.off_report + RS_BLOCKS_WALKED]) - walked
+        assert visited == sum(blocks[o] for o in range(walk_order, m.max_order))
+        assert all(o >= 9 for _, o in d.device.ranges())       # reported: report order up
+    assert blocks[0] >= 299                                     # the walk saw them all
+
+
+def test_callback_pays_its_per_block_cost_inside_the_hold(make_machine):
+    m = fragmented(make_machine, 0)
+    d = design(m, "callback", walk_order=0, callback_ns=20_000)
+    d.start()
+    d.process()
+    visited = int(m.zs[m.layout.off_report + RS_BLOCKS_WALKED])
+    held_s = reporter_locks(m)[1] / m.ticks_per_sec
+    assert visited > 300
+    assert held_s >= visited * 20e-6                           # every block paid, locked
+
+
+def test_callback_cost_is_calibrated_when_not_given(make_machine):
+    from reporter.callback import calibrate_callback_ns
+    m = make_machine(memory=16 << 20)
+    ns = calibrate_callback_ns(m.run_id)           # a private queue, unlinked at once
+    assert 100 < ns < 1_000_000
+
+
+# -- item 3: isolate pays set_migratetype_isolate per pageblock ------------------------
+
+
+def test_isolate_takes_the_lock_and_drains_once_per_pageblock(make_machine):
+    m = make_machine(memory=64 << 20, pcp_batch=0, capacity=4)
+    held = m.alloc(9)                              # one order-9 block, 15 order-10 blocks
+    d = design(m, "isolate", capacity=4)
+    d.process()
+    got = d.device.ranges()
+    pageblocks = sum(1 << (o - 9) for _, o in got)
+    assert pageblocks == 15 * 2 + 1
+    batches = len(d.device.reports)
+    walk_holds = 2 * 2                             # orders 10 and 9, two migratetypes
+    assert reporter_locks(m)[0] == walk_holds + pageblocks + batches
+    assert m.zs[m.layout.off_report + RS_PCP_DRAINS] == pageblocks
+    m.free(held, 9)
+    assert invariants.check(m) == []
+
+
+@pytest.mark.timeout(300)
+def test_isolate_drains_idle_workers_pcp_lists(tmp_path):
+    """hog workers sit idle in _idle with pages on their pcp lists: they
+    serve drain_all_pages's requests, and the run ends normally."""
+    out = tmp_path / "r.json"
+    res = shmalloc("run", "--strategy", "isolate", "--workload", "hog", "--memory", "256M",
+                   "--duration", "4", "--delay", "0.5", "--json", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    run = results.load(str(out))["runs"][0]
+    rep = run["reporting"]
+    assert rep["pcp_drains"] > 0 and rep["drain_requests"] > 0
+    assert rep["cycles"] >= 3                      # a pass every 0.5 s: no drain hung
+    assert run["safety"]["invariant_errors"] == []
+
+
+@pytest.mark.timeout(300)
+def test_isolate_does_not_wait_for_a_stopped_worker_past_the_watchdog():
+    import time
+    t0 = time.monotonic()
+    res = shmalloc("run", "--strategy", "isolate", "--memory", "256M", "--duration", "30",
+                   "--delay", "0.2", "--stall-timeout", "2", "--inject", "stop-worker@1",
+                   "--quiet")
+    assert res.returncode == 3, res.stderr
+    assert "stopped" in res.stderr
+    assert time.monotonic() - t0 < 60
+
+
+# -- item 4: bitmap as v12 -----------------------------------------------------------------
+
+
+def test_bitmap_wakes_once_at_the_threshold_and_again_after_the_pass(make_machine):
+    """v12: the free path queues a pass when the zone has at least max_pages
+    set bits and none is queued (refcnt 0 -> 1); bits set during a pass wait,
+    and the next free past the threshold queues the next pass."""
+    m = make_machine(memory=64 << 20, pcp_batch=0, capacity=4, strategy=HOOK_BITMAP)
+    refcnt = m.layout.off_report + RS_REFCNT
+    count = zone_base(0) + Z_BITMAP_COUNT
+    held = [m.alloc(0) for _ in range(64)]         # keeps order-9 frees from merging up
+    blocks = [m.alloc(9) for _ in range(18)]       # pairs of buddies: free one of each
+    late, early, extra = blocks[0:8:2], blocks[8:16:2], blocks[16]
+    for b in early[:3]:
+        m.free(b, 9)
+    assert m.zs[count] == 3 and m.wake.value == 0  # below max_pages: no wake-up
+    m.free(early[3], 9)
+    assert m.wake.value == 1 and m.zs[refcnt] == 1
+
+    dev = RecordingDevice()
+
+    def free_late_blocks():                        # bits behind the scan, set during it
+        if len(dev.reports) == 1:
+            for b in late:
+                m.free(b, 9)
+            assert m.wake.value == 1               # refcnt 1: no second wake-up
+
+    dev.on_report = free_late_blocks
+    d = design(m, "bitmap", device=dev, capacity=4)
+    before = reporter_locks(m)[0]
+    assert d.process() is False                    # no re-check at the end of a pass
+    assert sorted(dev.ranges()) == sorted((b, 9) for b in early)
+    assert reporter_locks(m)[0] - before == 4 + 1  # a hold per set bit, one per return
+    assert m.zs[count] == 4 and m.zs[refcnt] == 0
+    m.free(extra, 9)                               # 5 >= max_pages, refcnt 0: queued
+    assert m.wake.value == 2 and m.zs[refcnt] == 1
+    for p in held:
+        m.free(p, 0)
+    for p in blocks[1:18:2]:
+        m.free(p, 9)
+    assert invariants.check(m) == []
+
+
+def test_bitmap_scans_only_zones_at_the_threshold(make_machine):
+    m = make_machine(memory=64 << 20, zones=2, pcp_batch=0, capacity=4, strategy=HOOK_BITMAP)
+    count = [zone_base(z) + Z_BITMAP_COUNT for z in range(2)]
+    held = [m.alloc(0) for _ in range(64)]
+    blocks = [m.alloc(9) for _ in range(5)]        # all from the first zone
+    zone = m.zone_of(blocks[0]) if hasattr(m, "zone_of") else blocks[0] // (m.nr_pages // 2)
+    for b in blocks[:2]:
+        m.free(b, 9)
+    other = 1 - zone
+    m.zs[count[other]] = 0
+    d = design(m, "bitmap", capacity=4)
+    d.process()
+    assert d.device.reports == []                  # 2 bits < max_pages: not scanned
+    assert m.zs[count[zone]] == 2
+    for p in held + blocks[2:]:
+        m.free(p, 9 if p in blocks else 0)
+
+
+# -- item 5: hostscan walks past marked blocks -------------------------------------------
+
+
+def test_hostscan_takes_unmarked_blocks_behind_a_marked_remainder(make_machine):
+    m = make_machine(memory=64 << 20, pcp_batch=0, strategy=HOOK_HOSTSCAN)
+    acting = m.agent
+    m.bind(m.hypervisor_agent, ROLE_HYPERVISOR)
+    m.agent = acting
+    scanner = HostScanner(Hypervisor(m, StubOptions(discard="punch")), m.hypervisor_agent,
+                          4, 1.0)
+    a = [m.alloc(9) for _ in range(4)]             # two order-10 blocks, held
+    scanner.scan()                                 # every free frame marked and discarded
+    q = m.alloc(9)                                 # splits a marked order-10 block: its
+    remainder = q + 512                            # upper half, still marked, on list 9
+    assert free_list(m, 9) == [remainder]
+    m.mem[a[0] * 512:(a[0] + 512) * 512:512] = 1  # written, then freed: unmarked, resident
+    m.mem[a[2] * 512:(a[2] + 512) * 512:512] = 1
+    m.free(a[0], 9)
+    m.free(a[2], 9)
+    rotate_free_list_to_front(m.frames, m.zs, 0, 9, MIGRATE_MOVABLE, remainder)
+    assert free_list(m, 9) == [remainder, a[2], a[0]]          # marked head, unmarked behind
+    scanner.scan()
+    for p in (a[0], a[2]):
+        word, bit = frame_bit(m.zs, 0, p)
+        assert m.zs[word] & bit, f"{p} not reclaimed"
+        assert m.resident_pages(p, 512) == 0
+    assert invariants.check(m, held={m.control_agent: [(a[1], 9), (a[3], 9), (q, 9)]}) == []
+
+
+# -- item 6: the stub acknowledges as QEMU does ---------------------------------------------
+
+
+def test_stub_acknowledges_success_and_counts_a_failed_discard(make_machine):
+    m = make_machine(memory=16 << 20)
+    hv = Hypervisor(m, StubOptions(discard="punch"))
+    real = hv.discard
+    hv.discard = lambda pfn, order: -5 if pfn == 512 else real(pfn, order)
+    assert hv.handle(virtqueue.KIND_REPORT, [(0, 9), (512, 9), (1024, 9)]) == 0
+    st = m.layout.off_report
+    assert m.zs[st + RS_HV_ERRORS] == 1
+    assert m.zs[st + RS_HV_PAGES_DISCARDED] == 2 * 512
+
+
+def test_mainline_marks_blocks_reported_after_a_failed_discard(make_machine):
+    m = make_machine(memory=64 << 20, pcp_batch=0, strategy=HOOK_MAINLINE)
+    hv = Hypervisor(m, StubOptions(discard="punch"))
+    hv.discard = lambda pfn, order: -5
+    d = design(m, "mainline", device=RecordingDevice(hypervisor=hv))
+    d.process()
+    got = d.device.ranges()
+    assert got and all(m.frames[p]["flags"] & PG_REPORTED for p, _ in got)
+
+
+# -- item 7: page_reporting_order ------------------------------------------------------------
+
+
+def test_report_order_help_names_page_reporting_order():
+    res = shmalloc("run", "--help")
+    assert res.returncode == 0
+    assert "page_reporting_order" in " ".join(res.stdout.split())
+
+
+def test_designs_that_take_putback():
+    assert {n for n, d in designs.DESIGNS.items() if d.putback} == {"mainline", "isolate"}
+    assert np.all([d.putback in (None, "head") for d in designs.DESIGNS.values()])
