@@ -224,14 +224,26 @@ def _add_compare(sub) -> None:
 
 
 def cmd_compare(args) -> int:
+    from dataclasses import replace
+
     from . import metadata, results
     from .compare import config_for, format_compare, parse_lineup, run_lineup
+    from .designs import DESIGNS
 
     try:
         items = parse_lineup(args.strategies)
     except ValueError as e:
         raise UsageError(f"shmalloc compare: --strategies: {e}") from None
-    base = run_config(args)
+    # flags only some designs take: validated per design by config_for
+    only_some = {k: getattr(args, k) for k in ("putback", "walk_order", "callback_ns")}
+    for key, value in only_some.items():
+        setattr(args, key, None)
+        takes = [i for i in items if getattr(DESIGNS[i.partition("/")[0]],
+                                             "putback" if key == "putback" else "walks")]
+        if value is not None and not takes:
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"shmalloc compare: {flag}: no design in --strategies takes it")
+    base = replace(run_config(args), **only_some)
     for item in items:                       # every design's flags, before anything runs
         config_for(base, item)
     _check_json_output(args)

@@ -138,6 +138,20 @@ def test_fidelity_flags_refuse_bad_input(argv, flag, text):
     assert_usage_error(shmalloc(*argv), "shmalloc run:", flag, text)
 
 
+def test_compare_applies_putback_to_the_designs_that_take_it():
+    from dataclasses import replace
+
+    from launcher.compare import config_for
+    from launcher.config import RunConfig
+    base = replace(RunConfig(), putback="tail", walk_order=3)
+    assert config_for(base, "mainline").putback == "tail"
+    assert config_for(base, "boundary").putback is None
+    assert config_for(base, "callback/hint").walk_order == 3
+    assert config_for(base, "isolate").walk_order is None
+    res = shmalloc("compare", "--strategies", "none,boundary", "--putback", "tail")
+    assert_usage_error(res, "shmalloc compare:", "--putback", "no design")
+
+
 # -- item 2: callback walks every order, paying per block under the lock ----------------
 
 
