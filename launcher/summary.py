@@ -29,11 +29,13 @@ def describe(c: dict, strategy: bool = True) -> str:
     """One line naming an experiment's configuration."""
     pcp = f"pcp {c['pcp_batch']}/{c['pcp_high']}" if c["pcp_batch"] else "pcp off"
     design = f", strategy {c['strategy']}" if strategy else ""
+    putback = ""
     if strategy and c.get("putback"):                 # mainline, isolate: 5.7 or 5.10
-        design += f" (putback {c['putback']})"
+        putback = f", putback {c['putback']}"
     return (f"{c['workload']}{design}, {c['workers']} worker"
             f"{'s' if c['workers'] != 1 else ''}, {fmt_bytes(c['memory'])} guest, "
-            f"{c['zones']} zone{'s' if c['zones'] != 1 else ''}, {pcp}, seed {c['seed']}")
+            f"{c['zones']} zone{'s' if c['zones'] != 1 else ''}, {pcp}, seed {c['seed']}"
+            f"{putback}")
 
 
 def headline(run: dict) -> str:

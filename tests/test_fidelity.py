@@ -121,7 +121,7 @@ def test_putback_is_recorded_shown_and_checked():
     from launcher.summary import describe
     cfg = RunConfig(strategy="mainline").resolved()
     assert cfg.putback == "head"                   # 5.7
-    assert "(putback head)" in describe(cfg.__dict__)
+    assert describe(cfg.__dict__).endswith(", putback head")
     assert RunConfig(strategy="isolate", putback="tail").resolved().putback == "tail"
     assert RunConfig(strategy="boundary").resolved().putback is None
     assert "putback" not in describe(RunConfig(strategy="bitmap").resolved().__dict__)
