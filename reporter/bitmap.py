@@ -34,6 +34,8 @@ atomic ``clear_bit`` (the free path sets bits under the same lock here).
 
 from __future__ import annotations
 
+import numpy as np
+
 from shmalloc._libc import atomic_xchg
 from shmalloc.buddy import free_one_page
 from shmalloc.config import jit
@@ -73,7 +75,7 @@ def bitmap_scan(frames, zs, agent, zone, batch_pfn, batch_order, index):
         if zs[word] == 0:                          # for_each_set_bit skips empty words
             index = (index | 63) + 1
             continue
-        bit = 1 << (index & 63)
+        bit = np.int64(1) << (index & 63)          # bit 63 too, also as plain Python
         if (zs[word] & bit) != 0:
             pfn = zs[zb + Z_START_PFN] + (index << zs[H_REPORT_ORDER])
             zone_lock(zs, agent, zone, CALLER_REPORTER)
