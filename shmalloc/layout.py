@@ -39,8 +39,9 @@ Invariants (checked by :mod:`shmalloc.invariants`), for every zone::
     PS_BUDDY heads  == the entries of the free_area lists, each on the list of
                        its order and of its pageblock's migratetype, aligned
                        to its order
-    no PS_BUDDY head has a PS_BUDDY buddy of the same order and the same
-    isolation status (they would have merged)
+    no PS_BUDDY head outside an isolated pageblock has a PS_BUDDY buddy of
+    the same order outside one (they would have merged; isolation moves
+    blocks without merging them)
     PG_REPORTED     => PS_BUDDY and order >= report order
 
 The kernel keeps tail pages of a free block unmarked too; unlike the kernel

@@ -33,6 +33,8 @@ from shmalloc.layout import (
 )
 from shmalloc.page_alloc import take_free_page
 
+pytestmark = pytest.mark.nojit
+
 TOP = 10                       # the largest order with the default MAX_ORDER 11
 
 
@@ -145,6 +147,33 @@ def test_request_fires_at_hwm_above_the_reported_count(make_machine):
     assert free_until_requested(PAGE_REPORTING_HWM) == 2 * PAGE_REPORTING_HWM
     held = [p for p in blocks if p not in lone[:2 * PAGE_REPORTING_HWM]]
     assert invariants.check(m, held={m.control_agent: [(p, 9) for p in held]}) == []
+
+
+def test_outside_a_cycle_a_tail_free_lands_behind_the_reported_blocks(make_machine):
+    """v9's get_unreported_tail gives the list's own tail while the zone is
+    not being reported: with a report order below MAX_ORDER - 2, a free that
+    buddy_merge_likely sends to the tail lands behind the Reported blocks.
+    That is a state v9 reaches, so the checker accepts it, and the next cycle
+    finds the block by probing the tail and reports it."""
+    m = make_machine(memory=16 << 20, zones=1, pcp_batch=0, strategy=HOOK_BOUNDARY,
+                     report_order=4)
+    got = [m.alloc(4) for _ in range(5)]
+    assert got == [0, 16, 32, 48, 64]           # free: 80 (order 4), 96 (order 5), ...
+    m.free(0, 4)
+    m.free(16, 4)                               # merged: an order-5 block at 0
+    d = design(m, "boundary", capacity=8, report_order=4)
+    d.start()
+    d.process()
+    assert free_list(m, 4) == [80] and is_reported(m, 80) and is_reported(m, 0)
+    m.free(32, 4)               # its buddy 48 is held, its parent's buddy (0, order 5) free
+    assert free_list(m, 4) == [80, 32] and not is_reported(m, 32)
+    held = {m.control_agent: [(48, 4), (64, 4)]}
+    assert invariants.check(m, held=held) == []
+    d.device.reports.clear()
+    d.start()
+    d.process()
+    assert d.device.ranges() == [(32, 4)]
+    assert is_reported(m, 32) and invariants.check(m, held=held) == []
 
 
 # -- the checker's boundary branches ------------------------------------------

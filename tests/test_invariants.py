@@ -11,6 +11,7 @@ import pytest
 
 from shmalloc import invariants
 from shmalloc.freelist import add_to_free_list
+from shmalloc.isolation import set_migratetype_isolate, undo_isolate_free_block
 from shmalloc.layout import MIGRATE_MOVABLE, PCP_COUNT, PG_REPORTED, PS_ALLOC, Z_LOCK_PID, Z_NR_FREE
 
 pytestmark = pytest.mark.nojit
@@ -58,6 +59,27 @@ def test_unmerged_buddies(m):
         m.frames[p]["state"] = 0
         add_to_free_list(m.frames, m.zs, 0, p, 0, MIGRATE_MOVABLE, False)
     one(invariants.check(m), f"pfn {a} and its buddy {b}", "should have merged")
+
+
+def test_isolated_buddies_may_stand_apart(m):
+    """Isolation moves a free block to the ISOLATE list without merging it
+    (5.7's move_freepages_block): two isolated buddies are not a violation,
+    an isolated and a movable one cannot merge, two movable ones must."""
+    a, b = m.alloc(9), m.alloc(9)
+    assert a ^ 512 == b
+    zone = a // (m.nr_pages // m.nr_zones)
+    m.free(a, 9)
+    assert set_migratetype_isolate(m.frames, m.zs, zone, a, 9, a)
+    m.free(b, 9)                          # cannot merge with the isolated block
+    assert m.frames[b]["order"] == 9
+    assert invariants.check(m) == []
+    assert set_migratetype_isolate(m.frames, m.zs, zone, b, 9, b)
+    assert invariants.check(m) == []      # both isolated, apart
+    undo_isolate_free_block(m.frames, m.zs, m.control_agent, zone, a, 9, False)
+    assert invariants.check(m) == []      # movable beside isolated
+    undo_isolate_free_block(m.frames, m.zs, m.control_agent, zone, b, 9, False)
+    assert m.frames[min(a, b)]["order"] == 10       # merged on the way back
+    assert invariants.check(m) == []
 
 
 def test_foreign_owner(m):
