@@ -1,0 +1,138 @@
+"""The workload kernels a worker process runs (shmalloc/workload.py), called
+in this process: every written page carries its canary, a zeroed canary is a
+use-after-discard, a foreign one a double allocation, a first write to a
+page the host discarded a refault; the operation budget and the stop flag
+end every workload.  Marked ``nojit``: tests/test_nojit.py runs them again as
+plain Python."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hypervisor_stub.stub import Hypervisor, StubOptions
+from shmalloc import invariants
+from shmalloc.config import WORDS_PER_PAGE
+from shmalloc.layout import H_STOP, WORKER_COUNTERS
+from shmalloc.workload import canary, free_blocks, hog_alloc, run_chunks, run_random
+
+pytestmark = pytest.mark.nojit
+
+AGENT = 0
+
+
+def counters(m, agent: int = AGENT) -> dict[str, int]:
+    base = m.layout.wstats(agent)
+    return {name: int(m.zs[base + i]) for i, name in enumerate(WORKER_COUNTERS)}
+
+
+def arrays(n: int):
+    return np.zeros(n, np.int64), np.zeros(n, np.int64)
+
+
+def ns_per_tick(m) -> float:
+    return 1e9 / m.ticks_per_sec
+
+
+def canaries_hold(m, pfns, orders, agent: int = AGENT) -> bool:
+    """Every page of every block carries ``agent``'s canary of this allocation."""
+    for p, o in zip(pfns, orders):
+        gen = int(m.frames["gen"][p])
+        for page in range(int(p), int(p) + (1 << int(o))):
+            if int(m.mem[page * WORDS_PER_PAGE]) != canary(agent, gen, page):
+                return False
+    return True
+
+
+@pytest.fixture
+def m(make_machine):
+    return make_machine(memory=16 << 20, pcp_batch=0)
+
+
+@pytest.mark.parametrize("order", [0, 9], ids=["page_fault1", "thp"])
+def test_chunk_rounds_write_canaries_free_and_stop_on_the_budget(m, order):
+    chunk = 4 if order else 64
+    pfn, orders = arrays(chunk)
+    budget = 3 * 2 * chunk + 3                  # three rounds, then three allocations
+    n = run_chunks(m.frames, m.zs, m.mem, AGENT, order, chunk, budget, ns_per_tick(m), pfn,
+                   orders)
+    c = counters(m)
+    assert n == 3 and c["ops"] == budget and c["iterations"] == 3
+    assert c["allocs"] == 3 * chunk + 3 and c["frees"] == 3 * chunk
+    assert c["pages_allocated"] == (3 * chunk + 3) << order
+    assert c["use_after_discard"] == c["foreign_canary"] == c["refaults"] == 0
+    assert c["free_errors"] == 0 and c["alloc_failures"] == 0
+    assert canaries_hold(m, pfn[:n], orders[:n])
+    assert invariants.check(m, held={AGENT: list(zip(pfn[:n], orders[:n]))}) == []
+    free_blocks(m.frames, m.zs, m.mem, AGENT, pfn, orders, n, ns_per_tick(m))
+    assert counters(m)["frees"] == 3 * chunk + 3
+    assert invariants.check(m, held={AGENT: []}) == []
+
+
+def test_canary_check_counts_use_after_discard_and_a_foreign_owner(m):
+    hv = Hypervisor(m, StubOptions(discard="punch"))
+    pfn, orders = arrays(16)
+    n = hog_alloc(m.frames, m.zs, m.mem, AGENT, 16, -1, ns_per_tick(m), pfn, orders)
+    assert n == 16 and canaries_hold(m, pfn, orders)
+    assert hv.discard(int(pfn[3]), 0) == 0         # the host takes a page its owner holds
+    gen = int(m.frames["gen"][pfn[7]])
+    m.mem[int(pfn[7]) * WORDS_PER_PAGE] = canary(AGENT + 1, gen, int(pfn[7]))   # another owner's
+    free_blocks(m.frames, m.zs, m.mem, AGENT, pfn, orders, n, ns_per_tick(m))
+    c = counters(m)
+    assert c["use_after_discard"] == 1 and c["foreign_canary"] == 1
+    assert c["frees"] == 16 and c["free_errors"] == 0
+    assert invariants.check(m, held={AGENT: []}) == []
+
+
+def test_first_write_to_a_discarded_page_is_a_refault(m):
+    hv = Hypervisor(m, StubOptions(discard="punch"))
+    pfn, orders = arrays(32)
+    n = hog_alloc(m.frames, m.zs, m.mem, AGENT, 32, -1, ns_per_tick(m), pfn, orders)
+    first = set(pfn[:n].tolist())
+    free_blocks(m.frames, m.zs, m.mem, AGENT, pfn, orders, n, ns_per_tick(m))
+    assert hv.discard(0, m.max_order - 1) == 0     # the host takes the free block back
+    again, orders2 = arrays(64)
+    n2 = hog_alloc(m.frames, m.zs, m.mem, AGENT, 64, -1, ns_per_tick(m), again, orders2)
+    reused = first & set(again[:n2].tolist())
+    assert reused                                  # the allocator hands the same pages out
+    assert counters(m)["refaults"] == len(reused)  # written before, zero now: refaulted
+    free_blocks(m.frames, m.zs, m.mem, AGENT, again, orders2, n2, ns_per_tick(m))
+    assert counters(m)["use_after_discard"] == 0
+
+
+def test_random_workload_is_seeded_keeps_its_target_and_stops_on_the_budget(make_machine):
+    held = []
+    for _ in range(2):
+        m = make_machine(memory=16 << 20, pcp_batch=3, pcp_high=7)
+        pfn, orders = arrays(2048)
+        long_lived = np.zeros(2048, np.int64)
+        n = run_random(m.frames, m.zs, m.mem, AGENT, 256, m.max_order, 3000, 7, ns_per_tick(m),
+                       pfn, orders, long_lived, 0)
+        c = counters(m)
+        assert c["ops"] == 3000 and c["free_errors"] == 0 and c["use_after_discard"] == 0
+        pages = int(np.sum(np.left_shift(1, orders[:n])))
+        assert 0 < pages < 2 * 256 + 512           # around the target, below the free mark
+        assert canaries_hold(m, pfn[:n], orders[:n])
+        assert invariants.check(m, held={AGENT: list(zip(pfn[:n], orders[:n]))}) == []
+        held.append(sorted(zip(pfn[:n].tolist(), orders[:n].tolist())))
+    assert held[0] == held[1]                      # the same seed, the same blocks
+
+
+def test_hog_allocates_until_memory_runs_out(m):
+    pfn, orders = arrays(m.nr_pages + 1)
+    n = hog_alloc(m.frames, m.zs, m.mem, AGENT, m.nr_pages + 1, -1, ns_per_tick(m), pfn, orders)
+    c = counters(m)
+    assert n == m.nr_pages and c["alloc_failures"] == 1 and c["ops"] == m.nr_pages + 1
+    assert sorted(pfn[:n].tolist()) == list(range(m.nr_pages))
+    free_blocks(m.frames, m.zs, m.mem, AGENT, pfn, orders, n, ns_per_tick(m))
+    assert invariants.check(m, held={AGENT: []}) == []
+
+
+def test_the_stop_flag_ends_every_workload(m):
+    m.zs[H_STOP] = 1
+    pfn, orders = arrays(64)
+    assert run_chunks(m.frames, m.zs, m.mem, AGENT, 0, 64, -1, 1.0, pfn, orders) == 0
+    assert run_random(m.frames, m.zs, m.mem, AGENT, 64, m.max_order, -1, 1, 1.0, pfn, orders,
+                      np.zeros(64, np.int64), 0) == 0
+    assert hog_alloc(m.frames, m.zs, m.mem, AGENT, 64, -1, 1.0, pfn, orders) == 0
+    assert counters(m)["ops"] == 0
