@@ -1,14 +1,20 @@
-"""Fixtures shared by the test suite.
+"""Fixtures shared by the test suite, and the session record.
 
 ``_no_ipc_leak`` (autouse) fails any test that leaves a ``shmalloc`` object
 behind (after removing it): shared memory and semaphores in /dev/shm, and
 message queues, listed in /dev/mqueue when the mqueue filesystem is mounted
 there (the session mounts it when running as root and it is missing) and in
 every case opened by name for every run the test made (see tests/leaks.py).
+
+With ``SHMALLOC_SESSION_REPORT=PATH`` the session writes a JSON record to PATH
+at its end: whether the JIT was off (``shmalloc.config.JIT_DISABLED``, numba's
+own flag, and the type of a kernel), the tests selected and each one's
+outcome.  tests/test_nojit.py reads it from the session it starts.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -21,6 +27,37 @@ from shmalloc.machine import Machine, MachineConfig
 
 def pytest_configure(config):
     config._shmalloc_mqueue = mount_mqueue()
+
+
+#: what this session selected and how each test ended (the session record)
+_SESSION: dict = {"selected": [], "outcomes": {}}
+
+
+def pytest_collection_finish(session):
+    _SESSION["selected"] = [item.nodeid for item in session.items]
+
+
+def pytest_runtest_logreport(report):
+    outcomes = _SESSION["outcomes"]
+    if report.when == "call" or report.outcome != "passed":
+        if outcomes.get(report.nodeid) in (None, "passed"):
+            outcomes[report.nodeid] = report.outcome
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = os.environ.get("SHMALLOC_SESSION_REPORT")
+    if not path:
+        return
+    import numba
+
+    from shmalloc import config as shmalloc_config
+    from shmalloc.page_alloc import alloc_pages
+    record = dict(_SESSION, exitstatus=int(exitstatus),
+                  jit_disabled=shmalloc_config.JIT_DISABLED,
+                  numba_disable_jit=bool(numba.config.DISABLE_JIT),
+                  kernel_type=type(alloc_pages).__name__)
+    with open(path, "w") as f:
+        json.dump(record, f)
 
 
 def pytest_report_header(config):

@@ -13,6 +13,7 @@ counts, and without pcp lists the lock was contended.
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -32,7 +33,9 @@ from shmalloc.layout import (
 )
 from shmalloc.pcp import pcp_service_drain
 
-NOPS = 20_000
+#: operations per round; tests/test_nojit.py runs the hammer as plain Python
+#: with fewer (the rounds go on until the lock was contended all the same)
+NOPS = int(os.environ.get("SHMALLOC_HAMMER_OPS", "20000"))
 MAX_ROUNDS = 500
 
 
@@ -66,6 +69,7 @@ def _go_when_bound(machine, agents, timeout=30.0):
     machine.zs[H_GO] = 1
 
 
+@pytest.mark.nojit
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("nproc", [2, 4])
 @pytest.mark.parametrize("pcp", [False, True], ids=["pcp-off", "pcp-on"])
@@ -118,6 +122,7 @@ def _idle_serving_drains(machine, agent, stop_idx):
     return machine.pcp_count(agent, 0)
 
 
+@pytest.mark.nojit
 @pytest.mark.timeout(60)
 def test_drain_request_from_outside(make_machine):
     m = make_machine(memory=16 << 20, workers=1, pcp_batch=8, pcp_high=64)

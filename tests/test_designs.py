@@ -39,6 +39,7 @@ def test_every_registered_reporter_is_a_launcher_design():
     assert set(REPORTING) == {n for n, d in designs.DESIGNS.items() if d.reporter}
 
 
+@pytest.mark.nojit
 @pytest.mark.parametrize("name", REPORTING)
 def test_design_reports_only_free_blocks_of_report_order(make_machine, name):
     m = make(make_machine, name)
@@ -96,6 +97,7 @@ def reported_blocks_handed_out(m, d, dev, batches: int = 2) -> list[tuple[int, i
     return handed_out
 
 
+@pytest.mark.nojit
 @pytest.mark.parametrize("name", REPORTING)
 def test_nothing_reported_is_handed_out(make_machine, name):
     """While a batch is with the host, no allocation at its orders may get
@@ -126,6 +128,7 @@ class ReportsInPlace(ReportingDesign):
         return False
 
 
+@pytest.mark.nojit
 def test_a_design_that_hands_reported_blocks_out_is_caught(make_machine):
     m = make(make_machine, "none")
     fragment(m)
@@ -134,6 +137,7 @@ def test_a_design_that_hands_reported_blocks_out_is_caught(make_machine):
     assert reported_blocks_handed_out(m, broken, dev)
 
 
+@pytest.mark.nojit
 def test_isolate_hides_isolated_pageblocks_and_undo_merges(make_machine):
     m = make(make_machine, "isolate")
     fragment(m)
@@ -163,6 +167,7 @@ def test_isolate_hides_isolated_pageblocks_and_undo_merges(make_machine):
     assert invariants.check(m) == []
 
 
+@pytest.mark.nojit
 def test_bitmap_counts_re_reports(make_machine):
     m = make(make_machine, "bitmap")
     hv = Hypervisor(m, StubOptions(discard="punch"))
@@ -187,6 +192,7 @@ def test_bitmap_counts_re_reports(make_machine):
     assert invariants.check(m) == []
 
 
+@pytest.mark.nojit
 def test_callback_discard_race_is_detected(make_machine):
     """The unsafe window, made to happen: between the walk and the discard a
     worker allocates a walked block and writes it; the discard zeroes it and

@@ -49,6 +49,7 @@ def free_list(m, order: int, zone: int = 0) -> list[int]:
 # -- item 1: buddy_merge_likely and the put-back placement -------------------------------
 
 
+@pytest.mark.nojit
 def test_buddy_merge_likely_sends_a_block_to_the_tail(make_machine):
     """5.7's __free_one_page: a block whose parent's buddy is free goes to
     the tail; engine and reference agree on the list's order."""
@@ -70,6 +71,7 @@ def test_buddy_merge_likely_sends_a_block_to_the_tail(make_machine):
     assert invariants.check(m, held={a: [(1, 0), (4, 0), (5, 0), (7, 0)]}) == []
 
 
+@pytest.mark.nojit
 @pytest.mark.parametrize("putback", ["head", "tail"])
 def test_mainline_puts_reported_blocks_back_where_putback_says(make_machine, putback):
     """Blocks freed while a report is out are unreported and still backed by
@@ -101,6 +103,7 @@ def test_mainline_puts_reported_blocks_back_where_putback_says(make_machine, put
     assert invariants.check(m, held={m.control_agent: [(p, 10) for p in taken]}) == []
 
 
+@pytest.mark.nojit
 @pytest.mark.parametrize("putback,skipped", [("head", 8), ("tail", 0)])
 def test_mainline_head_steps_over_each_drained_batch_under_the_lock(make_machine, putback,
                                                                      skipped):
@@ -163,6 +166,7 @@ def fragmented(make_machine, hook):
     return m
 
 
+@pytest.mark.nojit
 def test_callback_walks_down_to_walk_order_and_reports_from_report_order(make_machine):
     m = fragmented(make_machine, 0)
     free = snapshot.free_areas(m)
@@ -181,6 +185,7 @@ def test_callback_walks_down_to_walk_order_and_reports_from_report_order(make_ma
     assert blocks[0] >= 299                                     # the walk saw them all
 
 
+@pytest.mark.nojit
 def test_callback_pays_its_per_block_cost_inside_the_hold(make_machine):
     m = fragmented(make_machine, 0)
     d = design(m, "callback", walk_order=0, callback_ns=20_000)
@@ -202,6 +207,7 @@ def test_callback_cost_is_calibrated_when_not_given(make_machine):
 # -- item 3: isolate pays set_migratetype_isolate per pageblock ------------------------
 
 
+@pytest.mark.nojit
 def test_isolate_takes_the_lock_and_drains_once_per_pageblock(make_machine):
     m = make_machine(memory=64 << 20, pcp_batch=0, capacity=4)
     held = m.alloc(9)                              # one order-9 block, 15 order-10 blocks
@@ -248,6 +254,7 @@ def test_isolate_does_not_wait_for_a_stopped_worker_past_the_watchdog():
 # -- item 4: bitmap as v12 -----------------------------------------------------------------
 
 
+@pytest.mark.nojit
 def test_bitmap_wakes_once_at_the_threshold_and_again_after_the_pass(make_machine):
     """v12: the free path queues a pass when the zone has at least max_pages
     set bits and none is queued (refcnt 0 -> 1); bits set during a pass wait,
@@ -288,6 +295,7 @@ def test_bitmap_wakes_once_at_the_threshold_and_again_after_the_pass(make_machin
     assert invariants.check(m) == []
 
 
+@pytest.mark.nojit
 def test_bitmap_scans_only_zones_at_the_threshold(make_machine):
     m = make_machine(memory=64 << 20, zones=2, pcp_batch=0, capacity=4, strategy=HOOK_BITMAP)
     count = [zone_base(z) + Z_BITMAP_COUNT for z in range(2)]
@@ -309,6 +317,7 @@ def test_bitmap_scans_only_zones_at_the_threshold(make_machine):
 # -- item 5: hostscan walks past marked blocks -------------------------------------------
 
 
+@pytest.mark.nojit
 def test_hostscan_takes_unmarked_blocks_behind_a_marked_remainder(make_machine):
     m = make_machine(memory=64 << 20, pcp_batch=0, strategy=HOOK_HOSTSCAN)
     acting = m.agent
@@ -338,6 +347,7 @@ def test_hostscan_takes_unmarked_blocks_behind_a_marked_remainder(make_machine):
 # -- item 6: the stub acknowledges as QEMU does ---------------------------------------------
 
 
+@pytest.mark.nojit
 def test_stub_acknowledges_success_and_counts_a_failed_discard(make_machine):
     m = make_machine(memory=16 << 20)
     hv = Hypervisor(m, StubOptions(discard="punch"))
@@ -349,6 +359,7 @@ def test_stub_acknowledges_success_and_counts_a_failed_discard(make_machine):
     assert m.zs[st + RS_HV_PAGES_DISCARDED] == 2 * 512
 
 
+@pytest.mark.nojit
 def test_mainline_marks_blocks_reported_after_a_failed_discard(make_machine):
     m = make_machine(memory=64 << 20, pcp_batch=0, strategy=HOOK_MAINLINE)
     hv = Hypervisor(m, StubOptions(discard="punch"))

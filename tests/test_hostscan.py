@@ -37,6 +37,7 @@ def scanner(m) -> HostScanner:
     return HostScanner(Hypervisor(m, StubOptions(discard="punch")), m.hypervisor_agent, 4, 1.0)
 
 
+@pytest.mark.nojit
 def test_scan_marks_every_free_frame_and_discards_it(m):
     held = m.alloc(3)                              # one frame is not wholly free
     m.mem[:: 512] = 1                              # the guest touched everything
@@ -51,6 +52,7 @@ def test_scan_marks_every_free_frame_and_discards_it(m):
     assert len(marked_frames(m)) == len(frames)
 
 
+@pytest.mark.nojit
 def test_allocation_installs_and_split_merge_keep_marks(m):
     scanner(m).scan()
     before = marked_frames(m)
@@ -71,6 +73,7 @@ def test_allocation_installs_and_split_merge_keep_marks(m):
     assert invariants.check(m) == []
 
 
+@pytest.mark.nojit
 def test_a_marked_frame_holding_an_allocation_is_a_violation(m):
     scanner(m).scan()
     p = m.alloc(0)

@@ -15,6 +15,8 @@ from shmalloc.layout import (
     RS_STATE,
 )
 
+pytestmark = pytest.mark.nojit
+
 
 @pytest.fixture
 def m(make_machine):
