@@ -91,12 +91,15 @@ def run_plan(machine, agent: int, plan: WorkerPlan, held_pfn, held_order, held_l
         _idle(machine, agent, (PHASED_REGROW_AT - PHASED_SHRINK_AT) * plan.duration_s)
         return run_random(frames, zs, mem, agent, target, plan.max_order, plan.max_ops,
                           plan.seed + 1, ns_per_tick, held_pfn, held_order, held_long, 0)
-    # hog: allocate, hold, free everything, idle
+    # hog: allocate, hold, free everything, idle until the stop flag; with an
+    # operation budget (--ops) the run ends when every worker has, so the
+    # hog ends once it has freed what it allocated
     n = hog_alloc(frames, zs, mem, agent, plan.hog_pages, plan.max_ops, ns_per_tick,
                   held_pfn, held_order)
     _idle(machine, agent, plan.hog_hold_s)
     _release(machine, agent, held_pfn, held_order, n)
-    _idle(machine, agent, None)
+    if plan.max_ops < 0:
+        _idle(machine, agent, None)
     return 0
 
 

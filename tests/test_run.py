@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -67,18 +68,30 @@ def test_workload_end_to_end(tmp_path, workload):
 
 
 @pytest.mark.timeout(300)
-def test_ops_budget_ends_the_run(tmp_path):
+@pytest.mark.parametrize("workload", ["random", "hog", "phased"])
+def test_ops_budget_ends_the_run(tmp_path, workload):
+    """Every workload ends on its budget, without a --duration: the run ends
+    when its workers have (the hog once it has freed what it allocated)."""
     out = tmp_path / "r.json"
-    res = shmalloc("run", "--workload", "random", "--ops", "20000", "--memory", "64M",
-                   "--json", str(out), "--quiet")
-    assert res.returncode == 0, res.stderr
-    assert res.stdout == "" and res.stderr == ""
+    ops = 20000 if workload != "hog" else 500
+    proc = start_shmalloc("run", "--workload", workload, "--ops", str(ops), "--memory", "64M",
+                          "--hog-hold", "0.1", "--json", str(out), "--quiet")
+    try:
+        stdout, stderr = proc.communicate(timeout=120)     # the backstop: it never ended
+    except subprocess.TimeoutExpired:
+        end(proc)
+        pytest.fail(f"shmalloc run --workload {workload} --ops {ops} did not end in 120 s")
+    assert proc.returncode == 0, stderr
+    assert stdout == "" and stderr == ""
     run = load_run(out)
+    assert run["outcome"] == "ok" and run["safety"]["invariant_errors"] == []
     for w in run["workers"]:
         # the budget was spent, then the worker gave back what it still held
-        assert w["ops"] >= 20000
+        assert w["ops"] >= ops
         assert w["allocs"] == w["frees"]
         assert w["ops"] == w["allocs"] + w["frees"] + w["alloc_failures"]
+        if workload == "hog":                   # its share is larger than the budget
+            assert w["allocs"] == ops and w["released_pages"] == ops
 
 
 @pytest.mark.timeout(300)
