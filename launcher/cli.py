@@ -9,9 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import traceback
 
+from . import interrupt
 from . import options as opt
+from .proc import RunAborted
 
 
 class UsageError(Exception):
@@ -39,8 +43,9 @@ def add_machine_flags(p, strategy: bool = True) -> None:
                    help=f"what workers do: {', '.join(WORKLOADS)} (default page_fault1)")
     g.add_argument("--workers", type=opt.int_range(1, MAX_WORKERS), default=2, metavar="N",
                    help="worker processes (default 2)")
-    g.add_argument("--duration", type=opt.float_range(0, 86400, lo_open=True), default=None,
-                   metavar="SECONDS", help="run time (default 5; without limit with --ops)")
+    g.add_argument("--duration", type=opt.duration_range(0, 86400, lo_open=True), default=None,
+                   metavar="TIME", help="run time: seconds, or with a unit (500ms, 5s, 2m) "
+                   "(default 5 s; without limit with --ops)")
     g.add_argument("--ops", type=opt.int_range(1), default=0, metavar="N",
                    help="stop each worker after this many alloc+free calls")
     g.add_argument("--seed", type=opt.int_range(0, 2**31 - 1), default=1, metavar="N",
@@ -50,11 +55,11 @@ def add_machine_flags(p, strategy: bool = True) -> None:
                    "(default min(128M, 80%% of memory / workers))")
     g.add_argument("--hog-share", type=opt.float_range(0, 1, lo_open=True), default=0.9,
                    metavar="FRACTION", help="hog: share of guest memory allocated (default 0.9)")
-    g.add_argument("--hog-hold", type=opt.float_range(0, 86400), default=1.0, metavar="SECONDS",
-                   help="hog: how long the memory is held before it is freed (default 1)")
+    g.add_argument("--hog-hold", type=opt.duration_range(0, 86400), default=1.0, metavar="TIME",
+                   help="hog: how long the memory is held before it is freed (default 1 s)")
     g = p.add_argument_group("guest and allocator")
     g.add_argument("--memory", type=opt.size_range(1 << 20), default=1 << 30, metavar="SIZE",
-                   help="guest memory, K/M/G suffixes (default 1G)")
+                   help="guest memory, K/M/G/T suffixes, 1.5G allowed (default 1G)")
     g.add_argument("--zones", type=opt.int_range(1, MAX_ZONES), default=1, metavar="N",
                    help="zones, equal pfn ranges with a lock each (default 1)")
     g.add_argument("--max-order", type=opt.int_range(10, MAX_ORDER_LIMIT), default=11, metavar="N",
@@ -75,7 +80,8 @@ def add_machine_flags(p, strategy: bool = True) -> None:
     g = p.add_argument_group("reporting")
     if strategy:
         g.add_argument("--strategy", default="none", metavar="NAME",
-                       help=f"reporting design: {', '.join(names())} (default none)")
+                       help=f"reporting design: {', '.join(names())}; callback/hint and "
+                       "callback/discard also choose callback's mode (default none)")
     g.add_argument("--report-order", type=opt.int_range(0, MAX_ORDER_LIMIT - 1), default=9,
                    metavar="N", help="smallest order reported (default 9, pageblock order); "
                    "the page_reporting_order module parameter of Linux 5.14 and later "
@@ -93,38 +99,53 @@ def add_machine_flags(p, strategy: bool = True) -> None:
                    "message on a POSIX queue, the virtqueue stand-in)")
     g.add_argument("--capacity", type=opt.int_range(1, 1 << 20), default=None, metavar="N",
                    help="ranges per report (default 32, PAGE_REPORTING_CAPACITY; bitmap 16)")
-    g.add_argument("--delay", type=opt.float_range(0, 3600), default=None, metavar="SECONDS",
+    g.add_argument("--delay", type=opt.duration_range(0, 3600), default=None, metavar="TIME",
                    help="from a request to the reporting pass, and between passes "
                    "(default: the design's: mainline, callback, isolate 2 s; boundary 0.1 s; "
                    "bitmap 0)")
-    g.add_argument("--scan-interval", type=opt.float_range(0, 3600, lo_open=True), default=5.0,
-                   metavar="SECONDS", help="hostscan: seconds between host scans (default 5, "
-                   "as HyperAlloc)")
-    g.add_argument("--callback-mode", default="hint", metavar="MODE",
+    g.add_argument("--scan-interval", type=opt.duration_range(0, 3600, lo_open=True),
+                   default=5.0, metavar="TIME", help="hostscan: time between host scans "
+                   "(default 5 s, as HyperAlloc)")
+    g.add_argument("--callback-mode", default=None, metavar="MODE",
                    help="callback: hint (the host records the ranges) or discard (the host "
                    "discards them: unsafe) (default hint)")
-    g.add_argument("--hv-latency", type=opt.float_range(0, 60), default=0.0, metavar="SECONDS",
-                   help="hypervisor stub: wait this long per report before discarding (default 0)")
+    g.add_argument("--hv-latency", type=opt.duration_range(0, 60), default=0.0, metavar="TIME",
+                   help="hypervisor stub: wait this long per report before discarding "
+                   "(default 0)")
     g.add_argument("--discard", default="punch", metavar="HOW",
                    help="hypervisor stub: punch (fallocate PUNCH_HOLE), remove (madvise "
                    "MADV_REMOVE) or none (record only) (default punch)")
     g = p.add_argument_group("watchdog and faults")
-    g.add_argument("--stall-timeout", type=opt.float_range(0, 86400, lo_open=True), default=10.0,
-                   metavar="SECONDS", help="abort when one owner holds a zone lock this long, a "
-                   "child stays stopped this long, or a report waits this long (default 10)")
-    g.add_argument("--inject", action="append", default=[], metavar="WHAT@SECONDS",
+    g.add_argument("--stall-timeout", type=opt.duration_range(0, 86400, lo_open=True),
+                   default=10.0, metavar="TIME", help="abort when one owner holds a zone lock "
+                   "this long, a child stays stopped this long, or a report waits this long "
+                   "(default 10 s)")
+    g.add_argument("--inject", action="append", default=[], metavar="WHAT@TIME",
                    help="inject a fault: kill-worker[:N], stop-worker[:N], kill-reporter, "
-                   "kill-hypervisor, slow-hypervisor, at SECONDS after the start (repeatable)")
+                   "kill-hypervisor, slow-hypervisor, at TIME after the start (repeatable)")
 
 
 def run_config(args):
     """The RunConfig the parsed flags describe (flag dest == field name)."""
     from dataclasses import fields
 
+    from shmalloc.machine import ConfigError
+
     from .config import RunConfig
 
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
     values["inject"] = tuple(values.get("inject", ()))
+    name, slash, mode = values.get("strategy", "").partition("/")
+    if slash:                       # compare's name for callback's modes, e.g. callback/discard
+        if name != "callback" or mode not in ("hint", "discard"):
+            raise ConfigError("--strategy", f"{values['strategy']!r}: only callback takes a "
+                              "mode (callback/hint, callback/discard)")
+        if values.get("callback_mode") not in (None, mode):
+            raise ConfigError("--callback-mode", f"{values['callback_mode']} contradicts "
+                              f"--strategy {values['strategy']}")
+        values["strategy"], values["callback_mode"] = name, mode
+    if values.get("callback_mode") is None:
+        values.pop("callback_mode", None)
     return RunConfig(**values).resolved()
 
 
@@ -168,6 +189,14 @@ def _check_json_output(args) -> None:
             raise UsageError(f"shmalloc {args.command}: --json: {e}") from None
 
 
+def _compile(args, cfgs) -> None:
+    """Have the kernels of ``cfgs`` compiled before anything is created or
+    measured, saying so on stderr when that takes a while."""
+    from . import compile as kernels
+    kernels.prepare(kernels.groups_for(cfgs), command=f"shmalloc {args.command}",
+                    stream=sys.stderr)
+
+
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="one experiment: workers (and a reporting design) on one guest",
                        description="Create a guest, run worker processes through its page "
@@ -187,6 +216,7 @@ def cmd_run(args) -> int:
     cfg = run_config(args)
     _check_json_output(args)
     progress = sys.stderr.isatty() and not args.quiet
+    _compile(args, [cfg])
     run = execute(cfg, progress=progress)
     status = run.pop("exit_status")
     if not args.quiet:
@@ -215,6 +245,7 @@ def _add_compare(sub) -> None:
     p.add_argument("--strategies", default=",".join(DEFAULT_LINEUP), metavar="LIST",
                    help="designs to run, comma-separated; callback/hint and callback/discard "
                    f"choose callback's mode (default {','.join(DEFAULT_LINEUP)})")
+    p.add_argument("--strategy", dest="strategy_typo", default=None, help=argparse.SUPPRESS)
     p.add_argument("--repeat", type=opt.int_range(1, 100), default=1, metavar="N",
                    help="run the line-up N times, designs interleaved, and show medians "
                    "(default 1)")
@@ -230,6 +261,10 @@ def cmd_compare(args) -> int:
     from .compare import config_for, format_compare, parse_lineup, run_lineup
     from .designs import DESIGNS
 
+    if args.strategy_typo is not None:
+        example = "none," + (args.strategy_typo if args.strategy_typo != "none" else "mainline")
+        raise UsageError(f"shmalloc compare: --strategy is shmalloc run's flag (one design); "
+                         f"compare takes a comma-separated list: --strategies {example}")
     try:
         items = parse_lineup(args.strategies)
     except ValueError as e:
@@ -244,9 +279,9 @@ def cmd_compare(args) -> int:
             flag = "--" + key.replace("_", "-")
             raise UsageError(f"shmalloc compare: {flag}: no design in --strategies takes it")
     base = replace(run_config(args), **only_some)
-    for item in items:                       # every design's flags, before anything runs
-        config_for(base, item)
-    _check_json_output(args)
+    cfgs = [config_for(base, item) for item in items]    # every design's flags, before
+    _check_json_output(args)                              # anything runs
+    _compile(args, cfgs)
     runs = run_lineup(base, items, progress=sys.stderr.isatty() and not args.quiet,
                       repeat=args.repeat)
     status = max(run.pop("exit_status") for run in runs)
@@ -326,6 +361,7 @@ def cmd_sweep(args) -> int:
     if args.list:
         print("\n".join(sweep.list_commands(points, out, config_argv)))
         return 0
+    _compile(args, [p.config for p in points if not sweep.done(out, p)])
     os.makedirs(out, exist_ok=True)
     counts = sweep.run_points(points, out, metadata.collect,
                               progress=sys.stderr.isatty() and not args.quiet)
@@ -354,23 +390,29 @@ def cmd_report(args) -> int:
     from . import results
     from .compare import format_compare
     from .plots import PlotError, draw_all
+    from .report import heading, label_runs
     from .summary import format_run
 
+    for path in args.files:
+        if path.lower().endswith(".csv"):
+            raise UsageError(f"shmalloc report: {path}: report reads results files (JSON, "
+                             "written by --json or into a sweep's --out folder); the CSV is "
+                             "what shmalloc sweep --merge makes of them")
     try:
         runs = [run for path in args.files for run in results.load(path)["runs"]]
     except results.ResultsError as e:
         raise UsageError(f"shmalloc report: {e}") from None
     if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
         raise UsageError(f"shmalloc report: --plot {args.plot}: its folder does not exist")
+    label_runs(runs)
     if not args.quiet:
         for run in runs:
             print("\n".join(format_run(run)))
             print()
         if len(runs) > 1:
-            from .compare import run_label
-            for run in runs:
-                run.setdefault("label", run_label(run))
-            print("\n".join(format_compare(runs)))
+            lines = format_compare(runs)
+            lines[0] = heading(runs)
+            print("\n".join(lines))
     if args.plot:
         try:
             for path in draw_all(runs, args.plot):
@@ -397,6 +439,10 @@ def _add_bench(sub) -> None:
     p.add_argument("--init-memory", type=opt.size_range(4 << 20), default=16 << 30,
                    metavar="SIZE", help="guest size for the create-and-initialise timing "
                    "(default 16G; the figure is reported as init_16gib_s)")
+    p.add_argument("--compile", action="store_true",
+                   help="instead: where a cold numba compile goes, kernel by kernel, each "
+                   "measurement in a fresh process with an empty temporary NUMBA_CACHE_DIR "
+                   "(takes a minute or two)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -408,6 +454,13 @@ def cmd_bench(args) -> int:
         MachineConfig(memory=args.init_memory).validate()
     except ConfigError as e:
         raise ConfigError("--init-memory", e.detail) from None
+    if args.compile:
+        from .compile import format_measure, measure
+        res = measure()
+        print(json.dumps(res, indent=2) if args.json else "\n".join(format_measure(res)))
+        return 0
+    from . import compile as kernels
+    kernels.prepare(["allocator", "bench"], command="shmalloc bench", stream=sys.stderr)
     res = run_bench(reps=args.reps, iters=args.iters, init_memory=args.init_memory)
     if args.json:
         print(json.dumps(res, indent=2))
@@ -431,11 +484,18 @@ def _add_cleanup(sub) -> None:
                        "of shmalloc runs whose creating process is gone. Objects of live runs "
                        "are never touched.")
     p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    p.add_argument("--cache", action="store_true",
+                   help="instead: remove the stale compiled kernels under "
+                   "$XDG_CACHE_HOME/shmalloc/numba (~/.cache by default): those of other "
+                   "sources, numba versions or CPUs, and the old .numba_cache/ of this checkout")
     p.set_defaults(func=cmd_cleanup)
 
 
 def cmd_cleanup(args) -> int:
     from shmalloc import shm
+
+    if args.cache:
+        return _cleanup_cache(args.dry_run)
 
     removed, live = shm.cleanup(dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
@@ -443,6 +503,27 @@ def cmd_cleanup(args) -> int:
         print(f"{verb} {name}")
     print(f"{verb} {len(removed)} objects of dead runs; "
           f"{len(live)} live run(s) left alone" + (f": {', '.join(live)}" if live else ""))
+    return 0
+
+
+def _cleanup_cache(dry_run: bool) -> int:
+    from shmalloc import jitcache
+    from shmalloc.jitcache import dir_bytes, remove_dir, stale_dirs
+
+    stale = stale_dirs()
+    legacy = jitcache.ROOT / ".numba_cache"
+    if legacy.is_dir():
+        stale.append(legacy)
+    verb = "would remove" if dry_run else "removed"
+    total = 0
+    for path in stale:
+        size = dir_bytes(path)
+        total += size
+        if not dry_run:
+            remove_dir(path)
+        print(f"{verb} {path} ({size / 2**20:.1f} MiB)")
+    keep = "" if jitcache.OVERRIDDEN else f"; kept {jitcache.CACHE_DIR} (this checkout's)"
+    print(f"{verb} {len(stale)} stale kernel cache folders, {total / 2**20:.1f} MiB{keep}")
     return 0
 
 
@@ -464,25 +545,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shmalloc.machine import ConfigError
-
+    """The ``shmalloc`` command.  Nothing escapes as a traceback: bad input
+    is one line and status 2; a signal is one line naming the phase and
+    128 + the signal (:mod:`launcher.interrupt`); an aborted run one line and
+    its status; anything unexpected one line, status 1 and a hint to rerun
+    with ``--debug``, which prints the traceback as well."""
+    interrupt.install()
+    interrupt.enter("while checking arguments")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    command = "shmalloc"
     try:
-        args = build_parser().parse_args(argv)
-    except UsageError as e:
-        print(e, file=sys.stderr)
-        return 2
-    try:
-        return args.func(args)
-    except UsageError as e:
-        print(e, file=sys.stderr)
-        return 2
-    except ConfigError as e:
-        print(f"shmalloc {args.command}: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"shmalloc {args.command}: interrupted", file=sys.stderr)
-        return 130
+        from shmalloc.machine import ConfigError
+        try:
+            args, extra = build_parser().parse_known_args(argv)
+            command = f"shmalloc {args.command}"
+            if extra:
+                raise UsageError(f"{command}: unrecognized arguments: {' '.join(extra)}")
+            interrupt.checkpoint("arguments")
+            return args.func(args)
+        except UsageError as e:
+            print(e, file=sys.stderr)
+            return 2
+        except ConfigError as e:
+            print(f"{command}: {e}", file=sys.stderr)
+            return 2
+    except interrupt.Interrupted as e:
+        interrupt.end_partial_line()
+        print(f"{command}: {e}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:                # before our handler, or from a library
+        interrupt.end_partial_line()
+        print(f"{command}: interrupted by SIGINT {interrupt.phase()}", file=sys.stderr)
+        return 128 + signal.SIGINT
     except BrokenPipeError:                  # e.g. piped into head: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except RunAborted as e:
+        interrupt.end_partial_line()
+        print(f"{command}: aborted: {e}", file=sys.stderr)
+        return e.exit_status
+    except Exception as e:                   # a bug: one line, the traceback on request
+        interrupt.end_partial_line()
+        if debug:
+            traceback.print_exc()
+        print(f"{command}: internal error: {type(e).__name__}: {e}"
+              + ("" if debug else " (rerun with --debug for the traceback)"), file=sys.stderr)
         return 1

@@ -16,7 +16,8 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 
-from . import designs
+from . import compile as kernels
+from . import designs, interrupt
 from .config import RunConfig
 from .run import execute
 from .summary import describe, fmt_bytes
@@ -69,8 +70,15 @@ def run_lineup(base: RunConfig, items: list[str], progress: bool = False,
     aborted run (its record is the last one)."""
     runs = []
     total = len(items) * repeat
+    kernels.prepare(kernels.groups_for([config_for(base, item) for item in items]))
     for r in range(repeat):
+        if r:
+            interrupt.enter(f"between rounds ({r} of {repeat} done)")
+            interrupt.checkpoint("between-rounds")
         for i, item in enumerate(items, 1):
+            if i > 1:
+                interrupt.enter(f"between designs ({len(runs)} of {total} runs done)")
+                interrupt.checkpoint("between-designs")
             cfg = config_for(base, item)
             label = f"[{r * len(items) + i}/{total}] {item:<17} "
             run = execute(cfg, progress=progress, label=label)

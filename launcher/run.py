@@ -2,8 +2,10 @@
 
 The launcher is the watchdog (there is no EOWNERDEAD for a semaphore):
 
-1. validate every value (done before this module is reached), compile the
-   kernels in this process so forked children start at once;
+1. validate every value (done before this module is reached); have the
+   kernels compiled in this process (:mod:`launcher.compile`: ``compare``
+   and ``sweep`` did it for all their runs already) so forked children start
+   at once and nothing compiles while a run is measured;
 2. create the machine, fork the workers (and a design's processes), wait
    until every child has bound its agent, then set the start flag;
 3. every 100 ms sample free and host-resident memory; notice within one
@@ -13,6 +15,10 @@ The launcher is the watchdog (there is no EOWNERDEAD for a semaphore):
    their memory back, check every invariant, collect the results;
 5. on success, error, fault, Ctrl-C or SIGTERM alike: kill what still runs
    and remove every IPC object of the run.
+
+A signal raises :class:`launcher.interrupt.Interrupted` wherever the
+launcher is; this module only makes sure that what it creates is recorded
+before the signal is honoured, so the cleanup finds it.
 
 A fault makes the run *aborted*: the message names the process, its role and
 how it ended, and the page accounting says where every page was.
@@ -55,7 +61,8 @@ from shmalloc.layout import (
 from shmalloc.lock import now_ticks
 from shmalloc.machine import Machine
 
-from . import faults
+from . import compile as kernels
+from . import faults, interrupt
 from .config import RunConfig
 from .metrics import (
     footprint_gib_s,
@@ -64,21 +71,16 @@ from .metrics import (
     launcher_rss_bytes,
     percentiles,
 )
+from .proc import RunAborted, describe_exit, process_state
 from .worker import worker_main
+
+__all__ = ["Run", "RunAborted", "execute", "process_state", "describe_exit"]
 
 SAMPLE_S = 0.1
 BIND_TIMEOUT_S = 60.0        # forked children bind their agent within this
 STOP_TIMEOUT_S = 10.0        # workers give their memory back within this
 DEATH_NOTICE_S = 5.0         # documented bound; the loop notices within one sample
 ABORT_GRACE_S = 2.0          # on abort, children may finish their operation this long
-
-
-class RunAborted(Exception):
-    """The run had to stop: a process died or stalled, or a signal came."""
-
-    def __init__(self, reason: str, exit_status: int = 3):
-        super().__init__(reason)
-        self.exit_status = exit_status
 
 
 @dataclass
@@ -91,91 +93,6 @@ class Child:
     @property
     def pid(self) -> int:
         return self.proc.pid
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "is still running"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = "?"
-        return f"was killed by signal {-code} ({name})"
-    return f"exited with status {code}"
-
-
-def process_state(pid: int) -> str:
-    """'running', 'sleeping', 'stopped', ... from /proc/<pid>/stat, or 'gone'."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return "gone"
-    code = data[data.rindex(b")") + 2:].split()[0].decode()
-    return {"R": "running", "S": "sleeping", "D": "in uninterruptible sleep",
-            "T": "stopped", "t": "stopped by a tracer", "Z": "a zombie"}.get(code, code)
-
-
-# ---------------------------------------------------------------------------
-# Kernels compiled before forking
-# ---------------------------------------------------------------------------
-
-def design_kernels(strategy: str, f, zs, a, arr) -> list:
-    """The compiled entry points a design's processes call, with arguments
-    of the types they are called with."""
-    from hypervisor_stub import hostscan
-    from reporter import bitmap, boundary, callback, isolate, mainline
-    from shmalloc import reporting
-
-    b = True
-    walk = [(callback.walk_free_mem_block, (f, zs, a, 0, 0, 0, arr, 0, b, 0))]
-    return {
-        "mainline": [(mainline.reporting_cycle_step, (f, zs, a, 0, 0, 0, arr, arr, 0, 0, b, 0,
-                                                      b)),
-                     (mainline.drain_batch, (f, zs, a, 0, arr, arr, 0, b, b)),
-                     (reporting.page_reporting_request, (zs, a)),
-                     (reporting.page_reporting_begin_pass, (zs,)),
-                     (reporting.page_reporting_end_pass, (zs,))],
-        "boundary": [(boundary.boundary_cycle_step, (f, zs, a, 0, arr, arr, 0, b)),
-                     (boundary.boundary_request_all, (zs, a))],
-        "callback": walk,
-        "isolate": walk + [(isolate.isolate_pageblock, (f, zs, a, 0, 0, 0, 0)),
-                           (isolate.undo_isolate_batch, (f, zs, a, 0, arr, arr, 0, b))],
-        "bitmap": [(bitmap.bitmap_scan, (f, zs, a, 0, arr, arr, 0)),
-                   (bitmap.bitmap_return, (f, zs, a, 0, arr, arr, 0)),
-                   (bitmap.bitmap_pass_done, (zs,))],
-        "hostscan": [(hostscan.host_scan_take, (f, zs, a, 0, 0, arr, arr, 0)),
-                     (hostscan.host_scan_mark, (f, zs, a, 0, arr, arr, 0, np.zeros(1, np.bool_)))],
-    }.get(strategy, [])
-
-
-def warm_kernels(machine: Machine, strategy: str) -> bool:
-    """Compile (or load from the numba cache) every kernel a child will call,
-    in this process and without running it, so the forked children inherit
-    them and start at once.  True if all of them came from the cache."""
-    import numba
-
-    from shmalloc import pcp, workload
-    from shmalloc.lock import now_ticks
-
-    if not hasattr(now_ticks, "compile"):          # NUMBA_DISABLE_JIT
-        return False
-    a, f, zs, mem = machine.control_agent, machine.frames, machine.zs, machine.mem
-    arr = np.zeros(1, np.int64)
-    kernels = [
-        (workload.run_chunks, (f, zs, mem, a, 0, 1, 0, 1.0, arr, arr)),
-        (workload.run_random, (f, zs, mem, a, 1, 1, 0, 1, 1.0, arr, arr, arr, 0)),
-        (workload.hog_alloc, (f, zs, mem, a, 0, 0, 1.0, arr, arr)),
-        (workload.free_blocks, (f, zs, mem, a, arr, arr, 0, 1.0)),
-        (pcp.drain_pages, (f, zs, a, a)),
-        (pcp.pcp_service_drain, (f, zs, a)),
-        (now_ticks, ()),
-    ]
-    kernels += design_kernels(strategy, f, zs, a, arr)
-    for kernel, args in kernels:
-        kernel.compile(tuple(numba.typeof(x) for x in args))
-    return all(sum(k.stats.cache_misses.values()) == 0 for k, _ in kernels)
 
 
 # ---------------------------------------------------------------------------
@@ -197,7 +114,6 @@ class Run:
                          "reported_bytes": [], "discarded_bytes": [], "launcher_rss_bytes": []}
         self.queues: tuple = ()
         self.stall: dict[int, tuple[int, int, float]] = {}
-        self.signal_received: int | None = None
         self.t_go = 0.0
         self.t_stop = 0.0
         self.cache_warm: bool | None = None
@@ -207,9 +123,11 @@ class Run:
     # -- process management ------------------------------------------------
     def _start(self, name: str, role: str, agent: int, target, *args) -> None:
         import multiprocess as mp
-        proc = mp.get_context("fork").Process(target=target, args=args, name=name, daemon=True)
-        proc.start()
-        self.children.append(Child(name, role, agent, proc))
+        proc = mp.get_context("fork").Process(target=_child_main, args=(target, *args),
+                                              name=name, daemon=True)
+        with interrupt.deferred():          # a started child is always in the list
+            proc.start()
+            self.children.append(Child(name, role, agent, proc))
 
     def workers(self) -> list[Child]:
         return [c for c in self.children if c.role == "worker"]
@@ -292,9 +210,6 @@ class Run:
                 raise RunAborted(f"zone {z} lock held for {held:.1f} s by {self._who(pid)}: "
                                  f"longer than --stall-timeout {self.cfg.stall_timeout:g} s")
 
-    def _on_signal(self, signum, frame) -> None:
-        self.signal_received = signum
-
     # -- sampling ----------------------------------------------------------
     def sample(self, now: float) -> None:
         m = self.machine
@@ -322,6 +237,7 @@ class Run:
         sys.stderr.write(f"\r{self.label}{now - self.t_go:6.1f}{total} s  "
                          f"{rate / 1e6:7.3f} M pages/s   ")
         sys.stderr.flush()
+        interrupt.partial_line(True)
 
     # -- phases ------------------------------------------------------------
     def _wait_bound(self) -> None:
@@ -329,16 +245,11 @@ class Run:
         deadline = time.monotonic() + BIND_TIMEOUT_S
         while not all(m.zs[m.layout.agent(c.agent) + AG_PID] == c.pid for c in self.children):
             self.check_children()
-            if self.signal_received:
-                raise RunAborted(self._signal_reason(), 128 + self.signal_received)
             if time.monotonic() > deadline:
                 late = [c.name for c in self.children
                         if m.zs[m.layout.agent(c.agent) + AG_PID] != c.pid]
                 raise RunAborted(f"{', '.join(late)} did not start within {BIND_TIMEOUT_S:g} s")
             time.sleep(0.002)
-
-    def _signal_reason(self) -> str:
-        return f"interrupted by {signal.Signals(self.signal_received).name}"
 
     def _watch(self) -> None:
         cfg = self.cfg
@@ -354,8 +265,6 @@ class Run:
             self.check_children()
             self.check_locks(now)
             self.check_stalls(now)
-            if self.signal_received:
-                raise RunAborted(self._signal_reason(), 128 + self.signal_received)
             if cfg.duration and now - self.t_go >= cfg.duration:
                 return
             if self.until is not None and self.until(self):
@@ -368,9 +277,12 @@ class Run:
         """Stop in stages: workers give their memory back, then the reporter
         puts its batch back, then the hypervisor stub goes."""
         self.t_stop = time.monotonic()
+        interrupt.enter("while stopping the run")
         for level, role in ((STOP_WORKERS, "worker"), (STOP_REPORTER, "reporter"),
                             (STOP_HYPERVISOR, "hypervisor")):
             self.machine.zs[H_STOP] = level
+            if level == STOP_WORKERS:
+                interrupt.checkpoint("stopping")
             group = [c for c in self.children if c.role == role]
             timeout = STOP_TIMEOUT_S + 2 * self.cfg.hv_latency
             deadline = time.monotonic() + timeout
@@ -418,50 +330,77 @@ class Run:
 
     def execute(self) -> dict:
         """Run the experiment; returns the RUN record (``outcome`` says how it
-        ended).  Every IPC object is removed before this returns or raises."""
+        ended).  Every IPC object is removed and every child is gone before
+        this returns or raises (:class:`launcher.interrupt.Interrupted` on a
+        signal: then the children are killed at once)."""
         cfg = self.cfg
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         outcome, reason, status = "ok", None, 0
-        try:
-            self.machine = Machine.create(cfg.machine_config())
-            m = self.machine
-            if cfg.design.reporter:
-                self.queues = virtqueue.create_queues(m.run_id, cfg.capacity)
-            self.cache_warm = warm_kernels(m, cfg.strategy)
-            self.host_start = m.host_resident_bytes()
-            if cfg.design.hypervisor:
-                self._start("hypervisor stub", "hypervisor", m.hypervisor_agent, hypervisor_main,
-                            m, m.hypervisor_agent, cfg.stub_options())
-            if cfg.design.reporter:
-                self._start("reporter", "reporter", m.reporter_agent, reporter_main, m,
-                            m.reporter_agent, cfg.reporter_options())
-            for w in range(cfg.workers):
-                self._start(f"worker {w}", "worker", w, worker_main, self.machine, w, cfg.plan(w))
-            self._wait_bound()
-            self.t_go = time.monotonic()
-            self.machine.zs[H_GO] = 1
+        with interrupt.handling():
+            self.cache_warm = kernels.prepare(kernels.groups_for([cfg]))
             try:
-                self._watch()
-                self._stop()
-            except RunAborted as e:
-                outcome, reason, status = "aborted", str(e) + self.injector.notes(), e.exit_status
-                self.t_stop = self.t_stop or time.monotonic()
-                self._abort_children()
-            self.sample(time.monotonic())
-            if self.progress:
-                sys.stderr.write("\r" + " " * 60 + "\r")
-            record = self.collect(outcome, reason)
-            record["exit_status"] = status
-            return record
-        finally:
-            self._kill_all()
-            for q in self.queues:
-                q.close()
-            if self.machine is not None:
-                virtqueue.unlink_queues(self.machine.run_id)
-                self.machine.destroy()
-            for s, h in old.items():
-                signal.signal(s, h)
+                self._create()
+                self._start_children()
+                self.t_go = time.monotonic()
+                self.machine.zs[H_GO] = 1
+                interrupt.enter(f"while running{' ' + self.label.strip() if self.label else ''}")
+                interrupt.checkpoint("running")
+                try:
+                    self._watch()
+                    self._stop()
+                except RunAborted as e:
+                    outcome, reason, status = ("aborted", str(e) + self.injector.notes(),
+                                               e.exit_status)
+                    self.t_stop = self.t_stop or time.monotonic()
+                    self._abort_children()
+                interrupt.enter("while collecting the results")
+                interrupt.checkpoint("collecting")
+                self.sample(time.monotonic())
+                if self.progress:
+                    sys.stderr.write("\r" + " " * 60 + "\r")
+                    interrupt.partial_line(False)
+                record = self.collect(outcome, reason)
+                record["exit_status"] = status
+                return record
+            finally:
+                with interrupt.deferred():
+                    self._cleanup()
+
+    def _create(self) -> None:
+        cfg = self.cfg
+        interrupt.enter("while creating the machine")
+        with interrupt.deferred():          # the machine is recorded as soon as it exists
+            self.machine = Machine.create(cfg.machine_config())
+        m = self.machine
+        if cfg.design.reporter:
+            with interrupt.deferred():
+                self.queues = virtqueue.create_queues(m.run_id, cfg.capacity)
+        self.host_start = m.host_resident_bytes()
+        interrupt.checkpoint("machine")
+
+    def _start_children(self) -> None:
+        cfg, m = self.cfg, self.machine
+        interrupt.enter("while starting the processes")
+        if cfg.design.hypervisor:
+            self._start("hypervisor stub", "hypervisor", m.hypervisor_agent, hypervisor_main,
+                        m, m.hypervisor_agent, cfg.stub_options())
+        if cfg.design.reporter:
+            self._start("reporter", "reporter", m.reporter_agent, reporter_main, m,
+                        m.reporter_agent, cfg.reporter_options())
+        for w in range(cfg.workers):
+            self._start(f"worker {w}", "worker", w, worker_main, m, w, cfg.plan(w))
+        interrupt.checkpoint("forking")
+        self._wait_bound()
+
+    def _cleanup(self) -> None:
+        """Kill what still runs (after a signal, everything: children are
+        not waited for) and remove every IPC object of the run."""
+        self._kill_all()
+        for q in self.queues:
+            q.close()
+        if self.machine is not None:
+            virtqueue.unlink_queues(self.machine.run_id)
+            self.machine.destroy()
+            self.machine = None
 
     # -- results -----------------------------------------------------------
     def collect(self, outcome: str, reason: str | None) -> dict:
@@ -565,3 +504,13 @@ class Run:
 
 def execute(cfg: RunConfig, progress: bool = False, label: str = "", until=None) -> dict:
     return Run(cfg, progress=progress, label=label, until=until).execute()
+
+
+def _child_main(target, *args) -> None:
+    """Every forked child starts here.  With SHMALLOC_FORBID_CHILD_COMPILE
+    set (the test suite sets it) a kernel that was not compiled before the
+    fork fails the child instead of compiling during the run."""
+    if os.environ.get("SHMALLOC_FORBID_CHILD_COMPILE"):
+        from shmalloc import config
+        config.forbid_compile()
+    target(*args)

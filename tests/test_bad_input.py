@@ -57,7 +57,7 @@ BAD_INPUTS = [
     (["compare", "--strategies", "none,bogus"], "--strategies", "unknown design 'bogus'"),
     (["compare", "--strategies", "mainline/hint"], "--strategies", "only callback"),
     (["compare", "--strategies", "none,none"], "--strategies", "twice"),
-    (["compare", "--strategy", "none"], "unrecognized arguments"),
+    (["compare", "--strategy", "none"], "shmalloc compare:", "--strategies none,mainline"),
     (["sweep", "--out", "{tmp}/s", "--grid", "colour=red,blue"], "not a run flag"),
     (["sweep", "--out", "{tmp}/s", "--grid", "workers"], "KEY=V1,V2"),
     (["sweep", "--out", "{tmp}/s", "--grid", "workers=1,0"], "--workers"),

@@ -1,0 +1,85 @@
+"""``shmalloc report``: saved runs grouped by their whole configuration.
+
+Runs are repeats of each other only when every flag is the same; a sweep's
+results mix configurations (worker counts, capacities, ...), and pooling
+them as repeats would print the median of a 1-worker and a 2-worker run
+under a "1 worker" heading.  :func:`label_runs` names each run by its design
+and, where runs of one design differ, by the flags in which they differ
+(``mainline workers=2``), so the side-by-side table has one row per
+configuration; :func:`heading` says what the rows share and where they
+differ.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .compare import run_label
+from .summary import describe, fmt_bytes
+
+#: flags that name the design (its label says them already), and those a
+#: design fills in from its defaults when not given
+DESIGN_KEYS = ("strategy", "callback_mode")
+IGNORED = ("inject",)
+
+
+def config_key(run: dict) -> str:
+    """The whole configuration of a run, as a comparable string."""
+    return json.dumps(run["config"], sort_keys=True)
+
+
+def differing(runs: list[dict], skip=DESIGN_KEYS) -> list[str]:
+    """Config keys with more than one value among ``runs``."""
+    keys = sorted({k for r in runs for k in r["config"]})
+    return [k for k in keys if k not in skip and k not in IGNORED
+            and len({json.dumps(r["config"].get(k)) for r in runs}) > 1]
+
+
+def _value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def label_runs(runs: list[dict]) -> None:
+    """Set each run's ``label``: its design, plus ``key=value`` for every
+    flag in which runs of the same design differ."""
+    by_design: dict[str, list[dict]] = {}
+    for r in runs:
+        by_design.setdefault(run_label(r), []).append(r)
+    for design, group in by_design.items():
+        keys = differing(group)
+        for r in group:
+            r["label"] = " ".join([design] + [f"{k}={_value(r['config'][k])}" for k in keys])
+
+
+def heading(runs: list[dict]) -> str:
+    """The first line of the side-by-side table of ``runs``."""
+    groups = {config_key(r) for r in runs}
+    repeats = max(sum(config_key(r) == g for r in runs) for g in groups)
+    keys = [k for k in differing(runs) if k not in ("delay", "capacity")]
+    first = runs[0]["config"]
+    dur = f", {first['duration']:g} s each" if "duration" not in keys else ""
+    med = f", median of {repeats} runs of each configuration" if repeats > 1 else ""
+    if not keys:
+        return f"shmalloc report: {describe(first, strategy=False)}{dur}{med}"
+    vary = "; ".join(f"{k} " + ", ".join(dict.fromkeys(_value(r["config"][k]) for r in runs))
+                     for k in keys)
+    return (f"shmalloc report: {len(groups)} configurations differing in {vary} (see the "
+            f"rows); all {_common(first, keys)}{dur}{med}")
+
+
+def _common(c: dict, keys: list[str]) -> str:
+    """describe() of what the configurations share."""
+    parts = []
+    if "workload" not in keys:
+        parts.append(c["workload"])
+    if "workers" not in keys:
+        parts.append(f"{c['workers']} worker{'s' if c['workers'] != 1 else ''}")
+    if "memory" not in keys:
+        parts.append(f"{fmt_bytes(c['memory'])} guest")
+    if "zones" not in keys:
+        parts.append(f"{c['zones']} zone{'s' if c['zones'] != 1 else ''}")
+    if not {"pcp_batch", "pcp_high"} & set(keys):
+        parts.append(f"pcp {c['pcp_batch']}/{c['pcp_high']}" if c["pcp_batch"] else "pcp off")
+    if "seed" not in keys:
+        parts.append(f"seed {c['seed']}")
+    return ", ".join(parts)
