@@ -541,6 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_bench(sub)
     _add_cleanup(sub)
+    for p in (parser, *sub.choices.values()):
+        p.add_argument("--debug", action="store_true",
+                       help="on an unexpected error, print its traceback too")
     return parser
 
 
@@ -573,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     except interrupt.Interrupted as e:
         interrupt.end_partial_line()
         print(f"{command}: {e}", file=sys.stderr)
+        interrupt.ignore_from_now()         # the status stays 128 + the first signal
         return e.exit_status
     except KeyboardInterrupt:                # before our handler, or from a library
         interrupt.end_partial_line()

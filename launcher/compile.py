@@ -156,7 +156,7 @@ def jit_disabled() -> bool:
 # Is it compiled, is it cached?
 # ---------------------------------------------------------------------------
 
-#: kernel name -> True if this process loaded it from the disk cache
+#: kernel name -> True if this process found it in the disk cache
 _LOADED: dict[str, bool] = {}
 
 
@@ -217,6 +217,8 @@ def prepare(groups: list[str], command: str = "shmalloc", stream=None) -> bool:
             _load(k)
             if not jitcache.ENABLED:
                 display.done(k.name)
+        for _, k in cold:                    # compiled for this command, not found warm
+            _LOADED[k.name] = False
         display.finish()
     else:
         for _, k in todo:

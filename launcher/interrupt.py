@@ -97,6 +97,14 @@ def _raise(signum: int) -> None:
     raise Interrupted(signum, _state["phase"])
 
 
+def ignore_from_now() -> None:
+    """Ignore SIGINT and SIGTERM for the rest of the process: it is exiting
+    after honouring one (Python restores the default handlers while it shuts
+    down, and a late Ctrl-C would turn status 130 into a death by SIGINT)."""
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
 def enter(phase: str) -> None:
     """Name the phase the launcher is in, for the message: a phrase that
     follows "interrupted by SIGINT", e.g. "while compiling kernels"."""

@@ -35,7 +35,9 @@ def differing(runs: list[dict], skip=DESIGN_KEYS) -> list[str]:
             and len({json.dumps(r["config"].get(k)) for r in runs}) > 1]
 
 
-def _value(v) -> str:
+def _value(v, key: str = "") -> str:
+    if key in ("memory", "working_set") and isinstance(v, int):
+        return fmt_bytes(v).replace(" ", "")
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
@@ -48,7 +50,7 @@ def label_runs(runs: list[dict]) -> None:
     for design, group in by_design.items():
         keys = differing(group)
         for r in group:
-            r["label"] = " ".join([design] + [f"{k}={_value(r['config'][k])}" for k in keys])
+            r["label"] = " ".join([design] + [f"{k}={_value(r['config'][k], k)}" for k in keys])
 
 
 def heading(runs: list[dict]) -> str:
@@ -61,7 +63,7 @@ def heading(runs: list[dict]) -> str:
     med = f", median of {repeats} runs of each configuration" if repeats > 1 else ""
     if not keys:
         return f"shmalloc report: {describe(first, strategy=False)}{dur}{med}"
-    vary = "; ".join(f"{k} " + ", ".join(dict.fromkeys(_value(r["config"][k]) for r in runs))
+    vary = "; ".join(f"{k} " + ", ".join(dict.fromkeys(_value(r["config"][k], k) for r in runs))
                      for k in keys)
     return (f"shmalloc report: {len(groups)} configurations differing in {vary} (see the "
             f"rows); all {_common(first, keys)}{dur}{med}")

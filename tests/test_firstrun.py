@@ -1,0 +1,281 @@
+"""The first ten minutes (issue 15): the kernel cache, the compile message,
+and the rough edges a newcomer hit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from cli import ROOT, assert_usage_error, shmalloc
+
+from launcher import results
+from shmalloc import jitcache
+
+TINY = ["--strategy", "none", "--workload", "hog", "--memory", "16M", "--duration", "0.2",
+        "--hog-hold", "0.05"]
+
+
+def run_timed(argv, env, cwd=ROOT):
+    """Run ``python -m launcher argv`` (``env`` on top of ours, a None value
+    removes a variable); (result, seconds to the first stderr line or None)."""
+    full_env = dict(os.environ, **env)
+    full_env = {k: v for k, v in full_env.items() if v is not None}
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", *argv], cwd=cwd,
+                            env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    first = proc.stderr.readline()
+    t_first = time.monotonic() - t0 if first else None
+    out, err = proc.communicate(timeout=280)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, first + err), t_first
+
+
+def cache_files(root) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*.nb[ic]"))
+
+
+@pytest.mark.timeout(600)
+def test_cold_cache_is_said_then_shared_then_repaired(tmp_path):
+    """Cold: the first line within 2 s, a line per kernel group (stderr is
+    not a terminal), the cache under XDG_CACHE_HOME keyed by sources, numba
+    and CPU.  A second clone elsewhere starts warm and says nothing.  A
+    truncated cache file is compiled again, and the run does not fail."""
+    xdg = tmp_path / "xdg"
+    env = {"XDG_CACHE_HOME": str(xdg), "NUMBA_CACHE_DIR": None}
+    res, t_first = run_timed(["run", *TINY, "--json", str(tmp_path / "cold.json")], env)
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines[0].startswith("shmalloc run: compiling 8 kernels (first run only, about ")
+    assert t_first is not None and t_first < 2.0, t_first
+    assert sorted(line.split(" (")[0] for line in lines[1:]) == [
+        "shmalloc run: compiled allocator", "shmalloc run: compiled hog"], lines
+    assert results.load(str(tmp_path / "cold.json"))["metadata"]["numba_cache_warm"] is False
+    key_dirs = list((xdg / "shmalloc" / "numba").iterdir())
+    assert [d.name for d in key_dirs] == [jitcache.KEY]
+    assert "shmalloc/workload.hog_alloc" in " ".join(cache_files(key_dirs[0]))
+
+    clone = tmp_path / "clone"
+    for pkg in ("shmalloc", "reporter", "hypervisor_stub", "launcher"):
+        shutil.copytree(os.path.join(ROOT, pkg), clone / pkg,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    res, _ = run_timed(["run", *TINY, "--json", str(tmp_path / "clone.json")], env, cwd=clone)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    assert results.load(str(tmp_path / "clone.json"))["metadata"]["numba_cache_warm"] is True
+
+    data = sorted(key_dirs[0].glob("shmalloc/workload.hog_alloc-*.nbc"))
+    index = sorted(key_dirs[0].glob("shmalloc/workload.free_blocks-*.nbi"))
+    assert data and index
+    data[0].write_bytes(data[0].read_bytes()[:100])          # truncated mid-write
+    index[0].write_bytes(index[0].read_bytes()[:20])
+    res, _ = run_timed(["run", *TINY, "--json", str(tmp_path / "repaired.json")], env)
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    assert results.load(str(tmp_path / "repaired.json"))["runs"][0]["outcome"] == "ok"
+    res, _ = run_timed(["run", *TINY], env)                # and saved whole again
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+
+
+@pytest.mark.timeout(600)
+def test_unwritable_cache_warns_once_and_compiles_in_memory(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    res, _ = run_timed(["run", *TINY, "--json", str(tmp_path / "r.json")],
+                       {"NUMBA_CACHE_DIR": str(blocker / "cache")})
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.strip().splitlines()
+    warnings = [line for line in lines if "warning" in line]
+    assert warnings == [f"shmalloc run: warning: numba cache {blocker / 'cache'}: Not a "
+                        "directory: compiling in memory, every run compiles again"], lines
+    assert lines[1].startswith("shmalloc run: compiling 8 kernels")
+    assert results.load(str(tmp_path / "r.json"))["runs"][0]["outcome"] == "ok"
+    assert not (blocker.parent / "cache").exists()
+
+
+def test_cache_location_follows_xdg_and_numba_cache_dir(tmp_path):
+    code = ("from shmalloc import jitcache; print(jitcache.CACHE_DIR); "
+            "print(jitcache.PROBLEM)")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(env, XDG_CACHE_HOME=str(tmp_path / "x"))).stdout.split()
+    assert out == [str(tmp_path / "x" / "shmalloc" / "numba" / jitcache.KEY), "None"]
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(env, XDG_CACHE_HOME="relative", HOME=str(tmp_path))
+                         ).stdout.split()
+    assert out[0] == str(tmp_path / ".cache" / "shmalloc" / "numba" / jitcache.KEY)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(env, NUMBA_CACHE_DIR=str(tmp_path / "n"))).stdout.split()
+    assert out[0] == str(tmp_path / "n")
+
+
+def test_cleanup_cache_removes_only_stale_entries(tmp_path):
+    base = tmp_path / "shmalloc" / "numba"
+    for name in ("0123456789abcdef", "fedcba9876543210", jitcache.KEY):
+        (base / name / "shmalloc").mkdir(parents=True)
+        (base / name / "shmalloc" / "x.nbi").write_bytes(b"x" * 1000)
+    env = {"XDG_CACHE_HOME": str(tmp_path), "NUMBA_CACHE_DIR": ""}
+    res = shmalloc("cleanup", "--cache", "--dry-run", env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("would remove ") == 3          # two folders and the total
+    assert len(list(base.iterdir())) == 3
+    res = shmalloc("cleanup", "--cache", env=env)
+    assert res.returncode == 0, res.stderr
+    assert [p.name for p in base.iterdir()] == [jitcache.KEY]
+    assert "removed 2 stale kernel cache folders" in res.stdout
+
+
+def test_helpers_are_compiled_once_whatever_constants_callers_pass():
+    """A constant argument does not make a helper compile again (literal
+    specialisation would: 141 compilations of 94 functions, not 99)."""
+    from shmalloc.config import inline, jit
+
+    @inline
+    def helper(a, k):
+        return a[0] + k
+
+    @jit
+    def caller(a):
+        return helper(a, 1) + helper(a, 2) + helper(a, True)
+
+    assert caller(np.ones(1, np.int64)) == 7
+    assert len(helper.signatures) == 2                      # int64 and bool, not 1, 2, True
+
+
+def test_faults_imports_no_run():
+    code = "import sys, launcher.faults; print('launcher.run' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert res.stdout.strip() == "False", res.stderr
+
+
+# ---------------------------------------------------------------------------
+# The rough edges
+# ---------------------------------------------------------------------------
+
+def test_durations_take_units_and_sizes_fractions(tmp_path):
+    out = tmp_path / "r.json"
+    res = shmalloc("run", "--duration", "300ms", "--memory", "0.0625G", "--hog-hold", "50ms",
+                   "--workload", "hog", "--stall-timeout", "1m", "--delay", "1.5s",
+                   "--scan-interval", "2s", "--hv-latency", "0ms", "--json", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    c = results.load(str(out))["runs"][0]["config"]
+    assert (c["duration"], c["memory"], c["hog_hold"], c["stall_timeout"], c["delay"],
+            c["scan_interval"]) == (0.3, 64 << 20, 0.05, 60.0, 1.5, 2.0)
+
+
+@pytest.mark.parametrize("argv,fragments", [
+    (["run", "--duration", "5 parsecs"], ("shmalloc run: argument --duration", "500ms, 5s, 2m")),
+    (["run", "--hv-latency", "2h"], ("--hv-latency", "<= 60 s, got 2h")),
+    (["run", "--memory", "1.3M"], ("--memory", "not a whole number of 4 KiB pages")),
+    (["run", "--inject", "kill-worker@soon"], ("--inject", "is not a time")),
+    (["run", "--strategy", "mainline/discard"], ("--strategy", "only callback takes a mode")),
+    (["run", "--strategy", "callback/discard", "--callback-mode", "hint"],
+     ("--callback-mode", "contradicts --strategy callback/discard")),
+    (["compare", "--strategy", "mainline"], ("shmalloc compare:", "--strategies none,mainline")),
+    (["run", "--bogus"], ("shmalloc run: unrecognized arguments: --bogus",)),
+    (["compare", "--bogus"], ("shmalloc compare: unrecognized arguments: --bogus",)),
+    (["sweep", "--out", "x", "--bogus"], ("shmalloc sweep: unrecognized arguments",)),
+    (["report", "x.json", "--bogus"], ("shmalloc report: unrecognized arguments",)),
+    (["bench", "--bogus"], ("shmalloc bench: unrecognized arguments",)),
+    (["cleanup", "--bogus"], ("shmalloc cleanup: unrecognized arguments",)),
+    (["report", "sweep.csv"], ("shmalloc report: sweep.csv: report reads results files (JSON",
+                               "shmalloc sweep --merge")),
+])
+def test_newcomer_mistakes_get_one_clear_line(argv, fragments):
+    assert_usage_error(shmalloc(*argv), *fragments)
+
+
+def test_run_takes_compares_callback_names(tmp_path):
+    out = tmp_path / "r.json"
+    res = shmalloc("run", "--strategy", "callback/discard", "--duration", "0.3", "--memory", "64M",
+                   "--json", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    c = results.load(str(out))["runs"][0]["config"]
+    assert (c["strategy"], c["callback_mode"]) == ("callback", "discard")
+
+
+@pytest.mark.timeout(300)
+def test_report_never_pools_configurations_as_repeats(tmp_path):
+    files = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}.json"
+        res = shmalloc("run", "--workers", str(workers), "--duration", "0.3", "--memory", "64M",
+                       "--json", str(out), "--quiet")
+        assert res.returncode == 0, res.stderr
+        files.append(str(out))
+    res = shmalloc("report", *files, "--plot", str(tmp_path / "plots"))
+    assert res.returncode == 0, res.stderr
+    table = res.stdout[res.stdout.index("shmalloc report: 2 configurations"):]
+    assert table.splitlines()[0].startswith(
+        "shmalloc report: 2 configurations differing in workers 1, 2; working_set 51.20MiB, "
+        "25.60MiB (see the rows); all page_fault1, 64.00 MiB guest")
+    assert "median" not in table.splitlines()[0]
+    rows = [line.split()[:2] for line in table.splitlines() if line.startswith("none ")]
+    assert rows[:2] == [["none", "workers=1"], ["none", "workers=2"]]
+
+
+def test_plot_titles_say_when_they_show_a_subset(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.figure
+
+    from launcher import plots
+
+    titles = []
+    original = matplotlib.figure.Figure.suptitle
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle",
+                        lambda fig, t, **kw: titles.append(t) or original(fig, t, **kw))
+    runs = []
+    for workers in (1, 2):
+        runs.append({"config": {"strategy": "none", "callback_mode": "hint", "workers": workers,
+                                "workload": "page_fault1", "memory": 1 << 26, "seed": 1},
+                     "memory": {"timeline": {"t_s": [0, 1], "host_resident_bytes": [0, 1],
+                                             "free_bytes": [0, 1]}}})
+    plt = plots._pyplot()
+    plots.memory_over_time(plt, runs, str(tmp_path / "m.png"))
+    assert "showing one run per design: the one with the most workers (2), 1 of 2 runs" \
+        in titles[0]
+    titles.clear()
+    plots.memory_over_time(plt, runs[:1], str(tmp_path / "m.png"))
+    assert "showing" not in titles[0]
+
+
+def test_compile_groups_cover_what_a_command_needs():
+    from launcher import compile as kernels
+    from launcher.config import RunConfig
+
+    cfg = RunConfig(strategy="mainline", workload="phased").resolved()
+    assert kernels.groups_for([cfg]) == ["allocator", "random/phased", "mainline"]
+    every = [RunConfig(strategy=s, workload=w).resolved()
+             for s in ("none", "mainline", "boundary", "callback", "isolate", "bitmap",
+                       "hostscan") for w in ("page_fault1", "thp", "random", "hog", "phased")]
+    assert set(kernels.groups_for(every)) == set(kernels.GROUPS) - {"bench"}
+
+
+def test_sample_signatures_match_a_machine(make_machine):
+    """The compile step types its kernels from sample arrays: they must be
+    the types of a real machine's arrays, or the run would compile again."""
+    import numba
+
+    from launcher.compile import _sample_values
+
+    m = make_machine()
+    f, z, mem = _sample_values("fzm")
+    assert numba.typeof(m.frames) == numba.typeof(f)
+    assert numba.typeof(m.zs) == numba.typeof(z)
+    assert numba.typeof(m.mem) == numba.typeof(mem)
+
+
+def test_bench_compile_table_formats():
+    from launcher.compile import format_measure
+    res = {"serial": {"import_s": 0.5, "kernels": [
+        {"group": "allocator", "kernel": "page_alloc.alloc_pages", "s": 4.8, "cpu_s": 4.0},
+        {"group": "hog", "kernel": "workload.hog_alloc", "s": 1.0, "cpu_s": 0.9}]},
+        "launcher": {"s": 6.0}, "warm": {"s": 0.4}, "cpus": 2}
+    text = "\n".join(format_measure(res))
+    assert "page_alloc.alloc_pages" in text and "4.80" in text
+    assert "one after another in one process: 5.8 s (4.9 s CPU)" in text
+    assert json.dumps(res)
