@@ -86,15 +86,30 @@ GROUPS: dict[str, list[tuple[str, str]]] = {
 WORKLOAD_GROUP = {"page_fault1": "page_fault1/thp", "thp": "page_fault1/thp",
                   "random": "random/phased", "phased": "random/phased", "hog": "hog"}
 
-#: Seconds to compile each group from an empty cache, measured with
-#: ``shmalloc bench --compile`` on this 2-core machine (the allocator group
-#: includes numba's own start-up); a group compiled without the allocator
-#: group before it in the same process pays HELPERS_S more for the shared
-#: helpers.  Only for the "about N s" of the first line.
-ESTIMATE_S = {"allocator": 7.0, "page_fault1/thp": 3.5, "random/phased": 3.4, "hog": 1.0,
-              "mainline": 2.5, "boundary": 1.2, "callback": 0.3, "isolate": 1.0,
-              "bitmap": 1.3, "hostscan": 0.8, "bench": 1.5}
-HELPERS_S = 4.0
+#: CPU seconds to compile each kernel after the ones before it in GROUPS,
+#: measured with ``shmalloc bench --compile`` on this 2-core machine; a
+#: kernel not listed costs 0.1 s.  A fresh compile process pays STARTUP_S
+#: first (numba's typing and target set-up); the allocator's alloc path
+#: holds most of the helpers every other kernel inlines.  Only for the
+#: "about N s" of the first line.
+ESTIMATE_S = {"lock.now_ticks": 0.2, "page_alloc.init_free_lists": 0.7,
+              "page_alloc.alloc_pages": 4.5, "page_alloc.free_pages": 0.8,
+              "workload.free_blocks": 1.1, "workload.run_chunks": 1.7,
+              "workload.run_random": 1.3, "workload.hog_alloc": 0.5,
+              "mainline.reporting_cycle_step": 1.3, "boundary.boundary_cycle_step": 0.8,
+              "isolate.isolate_range": 0.4, "isolate.undo_isolate_batch": 0.4,
+              "bitmap.bitmap_scan": 0.9, "bitmap.bitmap_return": 0.2,
+              "hostscan.host_scan_take": 0.4, "hostscan.host_scan_mark": 0.3,
+              "bench._rounds": 0.8}
+STARTUP_S = 1.0
+#: with two compile processes, the first stage splits the allocator's helpers
+#: between its alloc and its free side, so the second stage finds them cached
+ALLOC_SIDE = ("shmalloc.lock.now_ticks", "shmalloc.page_alloc.init_free_lists",
+              "shmalloc.page_alloc.alloc_pages")
+FREE_SIDE = ("shmalloc.page_alloc.free_pages", "shmalloc.pcp.drain_pages",
+             "shmalloc.pcp.pcp_service_drain")
+#: groups whose kernels inline the same workload helpers: one process
+WORKLOADS = ("allocator", "page_fault1/thp", "random/phased", "hog", "bench")
 
 
 @dataclass(frozen=True)
@@ -244,28 +259,47 @@ def _cpus() -> int:
         return 1
 
 
-def _split(cold: list[tuple[str, Kernel]]) -> list[list[tuple[str, Kernel]]]:
-    """At most two lists of kernels, groups kept whole, the allocator group
-    first in the first list, the estimated work balanced."""
-    groups = list(dict.fromkeys(g for g, _ in cold))
-    nproc = max(1, min(2, _cpus(), len(groups)))
-    loads, parts = [0.0] * nproc, [[] for _ in range(nproc)]
-    order = sorted(groups, key=lambda g: (g != "allocator", -ESTIMATE_S.get(g, 1.0)))
-    for g in order:
-        i = 0 if g == "allocator" else min(range(nproc), key=lambda j: loads[j])
-        loads[i] += ESTIMATE_S.get(g, 1.0) + (0 if parts[i] or g == "allocator" else HELPERS_S)
-        parts[i] += [(gg, k) for gg, k in cold if gg == g]
-    return [p for p in parts if p]
+def jobs() -> int:
+    """Compile processes: ``SHMALLOC_COMPILE_JOBS``, else 2 where a second
+    cpu is idle (1-minute load average below cpus - 1), else 1.  Two
+    processes spend more CPU in all (each starts numba, and they share a few
+    small helpers), so they only pay when the second cpu would otherwise
+    idle: measured on this 2-core machine while other work kept it busy
+    (load average 6), 2 processes took 57 s and 1 took 38 s."""
+    try:
+        return max(1, int(os.environ.get("SHMALLOC_COMPILE_JOBS", "")))
+    except ValueError:
+        pass
+    cpus = _cpus()
+    return 2 if cpus >= 2 and os.getloadavg()[0] < cpus - 1 else 1
+
+
+def _cost(part) -> float:
+    return STARTUP_S + sum(ESTIMATE_S.get(k.short, 0.1) for _, k in part)
+
+
+def _stages(cold: list[tuple[str, Kernel]]) -> list[list[list[tuple[str, Kernel]]]]:
+    """How to compile ``cold``: stages one after another, each a list of
+    parts compiled in parallel processes.  With one job: one stage, one
+    part.  With two: the alloc and the free side of the allocator, then the
+    workload kernels beside the design kernels (balanced), so that no two
+    processes compile the same helpers."""
+    if jobs() < 2:
+        return [[cold]]
+    first = [[x for x in cold if x[1].name in side] for side in (ALLOC_SIDE, FREE_SIDE)]
+    rest = [x for x in cold if x[1].name not in ALLOC_SIDE + FREE_SIDE]
+    units: dict[str, list] = {}
+    for g, k in rest:
+        units.setdefault("workloads" if g in WORKLOADS else g, []).append((g, k))
+    parts: list[list] = [[], []]
+    for unit in sorted(units.values(), key=_cost, reverse=True):
+        min(parts, key=lambda p: _cost(p) if p else 0.0).extend(unit)
+    stages = [[p for p in first if p], [p for p in parts if p]]
+    return [s for s in stages if s]
 
 
 def _estimate(cold) -> float:
-    parts = _split(cold)
-    loads = []
-    for p in parts:
-        groups = list(dict.fromkeys(g for g, _ in p))
-        extra = 0 if groups[0] == "allocator" else HELPERS_S
-        loads.append(extra + sum(ESTIMATE_S.get(g, 1.0) for g in groups))
-    return max(loads)
+    return sum(max(_cost(p) for p in stage) for stage in _stages(cold)) + 1.0
 
 
 def _child_compile(part, wfd: int) -> None:
@@ -292,12 +326,18 @@ def _child_compile(part, wfd: int) -> None:
 
 
 def _compile_in_children(cold, display) -> None:
-    """Compile ``cold`` in up to two forked children that fill the disk
-    cache; kills them on any exit (a signal, an error)."""
+    """Compile ``cold`` in forked children that fill the disk cache, stage
+    by stage (:func:`_stages`); kills them on any exit (a signal, an
+    error)."""
+    for stage in _stages(cold):
+        _compile_stage(stage, display)
+
+
+def _compile_stage(stage, display) -> None:
     children: dict[int, int] = {}        # pid -> read end of its pipe
     buffers: dict[int, bytes] = {}
     try:
-        for part in _split(cold):
+        for part in stage:
             with interrupt.deferred():   # a child is recorded as soon as it exists
                 rfd, wfd = os.pipe()
                 pid = os.fork()
@@ -421,13 +461,17 @@ def _breakdown() -> dict:
 
 
 def _prepare_all() -> dict:
+    import resource
     t0 = time.perf_counter()
     prepare(list(GROUPS), stream=None)
-    return {"s": round(time.perf_counter() - t0, 3)}
+    cpu = sum(getattr(resource.getrusage(who), f)
+              for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    return {"s": round(time.perf_counter() - t0, 3), "cpu_s": round(cpu, 3), "jobs": jobs()}
 
 
-def _fresh_process(what: str, cache_dir: str) -> dict:
-    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+def _fresh_process(what: str, cache_dir: str, **env_extra) -> dict:
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, **env_extra)
     res = subprocess.run([sys.executable, "-m", "launcher.compile", what], env=env,
                          capture_output=True, text=True, timeout=1800)
     if res.returncode != 0:
@@ -442,8 +486,9 @@ def measure() -> dict:
     out = {}
     with tempfile.TemporaryDirectory(prefix="shmalloc-compile-") as tmp:
         out["serial"] = _fresh_process("breakdown", os.path.join(tmp, "serial"))
-        out["launcher"] = _fresh_process("prepare", os.path.join(tmp, "launcher"))
-        out["warm"] = _fresh_process("prepare", os.path.join(tmp, "launcher"))
+        out["launcher"] = [_fresh_process("prepare", os.path.join(tmp, f"jobs{n}"),
+                                          SHMALLOC_COMPILE_JOBS=str(n)) for n in (1, 2)]
+        out["warm"] = _fresh_process("prepare", os.path.join(tmp, "jobs1"))
     out["cpus"] = _cpus()
     return out
 
@@ -464,8 +509,9 @@ def format_measure(res: dict) -> list[str]:
               f"importing the kernel modules: {res['serial']['import_s']:.2f} s",
               f"every kernel, one after another in one process: {total:.1f} s "
               f"({cpu:.1f} s CPU)",
-              f"every kernel as the launcher compiles them ({min(2, res['cpus'])} processes "
-              f"filling the cache, then loaded): {res['launcher']['s']:.1f} s",
+              *(f"every kernel as the launcher compiles them, {r['jobs']} process"
+                f"{'es' if r['jobs'] > 1 else ''} filling the cache, then loaded: {r['s']:.1f} s "
+                f"({r['cpu_s']:.1f} s CPU)" for r in res["launcher"]),
               f"loading every kernel from the filled cache: {res['warm']['s']:.2f} s"]
     return lines
 

@@ -274,8 +274,10 @@ def test_bench_compile_table_formats():
     res = {"serial": {"import_s": 0.5, "kernels": [
         {"group": "allocator", "kernel": "page_alloc.alloc_pages", "s": 4.8, "cpu_s": 4.0},
         {"group": "hog", "kernel": "workload.hog_alloc", "s": 1.0, "cpu_s": 0.9}]},
-        "launcher": {"s": 6.0}, "warm": {"s": 0.4}, "cpus": 2}
+        "launcher": [{"s": 6.0, "cpu_s": 5.0, "jobs": 1}, {"s": 4.0, "cpu_s": 7.0, "jobs": 2}],
+        "warm": {"s": 0.4}, "cpus": 2}
     text = "\n".join(format_measure(res))
     assert "page_alloc.alloc_pages" in text and "4.80" in text
     assert "one after another in one process: 5.8 s (4.9 s CPU)" in text
+    assert "2 processes filling the cache, then loaded: 4.0 s (7.0 s CPU)" in text
     assert json.dumps(res)
