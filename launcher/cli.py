@@ -194,7 +194,7 @@ def _compile(args, cfgs) -> None:
     measured, saying so on stderr when that takes a while."""
     from . import compile as kernels
     kernels.prepare(kernels.groups_for(cfgs), command=f"shmalloc {args.command}",
-                    stream=sys.stderr)
+                    stream=sys.stderr, progress=not getattr(args, "quiet", False))
 
 
 def _add_run(sub) -> None:

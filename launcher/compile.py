@@ -206,11 +206,13 @@ def _load(k: Kernel) -> bool:
 # prepare
 # ---------------------------------------------------------------------------
 
-def prepare(groups: list[str], command: str = "shmalloc", stream=None) -> bool:
+def prepare(groups: list[str], command: str = "shmalloc", stream=None,
+            progress: bool = True) -> bool:
     """Have every kernel of ``groups`` compiled in this process, compiling
     what the disk cache lacks first (see the module docstring).  ``stream``
     (stderr, or None for silence) gets the messages, prefixed with
-    ``command``.  Returns True when every kernel came from the cache."""
+    ``command``; without ``progress`` only the first line.  Returns True
+    when every kernel came from the cache."""
     if jit_disabled():
         return False
     from shmalloc import jitcache
@@ -224,7 +226,7 @@ def prepare(groups: list[str], command: str = "shmalloc", stream=None) -> bool:
     cold = [(g, k) for g, k in todo if not (jitcache.ENABLED and cached(k))]
     interrupt.checkpoint("compiling")
     if cold:
-        display = Display(command, stream, cold, _estimate(cold))
+        display = Display(command, stream, cold, _estimate(cold), progress)
         if jitcache.ENABLED:
             _compile_in_children(cold, display)
             display.loading()
@@ -376,9 +378,10 @@ def _compile_stage(stage, display) -> None:
 class Display:
     """The first line, then a bar on a terminal or a line per group."""
 
-    def __init__(self, command: str, stream, cold, estimate_s: float):
+    def __init__(self, command: str, stream, cold, estimate_s: float, progress: bool = True):
         self.command = command
         self.stream = stream
+        self.progress = progress and stream is not None
         self.total = len(cold)
         self.groups: dict[str, set[str]] = {}
         for g, k in cold:
@@ -407,7 +410,7 @@ class Display:
         for g, names in self.groups.items():
             if name in names:
                 names.discard(name)
-                if not names and not self.tty and self.stream is not None:
+                if not names and not self.tty and self.progress:
                     n = self.group_size[g]
                     self.stream.write(f"{self.command}: compiled {g} ({n} kernel"
                                       f"{'s' if n > 1 else ''}) at {self.elapsed():.1f} s\n")
@@ -419,7 +422,7 @@ class Display:
         self.tick()
 
     def tick(self) -> None:
-        if not self.tty:
+        if not (self.tty and self.progress):
             return
         width = max(10, min(40, shutil.get_terminal_size((80, 24)).columns - 40))
         n = len(self.done_names)
@@ -433,7 +436,7 @@ class Display:
             interrupt.partial_line(True)
 
     def finish(self) -> None:
-        if self.tty:
+        if self.tty and self.progress:
             self.stream.write(f"\r  compiled {self.total} kernels in {self.elapsed():.1f} s"
                               "\033[K\n")
             self.stream.flush()

@@ -71,8 +71,8 @@ def parse(text: str) -> Fault:
     try:
         at = parse_duration(when)
     except ArgumentTypeError:
-        raise FaultError(f"{text!r}: {when!r} is not a time (seconds, or 500ms, 5s, "
-                         "2m)") from None
+        raise FaultError(f"{text!r}: {when!r} is not a number of seconds or a time with a "
+                         "unit (500ms, 5s, 2m)") from None
     if not 0 <= at < 86400:
         raise FaultError(f"{text!r}: the time must be in 0..86400 s")
     worker = 0

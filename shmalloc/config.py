@@ -39,10 +39,10 @@ class _Kernel(CPUDispatcher):
     argument *type*, and a constant argument has its own literal type
     (``Literal[int](1)``): ``zone_lock(zs, agent, zone, CALLER_FREE)`` and
     ``zone_lock(..., CALLER_ALLOC)`` were two compilations of the whole lock,
-    141 compilations of 94 functions in all.  The helpers are inlined into
-    their callers, where LLVM folds the constants anyway, so specialising on
-    them only costs compile time: measured, 24 s of CPU for every kernel
-    with literal specialisation, 17.6 s without (``shmalloc bench --compile``).
+    141 compilations of 94 functions in all, 99 without.  The helpers are
+    inlined into their callers, where LLVM folds the constants anyway, so
+    specialising on them only costs compile time: measured, 23.5 s of CPU to
+    compile every kernel with literal specialisation, 17.6 s without.
     """
 
     def get_call_template(self, args, kws):
@@ -82,13 +82,13 @@ def inline(fn):
 
     The allocator is written as small helpers (one per kernel function), and
     a call between separately compiled numba functions costs: measured on
-    this machine, an order-0 alloc+free took 98 ns as calls and 41 ns inlined
-    (lock_stat off).  ``forceinline`` marks the helper ``alwaysinline`` for
-    LLVM, which inlines it when it links the helper into a caller: the
-    machine code is the same as numba's own ``inline="always"`` (which inlines
-    numba IR and so types and compiles every helper again at every call
-    site, nested: 267 s of compile for every kernel, against 22 s this way;
-    ``shmalloc bench`` shows the same ns per pair for both).  Still callable
+    this machine, an order-0 alloc+free took 98 ns through calls and 41 ns
+    inlined (``shmalloc bench``, lock_stat off).  ``forceinline`` marks the
+    helper ``alwaysinline`` for LLVM, which inlines it wherever it links the
+    helper into a caller; ``shmalloc bench`` gives the same ns per pair as
+    numba's own ``inline="always"``, which inlines numba IR instead and so
+    types and compiles every helper again at every call site, nested: 215 s
+    of CPU to compile every kernel that way, 18 s this way.  Still callable
     from Python like any ``jit``."""
     return _compile(fn, forceinline=True)
 

@@ -171,7 +171,7 @@ def test_durations_take_units_and_sizes_fractions(tmp_path):
     (["run", "--duration", "5 parsecs"], ("shmalloc run: argument --duration", "500ms, 5s, 2m")),
     (["run", "--hv-latency", "2h"], ("--hv-latency", "<= 60 s, got 2h")),
     (["run", "--memory", "1.3M"], ("--memory", "not a whole number of 4 KiB pages")),
-    (["run", "--inject", "kill-worker@soon"], ("--inject", "is not a time")),
+    (["run", "--inject", "kill-worker@soon"], ("--inject", "not a number of seconds or a time")),
     (["run", "--strategy", "mainline/discard"], ("--strategy", "only callback takes a mode")),
     (["run", "--strategy", "callback/discard", "--callback-mode", "hint"],
      ("--callback-mode", "contradicts --strategy callback/discard")),
