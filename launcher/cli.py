@@ -219,9 +219,12 @@ def cmd_run(args) -> int:
     _compile(args, [cfg])
     run = execute(cfg, progress=progress)
     status = run.pop("exit_status")
+    interrupted = run.pop("interrupted", None)
     if not args.quiet:
         print("\n".join(format_run(run)))
-    if run["outcome"] != "ok":
+    if interrupted is not None:
+        print(f"shmalloc run: {interrupted}", file=sys.stderr)
+    elif run["outcome"] != "ok":
         print(f"shmalloc run: aborted: {run['abort_reason']}", file=sys.stderr)
     if args.json:
         doc = results.document([run], metadata.collect(run.pop("numba_cache_warm")))
@@ -285,10 +288,13 @@ def cmd_compare(args) -> int:
     runs = run_lineup(base, items, progress=sys.stderr.isatty() and not args.quiet,
                       repeat=args.repeat)
     status = max(run.pop("exit_status") for run in runs)
+    interrupted = runs[-1].pop("interrupted", None)
     warm = all(run.pop("numba_cache_warm") for run in runs)
     if not args.quiet:
         print("\n".join(format_compare(runs)))
-    if runs[-1]["outcome"] != "ok":
+    if interrupted is not None:
+        print(f"shmalloc compare: {interrupted}", file=sys.stderr)
+    elif runs[-1]["outcome"] != "ok":
         print(f"shmalloc compare: {runs[-1]['label']} aborted: {runs[-1]['abort_reason']}",
               file=sys.stderr)
     if args.json:
@@ -411,7 +417,7 @@ def cmd_report(args) -> int:
             print()
         if len(runs) > 1:
             lines = format_compare(runs)
-            lines[0] = heading(runs)
+            lines[0] = heading(runs) or lines[0]    # compare's own, for one configuration
             print("\n".join(lines))
     if args.plot:
         try:
@@ -554,6 +560,14 @@ def main(argv: list[str] | None = None) -> int:
     its status; anything unexpected one line, status 1 and a hint to rerun
     with ``--debug``, which prints the traceback as well."""
     interrupt.install()
+    try:
+        return _main(argv)
+    finally:
+        if interrupt.honoured() is not None:
+            interrupt.ignore_from_now()     # the status stays 128 + the first signal
+
+
+def _main(argv: list[str] | None) -> int:
     interrupt.enter("while checking arguments")
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
@@ -576,7 +590,6 @@ def main(argv: list[str] | None = None) -> int:
     except interrupt.Interrupted as e:
         interrupt.end_partial_line()
         print(f"{command}: {e}", file=sys.stderr)
-        interrupt.ignore_from_now()         # the status stays 128 + the first signal
         return e.exit_status
     except KeyboardInterrupt:                # before our handler, or from a library
         interrupt.end_partial_line()

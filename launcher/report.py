@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 
 from .compare import run_label
-from .summary import describe, fmt_bytes
+from .summary import fmt_bytes
 
 #: flags that name the design (its label says them already), and those a
 #: design fills in from its defaults when not given
@@ -53,8 +53,9 @@ def label_runs(runs: list[dict]) -> None:
             r["label"] = " ".join([design] + [f"{k}={_value(r['config'][k], k)}" for k in keys])
 
 
-def heading(runs: list[dict]) -> str:
-    """The first line of the side-by-side table of ``runs``."""
+def heading(runs: list[dict]) -> str | None:
+    """The first line of the side-by-side table of ``runs`` when they differ
+    in more than their design (None: compare's own heading says it all)."""
     groups = {config_key(r) for r in runs}
     repeats = max(sum(config_key(r) == g for r in runs) for g in groups)
     keys = [k for k in differing(runs) if k not in ("delay", "capacity")]
@@ -62,7 +63,7 @@ def heading(runs: list[dict]) -> str:
     dur = f", {first['duration']:g} s each" if "duration" not in keys else ""
     med = f", median of {repeats} runs of each configuration" if repeats > 1 else ""
     if not keys:
-        return f"shmalloc report: {describe(first, strategy=False)}{dur}{med}"
+        return None
     vary = "; ".join(f"{k} " + ", ".join(dict.fromkeys(_value(r["config"][k], k) for r in runs))
                      for k in keys)
     return (f"shmalloc report: {len(groups)} configurations differing in {vary} (see the "

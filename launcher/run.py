@@ -81,6 +81,7 @@ BIND_TIMEOUT_S = 60.0        # forked children bind their agent within this
 STOP_TIMEOUT_S = 10.0        # workers give their memory back within this
 DEATH_NOTICE_S = 5.0         # documented bound; the loop notices within one sample
 ABORT_GRACE_S = 2.0          # on abort, children may finish their operation this long
+INTERRUPT_GRACE_S = 0.3      # the same on Ctrl-C / SIGTERM, which must end within 1 s
 
 
 @dataclass
@@ -299,7 +300,7 @@ class Run:
             for c in group:
                 c.proc.join()
 
-    def _abort_children(self) -> None:
+    def _abort_children(self, grace_s: float = ABORT_GRACE_S) -> None:
         """Everyone stops now: children (stopped ones resumed) leave their
         current operation and exit, the memory they hold staying where it is
         for the accounting; whoever has not exited after a grace period is
@@ -311,7 +312,7 @@ class Run:
                     os.kill(c.pid, signal.SIGCONT)
                 except ProcessLookupError:
                     pass
-        deadline = time.monotonic() + ABORT_GRACE_S
+        deadline = time.monotonic() + grace_s
         while any(c.proc.exitcode is None for c in self.children):
             if time.monotonic() > deadline:
                 break
@@ -335,6 +336,7 @@ class Run:
         signal: then the children are killed at once)."""
         cfg = self.cfg
         outcome, reason, status = "ok", None, 0
+        interrupted = None
         with interrupt.handling():
             self.cache_warm = kernels.prepare(kernels.groups_for([cfg]))
             try:
@@ -352,6 +354,14 @@ class Run:
                                                e.exit_status)
                     self.t_stop = self.t_stop or time.monotonic()
                     self._abort_children()
+                except interrupt.Interrupted as e:
+                    # a signal during the run or its stop: the run is aborted
+                    # and its record kept (further signals are ignored now);
+                    # the children get a short grace to leave the allocator
+                    outcome, reason, status = "aborted", str(e), e.exit_status
+                    interrupted = e
+                    self.t_stop = self.t_stop or time.monotonic()
+                    self._abort_children(INTERRUPT_GRACE_S)
                 interrupt.enter("while collecting the results")
                 interrupt.checkpoint("collecting")
                 self.sample(time.monotonic())
@@ -360,6 +370,8 @@ class Run:
                     interrupt.partial_line(False)
                 record = self.collect(outcome, reason)
                 record["exit_status"] = status
+                if interrupted is not None:
+                    record["interrupted"] = interrupted
                 return record
             finally:
                 with interrupt.deferred():

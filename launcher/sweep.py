@@ -150,6 +150,8 @@ def run_points(points: list[Point], out_dir: str, metadata, progress: bool = Fal
             interrupt.partial_line(True)
         run = execute(point.config)
         run.pop("exit_status")
+        if "interrupted" in run:             # not done: a rerun runs this point again
+            raise run["interrupted"]
         warm = run.pop("numba_cache_warm")
         run["point"] = point.values
         with interrupt.deferred():          # a point is written whole, or not at all

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -23,17 +24,31 @@ TINY = ["--strategy", "none", "--workload", "hog", "--memory", "16M", "--duratio
 
 def run_timed(argv, env, cwd=ROOT):
     """Run ``python -m launcher argv`` (``env`` on top of ours, a None value
-    removes a variable); (result, seconds to the first stderr line or None)."""
+    removes a variable); (result, seconds to the first stderr line or None).
+    stderr is read line by line as it comes, stdout by a thread."""
     full_env = dict(os.environ, **env)
     full_env = {k: v for k, v in full_env.items() if v is not None}
     proc = subprocess.Popen([sys.executable, "-m", "launcher", *argv], cwd=cwd,
                             env=full_env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     t0 = time.monotonic()
-    first = proc.stderr.readline()
-    t_first = time.monotonic() - t0 if first else None
-    out, err = proc.communicate(timeout=280)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, first + err), t_first
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.read()))
+    reader.start()
+    err, t_first = [], None
+    try:
+        for line in proc.stderr:
+            if t_first is None:
+                t_first = time.monotonic() - t0
+            err.append(line)
+        proc.wait(timeout=280)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(out),
+                                       "".join(err)), t_first
 
 
 def cache_files(root) -> list[str]:
