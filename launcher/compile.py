@@ -97,7 +97,7 @@ ESTIMATE_S = {"lock.now_ticks": 0.2, "page_alloc.init_free_lists": 0.7,
               "workload.free_blocks": 1.1, "workload.run_chunks": 1.7,
               "workload.run_random": 1.3, "workload.hog_alloc": 0.5,
               "mainline.reporting_cycle_step": 1.3, "boundary.boundary_cycle_step": 0.8,
-              "isolate.isolate_range": 0.4, "isolate.undo_isolate_batch": 0.4,
+              "isolate.isolate_pageblock": 0.4, "isolate.undo_isolate_batch": 0.4,
               "bitmap.bitmap_scan": 0.9, "bitmap.bitmap_return": 0.2,
               "hostscan.host_scan_take": 0.4, "hostscan.host_scan_mark": 0.3,
               "bench._rounds": 0.8}
