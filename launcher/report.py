@@ -17,9 +17,12 @@ import json
 from .compare import run_label
 from .summary import fmt_bytes
 
-#: flags that name the design (its label says them already), and those a
-#: design fills in from its defaults when not given
+#: flags that name the design (its label says them already)
 DESIGN_KEYS = ("strategy", "callback_mode")
+#: flags whose value follows from the design (its defaults, or set only for
+#: the designs that take them): runs of different designs differ in them
+#: without being different experiments
+DESIGN_DEPENDENT = DESIGN_KEYS + ("delay", "capacity", "putback", "walk_order", "callback_ns")
 IGNORED = ("inject",)
 
 
@@ -58,7 +61,7 @@ def heading(runs: list[dict]) -> str | None:
     in more than their design (None: compare's own heading says it all)."""
     groups = {config_key(r) for r in runs}
     repeats = max(sum(config_key(r) == g for r in runs) for g in groups)
-    keys = [k for k in differing(runs) if k not in ("delay", "capacity")]
+    keys = differing(runs, skip=DESIGN_DEPENDENT)
     first = runs[0]["config"]
     dur = f", {first['duration']:g} s each" if "duration" not in keys else ""
     med = f", median of {repeats} runs of each configuration" if repeats > 1 else ""
