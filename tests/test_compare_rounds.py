@@ -103,3 +103,26 @@ def test_a_known_signal_is_found_and_attributed(tmp_path):
         assert abs(whole["free_hook_ns"] - n * frees) <= 0.1 * n * frees
         assert run["cost"]["hook_ns"] > 0
         assert run["cost"]["total_pct_of_worker_time"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_calibrate_quick(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from cli import ROOT
+    script = os.path.join(ROOT, "scripts", "calibrate")
+    res = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0 and "--quick" in res.stdout and "--hook-ns" in res.stdout
+    out = tmp_path / "cal"
+    res = subprocess.run([sys.executable, script, "--quick", "--out", str(out)],
+                         capture_output=True, text=True, timeout=280)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "false-positive rate" in res.stdout and "predicted" in res.stdout
+    for png in ("aa_intervals.png", "known_signal.png", "attribution.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
+    doc = results.load(str(out / "known_signal.json"))
+    assert [r["label"] for r in doc["comparison"]["rows"]] == ["hook100", "hook200", "hook400"]
