@@ -39,12 +39,10 @@ from shmalloc import invariants, lockstat, procstat, snapshot, virtqueue
 from shmalloc.config import PAGE_SIZE
 from shmalloc.layout import (
     AG_PID,
-    CALLER_NAMES,
     H_GO,
     H_STOP,
     HIST_ALLOC,
     HIST_FREE,
-    NR_CALLERS,
     NR_HIST_BUCKETS,
     REPORT_FIELDS,
     RS_ACK_PENDING_SINCE,
@@ -55,23 +53,15 @@ from shmalloc.layout import (
     STOP_HYPERVISOR,
     STOP_REPORTER,
     STOP_WORKERS,
-    WC_OPS,
-    WC_PAGES_ALLOCATED,
-    WC_REFAULTS,
-    WC_T_START,
     WORKER_COUNTERS,
     WS_HIST,
-    Z_DESIGN_HOOK_CALLS,
-    Z_FREE_HOOK_CALLS,
-    Z_FREE_HOOK_TICKS,
     Z_LOCK_PID,
     Z_LOCK_SEQ,
-    Z_WAIT_BEHIND,
 )
 from shmalloc.lock import now_ticks
 from shmalloc.machine import Machine
 
-from . import faults
+from . import faults, measure
 from .config import RunConfig
 from .metrics import (
     footprint_gib_s,
@@ -219,7 +209,7 @@ class Run:
         self.cache_warm: bool | None = None
         self.injector = faults.Injector([faults.parse(x) for x in cfg.inject], self)
         self.stopped_since: dict[int, float] = {}
-        # the steady window's ends (see _snapshot)
+        # the steady window's ends (measure.snapshot)
         self.window_open: dict | None = None
         self.window_close: dict | None = None
         self.sched_at_stop: dict[int, tuple[int, int] | None] = {}
@@ -337,34 +327,15 @@ class Run:
         idx = WORKER_COUNTERS.index("pages_allocated")
         return sum(int(m.zs[m.layout.wstats(c.agent) + idx]) for c in self.workers())
 
-    def _snapshot(self) -> dict:
-        """The counters the steady window is measured between, read now:
-        per worker pages, ops, refaults and on-cpu time (/proc/<pid>/schedstat,
-        ns), and the zones' attribution counters."""
-        m = self.machine
-        bases = [m.layout.wstats(c.agent) for c in self.workers()]
-        snap = {"ticks": int(now_ticks())}
-        for key, slot in (("pages", WC_PAGES_ALLOCATED), ("ops", WC_OPS),
-                          ("refaults", WC_REFAULTS)):
-            snap[key] = [int(m.zs[b + slot]) for b in bases]
-        sched = [procstat.schedstat(c.pid) for c in self.workers()]
-        snap["cpu_ns"] = None if None in sched else [x[0] for x in sched]
-        snap["zones"] = zone_attribution(m)
-        return snap
-
     def _maybe_open_window(self) -> None:
-        """Open the steady window once every worker has begun and written its
-        working set once: before that the workers mostly take the guest's
-        first-touch page faults (tmpfs allocating and zeroing the page), which
-        every design pays alike; it took the first 0.2-0.5 s of a run here."""
-        if self.window_open is not None or self.cfg.ops:
-            return
-        m = self.machine
-        if any(int(m.zs[m.layout.wstats(c.agent) + WC_T_START]) == 0 for c in self.workers()):
-            return
-        snap = self._snapshot()
-        if all(p >= self.warm_pages for p in snap["pages"]):
-            self.window_open = snap
+        """The steady window (:mod:`launcher.measure`) opens once every
+        worker has written its working set once."""
+        if self.window_open is None and not self.cfg.ops:
+            self.window_open = measure.window_opens(self.machine, self._agents(),
+                                                    self.warm_pages)
+
+    def _agents(self) -> list[tuple[int, int]]:
+        return [(c.agent, c.pid) for c in self.workers()]
 
     def _progress(self, now: float, last: list) -> None:
         if not self.progress:
@@ -425,7 +396,7 @@ class Run:
         puts its batch back, then the hypervisor stub goes."""
         self.t_stop = time.monotonic()
         if self.window_open is not None:
-            self.window_close = self._snapshot()
+            self.window_close = measure.snapshot(self.machine, self._agents())
         self.sched_at_stop = {c.pid: procstat.schedstat(c.pid) for c in self.children}
         self.jiffies.append(procstat.cpu_jiffies())
         for level, role in ((STOP_WORKERS, "worker"), (STOP_REPORTER, "reporter"),
@@ -530,104 +501,10 @@ class Run:
             for s, h in old.items():
                 signal.signal(s, h)
             if self.record is not None:          # the caller's dict: teardown included
-                self.record["timing"] = self.timing(time.monotonic())
+                self.record["timing"] = measure.timing(self.marks, self.t_go, self.t_stop,
+                                                       time.monotonic())
 
     # -- results -----------------------------------------------------------
-    def steady_window(self, throughput_whole: tuple, tps: int, starts: list) -> dict:
-        """Throughput between the window's ends (see :meth:`_maybe_open_window`);
-        the whole run's figures, said so, when the window never opened (an
-        --ops run, a hog, an aborted run, a run too short to warm up)."""
-        t0, t1 = self.window_open, self.window_close
-        if t0 is None or t1 is None or t1["ticks"] <= t0["ticks"]:
-            elapsed, total = throughput_whole
-            return {"kind": "whole run", "start_s": 0.0, "elapsed_s": round(elapsed, 4),
-                    "pages": total["pages_allocated"], "ops": total["ops"],
-                    "pages_per_sec": round(total["pages_allocated"] / elapsed, 1),
-                    "ops_per_sec": round(total["ops"] / elapsed, 1)}
-        elapsed = (t1["ticks"] - t0["ticks"]) / tps
-        pages = sum(t1["pages"]) - sum(t0["pages"])
-        ops = sum(t1["ops"]) - sum(t0["ops"])
-        first = min(starts) if starts else t0["ticks"]
-        return {"kind": "steady", "start_s": round((t0["ticks"] - first) / tps, 4),
-                "elapsed_s": round(elapsed, 4), "pages": pages, "ops": ops,
-                "pages_per_sec": round(pages / elapsed, 1), "ops_per_sec": round(ops / elapsed, 1)}
-
-    def attribution(self, per_worker: list[dict], total: dict) -> dict:
-        """The counts compare attributes cost from (:mod:`launcher.cost`),
-        over the steady window when it opened, else over the whole run;
-        ``whole_run`` keeps the latter in either case."""
-        m = self.machine
-        tps = m.ticks_per_sec
-        whole = zone_attribution(m)
-        whole.update(refaults=total["refaults"], frees=total["frees"],
-                     worker_ns=round(sum((w["t_end"] - w["t_start"]) * 1e9 / tps
-                                         for w in per_worker if w["t_end"] > w["t_start"])),
-                     worker_cpu_ns=round(sum((w["cpu_user_us"] + w["cpu_sys_us"]) * 1e3
-                                             for w in per_worker)))
-        t0, t1 = self.window_open, self.window_close
-        if t0 is None or t1 is None or t1["ticks"] <= t0["ticks"]:
-            out = {"window": "whole run", **whole}
-        else:
-            z0, z1 = t0["zones"], t1["zones"]
-            out = {"window": "steady",
-                   "wait_behind_ticks": [[b - a for a, b in zip(r0, r1)]
-                                         for r0, r1 in zip(z0["wait_behind_ticks"],
-                                                           z1["wait_behind_ticks"])],
-                   **{k: z1[k] - z0[k] for k in ("free_hook_ticks", "free_hook_calls",
-                                                 "design_hook_calls")},
-                   "refaults": sum(t1["refaults"]) - sum(t0["refaults"]),
-                   "worker_ns": round((t1["ticks"] - t0["ticks"]) * 1e9 / tps
-                                      * len(per_worker)),
-                   "worker_cpu_ns": (sum(t1["cpu_ns"]) - sum(t0["cpu_ns"])
-                                     if t0["cpu_ns"] and t1["cpu_ns"] else 0)}
-        out["whole_run"] = whole
-        for rec in (out, whole):                    # ticks -> ns, by caller name
-            ticks = rec.pop("wait_behind_ticks")
-            rec["wait_behind_ns"] = {w: {h: round(ticks[wi][hi] * 1e9 / tps)
-                                         for hi, h in enumerate(CALLER_NAMES)}
-                                     for wi, w in enumerate(CALLER_NAMES)}
-            rec["free_hook_ns"] = round(rec.pop("free_hook_ticks") * 1e9 / tps)
-        return out
-
-    def noise(self, per_worker: list[dict]) -> dict:
-        """Steal time over the run and what every process cost: the figures
-        that say how far a run can be trusted (see :mod:`shmalloc.procstat`)."""
-        m = self.machine
-        steal = (procstat.steal_pct(self.jiffies[0], self.jiffies[1])
-                 if len(self.jiffies) == 2 else None)
-        procs = []
-        for c in self.children:
-            ws = m.layout.wstats(c.agent)
-            vals = {k: int(m.zs[ws + WORKER_COUNTERS.index(k)]) for k in RUSAGE_COUNTERS}
-            procs.append(_process_noise(c.name, c.role, c.pid, vals,
-                                        self.sched_at_stop.get(c.pid)))
-        if self.rusage0 is not None:
-            r0, r1 = self.rusage0, resource.getrusage(resource.RUSAGE_SELF)
-            procs.append(_process_noise("launcher", "launcher", os.getpid(), {
-                "cpu_user_us": int((r1.ru_utime - r0.ru_utime) * 1e6),
-                "cpu_sys_us": int((r1.ru_stime - r0.ru_stime) * 1e6),
-                "nvcsw": r1.ru_nvcsw - r0.ru_nvcsw, "nivcsw": r1.ru_nivcsw - r0.ru_nivcsw,
-                "nr_migrations": -1}, None))
-        return {"steal_pct": None if steal is None else round(steal, 3), "processes": procs}
-
-    def timing(self, end: float) -> dict:
-        """Where the wall time of this run went, seconds.  ``fixed_s`` is what
-        a run costs beyond its --duration: creating the machine and the
-        queues, forking and binding the children, stopping them, checking and
-        collecting, tearing down (compiling the kernels is ``compile_s``,
-        apart: compare does it once before its first round)."""
-        mk = self.marks
-        out = {"create_s": mk.get("created", end) - mk["begin"],
-               "compile_s": mk.get("compiled", end) - mk.get("created", end)}
-        if self.t_go:
-            out["start_s"] = self.t_go - mk.get("compiled", self.t_go)
-            out["measured_s"] = (self.t_stop or end) - self.t_go
-            out["stop_s"] = mk.get("stopped", end) - (self.t_stop or end)
-            out["collect_teardown_s"] = end - mk.get("stopped", end)
-        out["total_s"] = end - mk["begin"]
-        out["fixed_s"] = out["total_s"] - out["compile_s"] - out.get("measured_s", 0.0)
-        return {k: round(v, 4) for k, v in out.items()}
-
     def collect(self, outcome: str, reason: str | None) -> dict:
         m, cfg = self.machine, self.cfg
         tps = m.ticks_per_sec
@@ -656,8 +533,8 @@ class Run:
             "ops": total["ops"],
             "pages_per_sec": round(total["pages_allocated"] / elapsed, 1),
             "ops_per_sec": round(total["ops"] / elapsed, 1),
-            "steady": self.steady_window(throughput_whole=(elapsed, total), tps=tps,
-                                         starts=starts),
+            "steady": measure.steady_window(self.window_open, self.window_close, elapsed,
+                                            total, tps, starts),
             "per_worker": [],
         }
         for i, w in enumerate(per_worker):
@@ -722,8 +599,10 @@ class Run:
                 "invariant_errors": errors,
             },
             "workers": per_worker,
-            "attribution": self.attribution(per_worker, total),
-            "noise": self.noise(per_worker),
+            "attribution": measure.attribution(m, self.window_open, self.window_close,
+                                               per_worker, total),
+            "noise": measure.noise(m, [(c.name, c.role, c.agent, c.pid) for c in self.children],
+                                   self.jiffies, self.sched_at_stop, self.rusage0),
             "numba_cache_warm": self.cache_warm,
         }
         if outcome != "ok":
@@ -740,36 +619,6 @@ def _exit_after(target, *args) -> None:
     child the usual way (traceback, status 1)."""
     target(*args)
     os._exit(0)
-
-
-def _process_noise(name: str, role: str, pid: int, vals: dict, sched) -> dict:
-    """One process's noise figures; ``sched``: its (on-cpu, run-queue wait)
-    ns from /proc/<pid>/schedstat at the stop, if read."""
-    return {"name": name, "role": role, "pid": pid,
-            "run_delay_s": None if sched is None else round(sched[1] / 1e9, 4),
-            "cpu_s": round((vals["cpu_user_us"] + vals["cpu_sys_us"]) / 1e6, 4),
-            "cpu_user_s": round(vals["cpu_user_us"] / 1e6, 4),
-            "cpu_sys_s": round(vals["cpu_sys_us"] / 1e6, 4),
-            "voluntary_switches": vals["nvcsw"], "involuntary_switches": vals["nivcsw"],
-            "migrations": None if vals["nr_migrations"] < 0 else vals["nr_migrations"]}
-
-
-def zone_attribution(m: Machine) -> dict:
-    """The zones' attribution counters, summed over zones, in ticks: wait by
-    [waiter][holder] class, --free-hook-ns spins and their ticks, design
-    hook calls (see :mod:`shmalloc.lock`, :mod:`shmalloc.freehook`)."""
-    behind = [[0] * NR_CALLERS for _ in range(NR_CALLERS)]
-    out = {"free_hook_ticks": 0, "free_hook_calls": 0, "design_hook_calls": 0}
-    for z in range(m.nr_zones):
-        zb = m.layout.zone(z)
-        for w in range(NR_CALLERS):
-            for h in range(NR_CALLERS):
-                behind[w][h] += int(m.zs[zb + Z_WAIT_BEHIND + w * NR_CALLERS + h])
-        out["free_hook_ticks"] += int(m.zs[zb + Z_FREE_HOOK_TICKS])
-        out["free_hook_calls"] += int(m.zs[zb + Z_FREE_HOOK_CALLS])
-        out["design_hook_calls"] += int(m.zs[zb + Z_DESIGN_HOOK_CALLS])
-    out["wait_behind_ticks"] = behind
-    return out
 
 
 def execute(cfg: RunConfig, progress: bool = False, label: str = "", until=None) -> dict:
