@@ -14,17 +14,21 @@ a 16 GiB guest; and what the reporting designs' bookkeeping costs the
 allocator (``reported_order9``: allocating and freeing 64 order-9 blocks
 carved out of free blocks that a reporting pass left Reported, with no
 reporting design, with mainline's flag, with Duyck's counters, and with his
-boundaries active as during a reporting cycle).  Two unit costs that
+boundaries active as during a reporting cycle).  The unit costs
 ``shmalloc compare`` charges counted events with (:func:`unit_costs`):
 ``refault``, ns per 4 KiB page for a worker's first write (read, then
 write, as :func:`shmalloc.workload.write_block` does) to a page the host
-punched out of guest memory, against the same write to a resident page; and
+punched out of guest memory, against the same write to a resident page, and
 ``free_path_hooks``, ns per call of a design's free-path hook past its order
 check (mainline and boundary in their requested state, in which a reporting
 delay leaves them most of a run; bitmap setting a bit, which it does for
-every block it sees), over the same call with no design.  ``../shared/bench/buddy_ref.c`` (a C buddy
-allocator with a POSIX semaphore per operation, the same case shapes) is the
-physical-limit anchor to hold these figures against.
+every block it sees), over the same call with no design.  And, for
+``scripts/calibrate``'s prediction, ``free_hook``: what ``--free-hook-ns N``
+costs a free all told (the spin and what surrounds it), against the spin's
+own measured time.
+``../shared/bench/buddy_ref.c`` (a C buddy allocator with a POSIX semaphore
+per operation, the same case shapes) is the physical-limit anchor to hold
+these figures against.
 
 Each figure comes with its counts (``counts`` and ``counts_no_stats`` of a
 case, ``reported_order9_counts`` of a variant): the alloc+free pairs it is
@@ -59,6 +63,8 @@ from .layout import (
     Z_BITMAP_COUNT,
     Z_BOUNDARY,
     Z_FREE_HEAD,
+    Z_FREE_HOOK_CALLS,
+    Z_FREE_HOOK_TICKS,
     Z_REPORT_FLAGS,
     Z_REPORTED,
     ZRF_ACTIVE,
@@ -264,6 +270,43 @@ def measure_hooks(reps: int = 5, passes: int = 200) -> dict:
     return {name: round(max(per_call(hook) - base, 0.0), 2) for name, hook in HOOK_KINDS.items()}
 
 
+def measure_free_hook(ns_values=(50, 100, 200, 400), reps: int = 3, iters: int = 5) -> dict:
+    """What ``--free-hook-ns N`` costs a free, all told: CPU ns per order-0
+    alloc+free pair through the zone lock (pcp lists off, one free per pair)
+    with the spin, less the same without it; and the spin's own measured
+    time per call.  The difference is the spin plus what surrounds it (the
+    TSC reads, the loop's exit, the two counters), which the spin cannot
+    time itself.  The median of ``reps`` machines per value."""
+    def pair_ns(n: int) -> tuple[float, float]:
+        cfg = MachineConfig(memory=GIB, zones=1, workers=1, pcp_batch=0, free_hook_ns=n)
+        with Machine.create(cfg) as m:
+            held = np.empty(CASES["order0_zone"]["batch"], np.int64)
+            tally = Tally()
+            _timed_rounds(m, 0, len(held), 1, held, tally, warmup=True)
+            zb = m.layout.zone(0)
+            c0, t0 = int(m.zs[zb + Z_FREE_HOOK_CALLS]), int(m.zs[zb + Z_FREE_HOOK_TICKS])
+            cpu0 = time.thread_time_ns()
+            _timed_rounds(m, 0, len(held), iters, held, tally)
+            cpu = (time.thread_time_ns() - cpu0) / (iters * len(held))
+            calls = int(m.zs[zb + Z_FREE_HOOK_CALLS]) - c0
+            spun = (int(m.zs[zb + Z_FREE_HOOK_TICKS]) - t0) * 1e9 / m.ticks_per_sec
+            if tally.failed:                       # a failed operation voids the figure
+                return None, None
+            return cpu, spun / calls if calls else 0.0
+
+    samples = {n: [pair_ns(n) for _ in range(reps)] for n in (0, *ns_values)}
+
+    def med(n: int, i: int) -> float | None:
+        vals = [x[i] for x in samples[n]]
+        return None if None in vals else statistics.median(vals)
+
+    base = med(0, 0)
+    return {str(n): {"ns_per_free": (None if base is None or med(n, 0) is None
+                                     else round(med(n, 0) - base, 1)),
+                     "spin_ns": None if med(n, 1) is None else round(med(n, 1), 1)}
+            for n in ns_values}
+
+
 def unit_costs(reps: int = 5) -> dict:
     """What ``shmalloc compare`` charges a refault and a hook call, measured
     here and now (about 0.1 s)."""
@@ -321,6 +364,7 @@ def run_bench(reps: int = 5, iters: int = 20, init_memory: int = 16 * GIB) -> di
         "reported_order9_counts": hook_counts,
         "refault": measure_refault(reps=reps),
         "free_path_hooks": measure_hooks(reps=reps),
+        "free_hook": measure_free_hook(),
         "reps": reps,
         "iters": iters,
     }
@@ -376,6 +420,11 @@ def format_bench(res: dict) -> list[str]:
     if res.get("free_path_hooks"):
         lines += ["free-path hook past its order check, ns per call over no design:",
                   "  " + "   ".join(f"{k} {v:.2f}" for k, v in res["free_path_hooks"].items())]
+    if res.get("free_hook"):
+        lines += ["--free-hook-ns N: ns added to a free (the spin as it timed itself):",
+                  "  " + "   ".join(f"{n}: {_f(v['ns_per_free'], '.0f')} "
+                                    f"({_f(v['spin_ns'], '.0f')})"
+                                    for n, v in res["free_hook"].items())]
     for figure, n in failures(res).items():
         lines.append(f"void: {figure}: {n} operations failed")
     return lines
