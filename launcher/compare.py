@@ -262,7 +262,7 @@ def build_analysis(runs: list[dict], variants: list[Variant], order_seed: int,
             row["measured_slowdown_pct"] = None if m is None else _r(100 * (1 - m))
         costs.append(row)
     base_rates = [steady_rate(by[(base, k)]) for k in complete]
-    sds = [stats.log_sd(stats.paired_ratios(base_rates, [steady_rate(by[(v.label, k)])
+    sds = [stats.log_spread(stats.paired_ratios(base_rates, [steady_rate(by[(v.label, k)])
                                                          for k in complete]))
            for v in variants[1:]]
     sds = [s for s in sds if s is not None]
@@ -278,7 +278,7 @@ def build_analysis(runs: list[dict], variants: list[Variant], order_seed: int,
                                                     key=lambda x: x["position"])]
                         for k in sorted({x.get("round", 1) for x in runs})],
         "baseline_cv": _r(base_cv),
-        "ratio_log_sd": _r(max(sds)) if sds else None,
+        "ratio_spread": _r(max(sds)) if sds else None,
         "steal_pct": {"median": _r(_median(steal)),
                       "max": _r(max((s for s in steal if s is not None), default=None))},
         "fixed_cost_s": {k: _r(_median([t.get(k) for t in fixed]))

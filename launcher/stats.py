@@ -98,12 +98,16 @@ def cv(values) -> float | None:
     return float(x.std(ddof=1) / x.mean())
 
 
-def log_sd(ratios) -> float | None:
-    """Sample sd of log ratios: the relative spread of paired ratios."""
+def log_spread(ratios) -> float | None:
+    """The relative spread of paired ratios: a robust sd of their logs,
+    1.4826 x their median absolute deviation (the sd itself for normal
+    data).  Robust like the median it serves: one round in which the machine
+    starved a run would otherwise inflate it several times."""
     x = np.asarray([r for r in ratios if r is not None and r > 0], float)
     if len(x) < 2:
         return None
-    return float(np.log(x).std(ddof=1))
+    logs = np.log(x)
+    return float(1.4826 * np.median(np.abs(logs - np.median(logs))))
 
 
 def rounds_for_halfwidth(sd: float, halfwidth: float = TARGET_HALFWIDTH) -> int:
@@ -120,8 +124,8 @@ def noise_warnings(steal_pcts: list, baseline_cv: float | None, ratio_sd: float 
     """compare's warnings: steal above 2 % in any run, the baseline's
     throughput varying more than 10 % across rounds; the latter names the
     rounds that would resolve +-2 % at the spread seen (the paired ratios'
-    spread when there are pairs, else the baseline's CV times sqrt(2), the
-    spread of a ratio of two independent runs)."""
+    :func:`log_spread` when there are pairs, else the baseline's CV times
+    sqrt(2), the spread of a ratio of two independent runs)."""
     lines = []
     steals = [s for s in steal_pcts if s is not None]
     high = [s for s in steals if s > STEAL_WARN_PCT]
@@ -134,7 +138,7 @@ def noise_warnings(steal_pcts: list, baseline_cv: float | None, ratio_sd: float 
         n = rounds_for_halfwidth(sd)
         lines.append(f"WARNING: {baseline}'s throughput varies by {100 * baseline_cv:.1f} % "
                      f"(CV) across rounds, above {100 * CV_WARN:.0f} %; at the spread seen "
-                     f"(sd of log ratios {sd:.3f}) about {n} rounds would resolve "
+                     f"(robust sd of log ratios {sd:.3f}) about {n} rounds would resolve "
                      f"+-{100 * TARGET_HALFWIDTH:.0f} %")
     return lines
 

@@ -157,3 +157,11 @@ def test_cost_and_noise_lines():
     assert noise[0].startswith("fixed cost per run (beyond --duration): median 0.21 s")
     assert "none's throughput CV across rounds 3.2 %" in noise[1]
     assert noise[2] == "WARNING: x"
+
+
+def test_spread_is_robust_to_a_starved_round():
+    """One round in which the machine starved a run must not multiply the
+    rounds the warning asks for (the median shrugs it off too)."""
+    ratios = lognormal(1.0, 0.03, 20, seed=8) + [0.001]
+    assert np.log(ratios).std(ddof=1) > 1
+    assert 0.015 < stats.log_spread(ratios) < 0.06          # the sd without it: 0.03
