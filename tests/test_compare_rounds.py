@@ -59,6 +59,21 @@ def test_aa_rounds_labels_order_and_results_file(tmp_path):
     rep = shmalloc("report", str(out))
     assert rep.returncode == 0, rep.stderr
     assert "paired against none: median of 3 per-round ratios" in rep.stdout
+    # a version 1 file (no rounds, window, costs or comparison) still reads
+    import json
+    old = {"format": "shmalloc-results", "version": 1, "metadata": doc["metadata"],
+           "runs": []}
+    for run in runs[:2]:
+        run = {k: v for k, v in run.items() if k not in (
+            "round", "position", "cost", "attribution", "noise", "timing", "label")}
+        run["throughput"] = {k: v for k, v in run["throughput"].items() if k != "steady"}
+        old["runs"].append(run)
+    v1 = tmp_path / "v1.json"
+    v1.write_text(json.dumps(old))
+    rep = shmalloc("report", str(v1))
+    assert rep.returncode == 0, rep.stderr
+    assert "paired against" not in rep.stdout
+    assert "what it costs the allocator" in rep.stdout and "vs none" in rep.stdout
 
 
 @pytest.mark.timeout(300)
