@@ -66,6 +66,6 @@ def isolate_and_put_back(frames, zs, agent, zone, pfn, order):
     zone_lock(zs, agent, zone, CALLER_REPORTER)
     taken = isolate_free_page(frames, zs, agent, zone, pfn, order, MIGRATE_MOVABLE)
     if taken:
-        putback_isolated_page(frames, zs, agent, zone, pfn, order, MIGRATE_MOVABLE)
+        putback_isolated_page(frames, zs, agent, zone, pfn, order, MIGRATE_MOVABLE, False)
     zone_unlock(zs, agent, zone, CALLER_REPORTER)
     return taken

@@ -26,6 +26,8 @@ from shmalloc.layout import (
 )
 
 HOOK_NS = 2000
+# the first test compiles the test kernels (a minute or more on a loaded machine)
+pytestmark = pytest.mark.timeout(300)
 
 
 def _hook(m):
@@ -85,7 +87,6 @@ def _contend(m, agent, trying):
     unlock_as(m.zs, agent, 0, CALLER_ALLOC)
 
 
-@pytest.mark.timeout(120)
 def test_a_contended_wait_is_charged_to_the_holders_class(make_machine):
     m = make_machine(workers=1)
     lock_as(m.zs, 0, 0, CALLER_ALLOC)                  # uncontended: nothing charged
