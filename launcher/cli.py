@@ -34,6 +34,7 @@ class _Parser(argparse.ArgumentParser):
 def add_machine_flags(p, strategy: bool = True) -> None:
     """Flags of one experiment, shared by run, compare and sweep."""
     from shmalloc.config import DEFAULT_LOCK_SPIN, MAX_ORDER_LIMIT, MAX_WORKERS, MAX_ZONES
+    from shmalloc.machine import MAX_FREE_HOOK_NS
     from shmalloc.workload import WORKLOADS
 
     from .designs import names
@@ -74,6 +75,10 @@ def add_machine_flags(p, strategy: bool = True) -> None:
                    f"(default {DEFAULT_LOCK_SPIN})")
     g.add_argument("--no-lock-stats", dest="lock_stats", action="store_false",
                    help="switch lock_stat accounting off")
+    g.add_argument("--free-hook-ns", type=opt.int_range(0, MAX_FREE_HOOK_NS), default=0,
+                   metavar="N", help="busy-wait N ns (of running time) inside the zone lock on "
+                   "every free of a block to the buddy lists: a known cost for calibration "
+                   "(default 0)")
     g.add_argument("--no-pin", dest="pin", action="store_false",
                    help="let the scheduler place the workers (default: worker i on cpu i mod "
                    "ncpus, as will-it-scale pins its tasks)")
@@ -125,8 +130,9 @@ def add_machine_flags(p, strategy: bool = True) -> None:
                    "kill-hypervisor, slow-hypervisor, at TIME after the start (repeatable)")
 
 
-def run_config(args):
-    """The RunConfig the parsed flags describe (flag dest == field name)."""
+def run_config(args, resolve: bool = True):
+    """The RunConfig the parsed flags describe (flag dest == field name);
+    ``resolve=False`` leaves the design-dependent defaults open."""
     from dataclasses import fields
 
     from shmalloc.machine import ConfigError
@@ -146,7 +152,8 @@ def run_config(args):
         values["strategy"], values["callback_mode"] = name, mode
     if values.get("callback_mode") is None:
         values.pop("callback_mode", None)
-    return RunConfig(**values).resolved()
+    cfg = RunConfig(**values)
+    return cfg.resolved() if resolve else cfg
 
 
 def config_argv(cfg) -> list[str]:
@@ -240,66 +247,159 @@ def _add_compare(sub) -> None:
     from .compare import DEFAULT_LINEUP, DEFAULTS
 
     p = sub.add_parser("compare", help="the same experiment under every design, side by side",
-                       description="Run the same workload, seed and flags under none and each "
-                       "reporting design, one after another, and print one side-by-side table: "
+                       description="Run the same workload, seed and flags under several "
+                       "variants (none and each reporting design by default), in rounds, each "
+                       "round every variant once in a random order, and print how each differs "
+                       "from the first (with --repeat N >= 2: median ratios with 95 %% "
+                       "confidence intervals), where its cost went, and side-by-side tables: "
                        "what each costs the allocator and what it gives back. With no flags: "
                        f"{DEFAULTS['workload']} for {DEFAULTS['duration']:g} s on a 1 GiB guest "
                        "with 2 workers. Exit 0 when every run was ok, 3 when one aborted.")
-    p.add_argument("--strategies", default=",".join(DEFAULT_LINEUP), metavar="LIST",
-                   help="designs to run, comma-separated; callback/hint and callback/discard "
-                   f"choose callback's mode (default {','.join(DEFAULT_LINEUP)})")
+    p.add_argument("--strategies", default=None, metavar="LIST",
+                   help="designs to run, comma-separated, the first being the baseline; "
+                   "callback/hint and callback/discard choose callback's mode; a design named "
+                   "twice is labelled NAME#2 (an A/A check) (default "
+                   f"{','.join(DEFAULT_LINEUP)}, or none with --variant)")
     p.add_argument("--strategy", dest="strategy_typo", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--repeat", type=opt.int_range(1, 100), default=1, metavar="N",
-                   help="run the line-up N times, designs interleaved, and show medians "
-                   "(default 1)")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL='FLAGS'",
+                   help="a variant: shmalloc run flags on top of this command's, e.g. "
+                   "hook='--free-hook-ns 200' or ml='--strategy mainline --capacity 64' "
+                   "(repeatable); the line-up is --strategies, if given, then the variants in "
+                   "order; the first of all is the baseline")
+    p.add_argument("--repeat", type=opt.int_range(1, 1000), default=1, metavar="N",
+                   help="rounds: each runs every variant once, in a fresh random order; with "
+                   "N >= 2 the differences come with 95 %% confidence intervals (default 1)")
+    p.add_argument("--order-seed", type=opt.int_range(0, 2**63 - 1), default=None, metavar="S",
+                   help="seed of the rounds' random orders and of the bootstrap (default: "
+                   "--seed)")
     add_machine_flags(p, strategy=False)
     add_output_flags(p)
     p.set_defaults(func=cmd_compare, **DEFAULTS)
 
 
-def cmd_compare(args) -> int:
+#: run flags only some designs take (launcher.designs): on compare's command
+#: line they apply to the variants whose design takes them
+ONLY_SOME = ("putback", "walk_order", "callback_ns")
+
+
+def _variants(args) -> list:
+    """The line-up: --strategies (given, or the default without --variant),
+    then each --variant; every configuration validated, nothing created.
+    ``args`` holds the common flags, with those of :data:`ONLY_SOME` moved
+    to ``args.only_some``."""
+    import copy
+    import shlex
     from dataclasses import replace
 
-    from . import metadata, results
-    from .compare import config_for, format_compare, parse_lineup, run_lineup
+    from shmalloc.machine import ConfigError
+
+    from .compare import (
+        DEFAULT_LINEUP,
+        Variant,
+        check_labels,
+        config_for,
+        label_items,
+        parse_lineup,
+        parse_variant,
+    )
     from .designs import DESIGNS
+
+    def takes(strategy: str, key: str) -> bool:
+        design = DESIGNS[strategy]
+        return design.putback is not None if key == "putback" else design.walks
+
+    variants = []
+    if args.strategies is not None or not args.variant:
+        try:
+            items = parse_lineup(args.strategies or ",".join(DEFAULT_LINEUP))
+        except ValueError as e:
+            raise UsageError(f"shmalloc compare: --strategies: {e}") from None
+        base = replace(run_config(args, resolve=False), **args.only_some)
+        variants += [Variant(label, config_for(base, item))
+                     for label, item in zip(label_items(items), items)]
+    for text in args.variant:
+        try:
+            label, flags = parse_variant(text)
+        except ValueError as e:
+            raise UsageError(f"shmalloc compare: --variant {e}") from None
+        ns = _run_flags_parser(f"shmalloc compare: --variant {label}:").parse_args(
+            shlex.split(flags), namespace=copy.copy(args))
+        try:
+            cfg = run_config(ns, resolve=False)
+            for key, value in args.only_some.items():    # the command's, where they apply
+                if value is not None and getattr(cfg, key) is None and takes(cfg.strategy, key):
+                    cfg = replace(cfg, **{key: value})
+            cfg = cfg.resolved()
+        except ConfigError as e:
+            raise UsageError(f"shmalloc compare: --variant {label}: {e}") from None
+        variants.append(Variant(label, cfg, flags))
+    for key, value in args.only_some.items():
+        if value is not None and not any(takes(v.config.strategy, key) for v in variants):
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"shmalloc compare: {flag}: no design in the line-up takes it")
+    try:
+        check_labels(variants)
+    except ValueError as e:
+        raise UsageError(f"shmalloc compare: {e}") from None
+    return variants
+
+
+def cmd_compare(args) -> int:
+    from . import metadata, results
+    from .compare import (
+        build_analysis,
+        build_comparison,
+        format_compare,
+        format_comparison,
+        format_costs,
+        format_noise,
+        prepare,
+        run_rounds,
+    )
 
     if args.strategy_typo is not None:
         example = "none," + (args.strategy_typo if args.strategy_typo != "none" else "mainline")
         raise UsageError(f"shmalloc compare: --strategy is shmalloc run's flag (one design); "
                          f"compare takes a comma-separated list: --strategies {example}")
-    try:
-        items = parse_lineup(args.strategies)
-    except ValueError as e:
-        raise UsageError(f"shmalloc compare: --strategies: {e}") from None
-    # flags only some designs take: validated per design by config_for
-    only_some = {k: getattr(args, k) for k in ("putback", "walk_order", "callback_ns")}
-    for key, value in only_some.items():
+    # flags only some designs take: validated per variant, not for none
+    args.only_some = {k: getattr(args, k) for k in ONLY_SOME}
+    for key in ONLY_SOME:
         setattr(args, key, None)
-        takes = [i for i in items if getattr(DESIGNS[i.partition("/")[0]],
-                                             "putback" if key == "putback" else "walks")]
-        if value is not None and not takes:
-            flag = "--" + key.replace("_", "-")
-            raise UsageError(f"shmalloc compare: {flag}: no design in --strategies takes it")
-    base = replace(run_config(args), **only_some)
-    cfgs = [config_for(base, item) for item in items]    # every design's flags, before
-    _check_json_output(args)                              # anything runs
-    _compile(args, cfgs)
-    runs = run_lineup(base, items, progress=sys.stderr.isatty() and not args.quiet,
-                      repeat=args.repeat)
+    run_config(args)                         # the common flags, before any variant's
+    variants = _variants(args)
+    _check_json_output(args)
+    order_seed = args.seed if args.order_seed is None else args.order_seed
+    progress = sys.stderr.isatty() and not args.quiet
+    warm, unit = prepare(variants, command="shmalloc compare", stream=sys.stderr,
+                         progress=not args.quiet)
+    runs = run_rounds(variants, args.repeat, order_seed, unit, progress=progress)
+    interrupt.enter("while computing the comparison")
     status = max(run.pop("exit_status") for run in runs)
     interrupted = runs[-1].pop("interrupted", None)
-    warm = all(run.pop("numba_cache_warm") for run in runs)
+    warm = all(run.pop("numba_cache_warm") for run in runs) and warm
+    comparison = build_comparison(runs, variants, order_seed)
+    analysis = build_analysis(runs, variants, order_seed, unit)
+    labels = [v.label for v in variants]
     if not args.quiet:
-        print("\n".join(format_compare(runs)))
+        tables = format_compare(runs, labels)
+        if comparison["rounds"] >= 2:
+            out = (format_comparison(comparison) + [""] + format_costs(analysis) + [""]
+                   + format_noise(analysis, labels[0]) + [""] + tables)
+        else:
+            out = (tables + ["", f"no interval: {comparison['rounds']} complete round; "
+                             "--repeat N (N >= 2) pairs every variant with the baseline "
+                             "round by round and gives 95 % confidence intervals", ""]
+                   + format_costs(analysis) + [""] + format_noise(analysis, labels[0]))
+        print("\n".join(out))
     if interrupted is not None:
         print(f"shmalloc compare: {interrupted}", file=sys.stderr)
     elif runs[-1]["outcome"] != "ok":
         print(f"shmalloc compare: {runs[-1]['label']} aborted: {runs[-1]['abort_reason']}",
               file=sys.stderr)
     if args.json:
-        results.write(args.json, results.document(runs, metadata.collect(warm)),
-                      force=args.force)
+        doc = results.document(runs, metadata.collect(warm), comparison=comparison,
+                               analysis=analysis)
+        results.write(args.json, doc, force=args.force)
     return status
 
 
@@ -307,8 +407,8 @@ def cmd_compare(args) -> int:
 # sweep
 # ---------------------------------------------------------------------------
 
-def _run_flags_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="shmalloc sweep --grid", add_help=False)
+def _run_flags_parser(prog: str = "shmalloc sweep --grid") -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, add_help=False)
     add_machine_flags(p)
     return p
 
@@ -405,9 +505,10 @@ def cmd_report(args) -> int:
                              "written by --json or into a sweep's --out folder); the CSV is "
                              "what shmalloc sweep --merge makes of them")
     try:
-        runs = [run for path in args.files for run in results.load(path)["runs"]]
+        docs = [results.load(path) for path in args.files]
     except results.ResultsError as e:
         raise UsageError(f"shmalloc report: {e}") from None
+    runs = [run for doc in docs for run in doc["runs"]]
     if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
         raise UsageError(f"shmalloc report: --plot {args.plot}: its folder does not exist")
     label_runs(runs)
@@ -415,6 +516,15 @@ def cmd_report(args) -> int:
         for run in runs:
             print("\n".join(format_run(run)))
             print()
+        from .compare import format_comparison, format_costs, format_noise
+        for doc in docs:                     # version 2 compare files: the paired tables
+            if doc.get("comparison") and doc["comparison"]["rounds"] >= 2:
+                analysis = doc.get("analysis") or {}
+                lines = format_comparison(doc["comparison"])
+                if analysis:
+                    lines += [""] + format_costs(analysis) + [""] + format_noise(
+                        analysis, doc["comparison"]["baseline"])
+                print("\n".join(lines + [""]))
         if len(runs) > 1:
             lines = format_compare(runs)
             lines[0] = heading(runs) or lines[0]    # compare's own, for one configuration
@@ -466,7 +576,8 @@ def cmd_bench(args) -> int:
         print(json.dumps(res, indent=2) if args.json else "\n".join(format_measure(res)))
         return 0
     from . import compile as kernels
-    kernels.prepare(["allocator", "bench"], command="shmalloc bench", stream=sys.stderr)
+    kernels.prepare(["allocator", "bench", "unit costs"], command="shmalloc bench",
+                    stream=sys.stderr)
     res = run_bench(reps=args.reps, iters=args.iters, init_memory=args.init_memory)
     if args.json:
         print(json.dumps(res, indent=2))

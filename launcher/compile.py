@@ -3,11 +3,13 @@
 Every compiled entry point a process of a run calls from Python is listed
 here, in groups: the allocator (what the launcher and every worker call),
 one group per workload and one per reporting design (what its reporter or
-hypervisor stub calls), and the engine bench.  :func:`prepare` is called
-once per command, before the first machine is created: ``run`` prepares its
-design and workload, ``compare`` its whole line-up, ``sweep`` every point, so
-nothing compiles during or between measured runs; the forked children
-inherit the compiled code.
+hypervisor stub calls), the engine bench, and the unit costs ``compare``
+measures before its first round (:func:`launcher.compare.prepare`).
+:func:`prepare` is called once per command, before the first machine is
+created: ``run`` prepares its design and workload, ``compare`` its whole
+line-up and the unit costs, ``sweep`` every point, so nothing compiles
+during or between measured runs; the forked children inherit the compiled
+code.
 
 A kernel not in the on-disk cache (:mod:`shmalloc.jitcache`) is compiled in
 up to two child processes at once (this machine has 2 cores), which fill the
@@ -83,6 +85,9 @@ GROUPS: dict[str, list[tuple[str, str]]] = {
                  ("shmalloc.layout.free_list_slot", "ii")],
     "bench": [("shmalloc.bench._rounds", "fziiiia"),
               ("shmalloc.layout.free_list_slot", "ii")],
+    # what compare's prepare() (and bench) measure the unit costs with
+    "unit costs": [("shmalloc.bench._touch_pages", "miii"),
+                   ("shmalloc.bench._time_hook", "ziaiib")],
 }
 
 WORKLOAD_GROUP = {"page_fault1": "page_fault1/thp", "thp": "page_fault1/thp",
@@ -102,7 +107,7 @@ ESTIMATE_S = {"lock.now_ticks": 0.2, "page_alloc.init_free_lists": 0.7,
               "isolate.isolate_pageblock": 0.4, "isolate.undo_isolate_batch": 0.4,
               "bitmap.bitmap_scan": 0.9, "bitmap.bitmap_return": 0.2,
               "hostscan.host_scan_take": 0.4, "hostscan.host_scan_mark": 0.3,
-              "bench._rounds": 0.8}
+              "bench._rounds": 0.8, "bench._touch_pages": 0.1, "bench._time_hook": 0.2}
 STARTUP_S = 1.0
 #: with two compile processes, the first stage splits the allocator's helpers
 #: between its alloc and its free side, so the second stage finds them cached

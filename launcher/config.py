@@ -59,6 +59,7 @@ class RunConfig:
     walk_order: int | None = None       # callback: None: 0, as v14
     callback_ns: int | None = None      # callback: None: calibrated at start
     scan_interval: float = 5.0
+    free_hook_ns: int = 0               # spin this long on every free to the buddy lists
     inject: tuple = ()                  # --inject WHAT@SECONDS, as given
 
     @property
@@ -154,7 +155,7 @@ class RunConfig:
                              pcp_high=self.pcp_high, lock_spin=self.lock_spin,
                              lock_stats=self.lock_stats, report_order=self.report_order,
                              capacity=self.capacity or PAGE_REPORTING_CAPACITY,
-                             strategy=self.design.hook)
+                             strategy=self.design.hook, free_hook_ns=self.free_hook_ns)
 
     def reporter_options(self) -> ReporterOptions:
         return ReporterOptions(design=self.strategy, delay=self.delay, capacity=self.capacity,

@@ -3,11 +3,12 @@
 Runs are repeats of each other only when every flag is the same; a sweep's
 results mix configurations (worker counts, capacities, ...), and pooling
 them as repeats would print the median of a 1-worker and a 2-worker run
-under a "1 worker" heading.  :func:`label_runs` names each run by its design
-and, where runs of one design differ, by the flags in which they differ
-(``mainline workers=2``), so the side-by-side table has one row per
-configuration; :func:`heading` says what the rows share and where they
-differ.
+under a "1 worker" heading.  :func:`label_runs` names each run by the label
+``shmalloc compare`` gave it (its design, ``none#2`` in an A/A check, a
+``--variant``'s LABEL), else by its design, and, where runs under one name
+differ, by the flags in which they differ (``mainline workers=2``), so the
+side-by-side table has one row per configuration and per compare variant;
+:func:`heading` says what the rows share and where they differ.
 """
 
 from __future__ import annotations
@@ -45,15 +46,16 @@ def _value(v, key: str = "") -> str:
 
 
 def label_runs(runs: list[dict]) -> None:
-    """Set each run's ``label``: its design, plus ``key=value`` for every
-    flag in which runs of the same design differ."""
-    by_design: dict[str, list[dict]] = {}
+    """Set each run's ``label``: compare's label for it if it has one, else
+    its design (:func:`launcher.compare.run_label`); plus ``key=value`` for
+    every flag in which runs under the same name differ."""
+    by_name: dict[str, list[dict]] = {}
     for r in runs:
-        by_design.setdefault(run_label(r), []).append(r)
-    for design, group in by_design.items():
+        by_name.setdefault(run_label(r), []).append(r)
+    for name, group in by_name.items():
         keys = differing(group)
         for r in group:
-            r["label"] = " ".join([design] + [f"{k}={_value(r['config'][k], k)}" for k in keys])
+            r["label"] = " ".join([name] + [f"{k}={_value(r['config'][k], k)}" for k in keys])
 
 
 def heading(runs: list[dict]) -> str | None:

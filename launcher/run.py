@@ -13,6 +13,10 @@ The launcher is the watchdog (there is no EOWNERDEAD for a semaphore):
    same acquisition) for ``--stall-timeout`` seconds;
 4. at the end set the stop flag, wait (bounded) for the workers to give
    their memory back, check every invariant, collect the results;
+   throughput is counted twice: over the whole run, and over the *steady
+   window* (:meth:`Run.steady_window`), which opens once every worker has
+   written its whole working set once (the guest's first-touch page faults,
+   the same in every design, are over) and closes when the stop flag is set;
 5. on success, error, fault, Ctrl-C or SIGTERM alike: kill what still runs
    and remove every IPC object of the run.
 
@@ -27,6 +31,7 @@ how it ended, and the page accounting says where every page was.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sys
 import time
@@ -36,7 +41,7 @@ import numpy as np
 
 from hypervisor_stub import hypervisor_main
 from reporter import reporter_main
-from shmalloc import invariants, lockstat, snapshot, virtqueue
+from shmalloc import invariants, lockstat, procstat, snapshot, virtqueue
 from shmalloc.config import PAGE_SIZE
 from shmalloc.layout import (
     AG_PID,
@@ -49,6 +54,7 @@ from shmalloc.layout import (
     RS_ACK_PENDING_SINCE,
     RS_HV_PAGES_DISCARDED,
     RS_PAGES_REPORTED,
+    RUSAGE_COUNTERS,
     STOP_ABORT,
     STOP_HYPERVISOR,
     STOP_REPORTER,
@@ -62,7 +68,7 @@ from shmalloc.lock import now_ticks
 from shmalloc.machine import Machine
 
 from . import compile as kernels
-from . import faults, interrupt
+from . import faults, interrupt, measure
 from .config import RunConfig
 from .metrics import (
     footprint_gib_s,
@@ -120,6 +126,15 @@ class Run:
         self.cache_warm: bool | None = None
         self.injector = faults.Injector([faults.parse(x) for x in cfg.inject], self)
         self.stopped_since: dict[int, float] = {}
+        # the steady window's ends (measure.snapshot)
+        self.window_open: dict | None = None
+        self.window_close: dict | None = None
+        self.sched_at_stop: dict[int, tuple[int, int] | None] = {}
+        self.warm_pages = (cfg.working_set or 0) // PAGE_SIZE
+        self.jiffies: list[list[int]] = []          # /proc/stat at the start and the stop
+        self.rusage0 = None                         # the launcher's own, at the start
+        self.marks: dict[str, float] = {}           # phase -> time.monotonic(), for timing
+        self.record: dict | None = None
 
     # -- process management ------------------------------------------------
     def _start(self, name: str, role: str, agent: int, target, *args) -> None:
@@ -214,18 +229,31 @@ class Run:
     # -- sampling ----------------------------------------------------------
     def sample(self, now: float) -> None:
         m = self.machine
-        self.timeline["t_s"].append(round(now - self.t_go, 3))
-        self.timeline["free_bytes"].append(snapshot.free_pages(m) * PAGE_SIZE)
-        self.timeline["host_resident_bytes"].append(m.host_resident_bytes())
         rep = m.layout.off_report
-        self.timeline["reported_bytes"].append(int(m.zs[rep + RS_PAGES_REPORTED]) * PAGE_SIZE)
-        self.timeline["discarded_bytes"].append(int(m.zs[rep + RS_HV_PAGES_DISCARDED]) * PAGE_SIZE)
-        self.timeline["launcher_rss_bytes"].append(launcher_rss_bytes())
+        point = {"t_s": round(now - self.t_go, 3),
+                 "free_bytes": snapshot.free_pages(m) * PAGE_SIZE,
+                 "host_resident_bytes": m.host_resident_bytes(),
+                 "reported_bytes": int(m.zs[rep + RS_PAGES_REPORTED]) * PAGE_SIZE,
+                 "discarded_bytes": int(m.zs[rep + RS_HV_PAGES_DISCARDED]) * PAGE_SIZE,
+                 "launcher_rss_bytes": launcher_rss_bytes()}
+        with interrupt.deferred():      # a signal must not leave the series of unequal length
+            for key, value in point.items():
+                self.timeline[key].append(value)
 
     def pages_done(self) -> int:
         m = self.machine
         idx = WORKER_COUNTERS.index("pages_allocated")
         return sum(int(m.zs[m.layout.wstats(c.agent) + idx]) for c in self.workers())
+
+    def _maybe_open_window(self) -> None:
+        """The steady window (:mod:`launcher.measure`) opens once every
+        worker has written its working set once."""
+        if self.window_open is None and not self.cfg.ops:
+            self.window_open = measure.window_opens(self.machine, self._agents(),
+                                                    self.warm_pages)
+
+    def _agents(self) -> list[tuple[int, int]]:
+        return [(c.agent, c.pid) for c in self.workers()]
 
     def _progress(self, now: float, last: list) -> None:
         if not self.progress:
@@ -263,6 +291,7 @@ class Run:
                 self._progress(now, last)
                 next_sample += SAMPLE_S
             self.injector.step(now - self.t_go)
+            self._maybe_open_window()
             self.check_children()
             self.check_locks(now)
             self.check_stalls(now)
@@ -279,6 +308,10 @@ class Run:
         puts its batch back, then the hypervisor stub goes."""
         self.t_stop = time.monotonic()
         interrupt.enter("while stopping the run")
+        if self.window_open is not None:
+            self.window_close = measure.snapshot(self.machine, self._agents())
+        self.sched_at_stop = {c.pid: procstat.schedstat(c.pid) for c in self.children}
+        self.jiffies.append(procstat.cpu_jiffies())
         for level, role in ((STOP_WORKERS, "worker"), (STOP_REPORTER, "reporter"),
                             (STOP_HYPERVISOR, "hypervisor")):
             self.machine.zs[H_STOP] = level
@@ -338,10 +371,15 @@ class Run:
         outcome, reason, status = "ok", None, 0
         interrupted = None
         with interrupt.handling():
+            self.marks["begin"] = time.monotonic()
             self.cache_warm = kernels.prepare(kernels.groups_for([cfg]))
+            self.marks["compiled"] = time.monotonic()
             try:
                 self._create()
+                self.marks["created"] = time.monotonic()
                 self._start_children()
+                self.jiffies.append(procstat.cpu_jiffies())
+                self.rusage0 = resource.getrusage(resource.RUSAGE_SELF)
                 self.t_go = time.monotonic()
                 self.machine.zs[H_GO] = 1
                 interrupt.enter(f"while running{' ' + self.label.strip() if self.label else ''}")
@@ -362,6 +400,7 @@ class Run:
                     interrupted = e
                     self.t_stop = self.t_stop or time.monotonic()
                     self._abort_children(INTERRUPT_GRACE_S)
+                self.marks["stopped"] = time.monotonic()
                 interrupt.enter("while collecting the results")
                 interrupt.checkpoint("collecting")
                 self.sample(time.monotonic())
@@ -372,10 +411,14 @@ class Run:
                 record["exit_status"] = status
                 if interrupted is not None:
                     record["interrupted"] = interrupted
+                self.record = record
                 return record
             finally:
                 with interrupt.deferred():
                     self._cleanup()
+                if self.record is not None:      # the caller's dict: teardown included
+                    self.record["timing"] = measure.timing(self.marks, self.t_go, self.t_stop,
+                                                           time.monotonic())
 
     def _create(self) -> None:
         cfg = self.cfg
@@ -435,13 +478,16 @@ class Run:
             elapsed = (self.t_stop or time.monotonic()) - self.t_go
         elapsed = max(elapsed, 1e-9)
         total = {k: sum(w[k] for w in per_worker) for k in WORKER_COUNTERS
-                 if not k.startswith("t_") and not k.endswith("_max")}
+                 if not k.startswith("t_") and not k.endswith("_max")
+                 and k not in RUSAGE_COUNTERS}
         throughput = {
             "elapsed_s": round(elapsed, 4),
             "pages": total["pages_allocated"],
             "ops": total["ops"],
             "pages_per_sec": round(total["pages_allocated"] / elapsed, 1),
             "ops_per_sec": round(total["ops"] / elapsed, 1),
+            "steady": measure.steady_window(self.window_open, self.window_close, elapsed,
+                                            total, tps, starts),
             "per_worker": [],
         }
         for i, w in enumerate(per_worker):
@@ -506,6 +552,10 @@ class Run:
                 "invariant_errors": errors,
             },
             "workers": per_worker,
+            "attribution": measure.attribution(m, self.window_open, self.window_close,
+                                               per_worker, total),
+            "noise": measure.noise(m, [(c.name, c.role, c.agent, c.pid) for c in self.children],
+                                   self.jiffies, self.sched_at_stop, self.rusage0),
             "numba_cache_warm": self.cache_warm,
         }
         if outcome != "ok":
@@ -519,10 +569,17 @@ def execute(cfg: RunConfig, progress: bool = False, label: str = "", until=None)
 
 
 def _child_main(target, *args) -> None:
-    """Every forked child starts here.  With SHMALLOC_FORBID_CHILD_COMPILE
-    set (the test suite sets it) a kernel that was not compiled before the
-    fork fails the child instead of compiling during the run."""
+    """Every forked child starts here: ``target(*args)``, then leave at once.
+
+    With SHMALLOC_FORBID_CHILD_COMPILE set (the test suite sets it) a kernel
+    that was not compiled before the fork fails the child instead of
+    compiling during the run.  The child has written everything it had to
+    say into shared memory; multiprocess's and the interpreter's teardown of
+    a forked copy of the launcher took 50 ms per child here, a fixed cost of
+    every run, so it leaves with ``os._exit``.  An exception still ends the
+    child the usual way (traceback, status 1)."""
     if os.environ.get("SHMALLOC_FORBID_CHILD_COMPILE"):
         from shmalloc import config
         config.forbid_compile()
     target(*args)
+    os._exit(0)

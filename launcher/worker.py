@@ -34,6 +34,7 @@ from shmalloc.layout import (
 )
 from shmalloc.lock import now_ticks
 from shmalloc.pcp import drain_pages, pcp_service_drain
+from shmalloc.procstat import record_rusage
 from shmalloc.workload import (
     PHASED_REGROW_AT,
     PHASED_SHRINK_AT,
@@ -139,9 +140,11 @@ def worker_main(machine, agent: int, plan: WorkerPlan) -> None:
     n = run_plan(machine, agent, plan, held_pfn, held_order, held_long)
     machine.zs[ws + WC_T_END] = now_ticks()
     if machine.zs[H_STOP] == STOP_ABORT:
+        record_rusage(machine.zs, ws)
         return                     # the run is aborted: leave everything where it is
     # exit: give everything back (exit_mmap), then empty our pcp lists
     free_blocks(machine.frames, machine.zs, machine.mem, agent, held_pfn, held_order, n,
                 1e9 / machine.ticks_per_sec)
     drain_pages(machine.frames, machine.zs, agent, agent)
     machine.zs[ws + WC_MINOR_FAULTS] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
+    record_rusage(machine.zs, ws)

@@ -204,6 +204,21 @@ def test_newcomer_mistakes_get_one_clear_line(argv, fragments):
     assert_usage_error(shmalloc(*argv), *fragments)
 
 
+@pytest.mark.timeout(300)
+def test_compare_variant_flags_take_units(tmp_path):
+    """A --variant's flags are parsed as the command line's: durations with
+    units, sizes with fractions."""
+    out = tmp_path / "c.json"
+    res = shmalloc("compare", "--variant", "a=", "--variant",
+                   "b=--duration 100ms --hog-hold 20ms --memory 0.03125G", "--workload", "hog",
+                   "--memory", "16M", "--duration", "0.2", "--hog-hold", "0.05",
+                   "--json", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    by = {r["label"]: r["config"] for r in results.load(str(out))["runs"]}
+    assert (by["a"]["duration"], by["a"]["hog_hold"], by["a"]["memory"]) == (0.2, 0.05, 16 << 20)
+    assert (by["b"]["duration"], by["b"]["hog_hold"], by["b"]["memory"]) == (0.1, 0.02, 32 << 20)
+
+
 def test_run_takes_compares_callback_names(tmp_path):
     out = tmp_path / "r.json"
     res = shmalloc("run", "--strategy", "callback/discard", "--duration", "0.3", "--memory", "64M",
@@ -231,6 +246,51 @@ def test_report_never_pools_configurations_as_repeats(tmp_path):
     assert "median" not in table.splitlines()[0]
     rows = [line.split()[:2] for line in table.splitlines() if line.startswith("none ")]
     assert rows[:2] == [["none", "workers=1"], ["none", "workers=2"]]
+
+
+@pytest.mark.timeout(300)
+def test_report_takes_version_1_and_2_runs_of_one_configuration_as_repeats(tmp_path):
+    """A version 1 file has no --free-hook-ns in its configs (the flag came
+    with version 2): its runs are the same configuration as a version 2
+    run with the hook off, not a different one, and not a crash."""
+    new = tmp_path / "v2.json"
+    res = shmalloc("run", "--duration", "0.3", "--memory", "64M", "--json", str(new), "--quiet")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(new.read_text())
+    doc["version"] = 1
+    for run in doc["runs"]:
+        del run["config"]["free_hook_ns"]
+        for key in ("attribution", "noise", "timing"):
+            del run[key]
+        del run["throughput"]["steady"]
+    old = tmp_path / "v1.json"
+    old.write_text(json.dumps(doc))
+    res = shmalloc("report", str(new), str(old), "--plot", str(tmp_path / "plots"))
+    assert res.returncode == 0, res.stderr
+    table = res.stdout[res.stdout.index("shmalloc compare: "):].splitlines()
+    assert table[0].endswith("median of 2 runs"), table[0]
+    assert sum(line.startswith("none ") for line in table) == 2     # one row in each table
+
+
+def test_report_keeps_compares_labels_and_still_splits_configurations():
+    """compare's own labels (an A/A check's none#2, a --variant's LABEL)
+    name report's rows; runs under one label that differ in a flag (two
+    compare files, 1 and 2 workers) are still told apart."""
+    from launcher.report import label_runs
+
+    def run(label, **config):
+        base = {"strategy": "none", "callback_mode": "hint", "workers": 1, "free_hook_ns": 0}
+        r = {"config": {**base, **config}}
+        if label is not None:
+            r["label"] = label
+        return r
+
+    runs = [run("none"), run("none#2"), run("hook", free_hook_ns=200),
+            run("none", workers=2), run(None, strategy="mainline"),
+            run(None, strategy="mainline")]
+    label_runs(runs)
+    assert [r["label"] for r in runs] == ["none workers=1", "none#2", "hook", "none workers=2",
+                                          "mainline", "mainline"]
 
 
 def test_plot_titles_say_when_they_show_a_subset(tmp_path, monkeypatch):
@@ -267,7 +327,28 @@ def test_compile_groups_cover_what_a_command_needs():
     every = [RunConfig(strategy=s, workload=w).resolved()
              for s in ("none", "mainline", "boundary", "callback", "isolate", "bitmap",
                        "hostscan") for w in ("page_fault1", "thp", "random", "hog", "phased")]
-    assert set(kernels.groups_for(every)) == set(kernels.GROUPS) - {"bench"}
+    assert set(kernels.groups_for(every)) == set(kernels.GROUPS) - {"bench", "unit costs"}
+
+
+@pytest.mark.timeout(300)
+def test_compare_prepare_leaves_nothing_to_compile():
+    """compare's prepare() has launcher.compile compile the unit-cost
+    kernels with the rest: measuring the unit costs afterwards compiles
+    nothing (a fresh process, compiling forbidden once prepare is done)."""
+    code = ("from launcher.compare import Variant, config_for, prepare\n"
+            "from launcher.config import RunConfig\n"
+            "from shmalloc import bench, config\n"
+            "measure = bench.unit_costs\n"
+            "def forbidden_then_measured(*args, **kw):\n"
+            "    config.forbid_compile()\n"
+            "    return measure(*args, **kw)\n"
+            "bench.unit_costs = forbidden_then_measured\n"
+            "variants = [Variant('none', config_for(RunConfig(duration=1.0), 'none'))]\n"
+            "prepare(variants)\n"
+            "print('ok')\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=280)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
 
 
 def test_sample_signatures_match_a_machine(make_machine):

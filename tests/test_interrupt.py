@@ -39,6 +39,7 @@ PHASES = [
     ("running", False, RUN, "while running"),
     ("stopping", True, SHORT_RUN, "while stopping the run"),
     ("collecting", True, SHORT_RUN, "while collecting the results"),
+    ("unit-costs", True, COMPARE, "while measuring unit costs"),
     ("between-designs", True, COMPARE, "between designs"),
     ("between-rounds", True, COMPARE, "between rounds"),
 ]
@@ -66,9 +67,11 @@ def descendants(pid: int) -> set[int]:
 
 
 def interrupt_at(tmp_path, checkpoint: str, pause: bool, argv: list[str], sig: int,
-                 env: dict | None = None, want_children: bool = False):
+                 env: dict | None = None, want_children: bool = False,
+                 stdout: list | None = None):
     """Start ``shmalloc argv``, wait until it reaches ``checkpoint``, send
-    ``sig``; returns (status, stderr, seconds to exit, its processes then)."""
+    ``sig``; returns (status, stderr, seconds to exit, its processes then),
+    and appends what it printed on stdout to ``stdout`` if given."""
     flag = tmp_path / "reached"
     full_env = dict(os.environ, SHMALLOC_TEST_PHASE=checkpoint, SHMALLOC_TEST_PHASE_FILE=str(flag),
                     **(env or {}))
@@ -89,8 +92,10 @@ def interrupt_at(tmp_path, checkpoint: str, pause: bool, argv: list[str], sig: i
             kids = descendants(proc.pid)
         t0 = time.monotonic()
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=30)
         took = time.monotonic() - t0
+        if stdout is not None:
+            stdout.append(out)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -122,6 +127,28 @@ def test_signal_at_every_phase(tmp_path, checkpoint, pause, argv, phrase, sig):
     check_outcome(status, err, took, kids, sig, phrase, command=argv[0])
     if checkpoint in ("forking", "running", "stopping"):
         assert kids, "no children were running at that phase"
+    assert ipc_objects() == before
+
+
+@pytest.mark.timeout(300)
+def test_compare_interrupted_during_a_run_reports_the_runs_so_far(tmp_path):
+    """A signal during one of compare's runs: that run is kept as aborted,
+    the tables of the runs so far are printed and saved, and the one line
+    and 130 follow."""
+    before = ipc_objects()
+    out = tmp_path / "c.json"
+    printed: list[str] = []
+    status, err, took, kids = interrupt_at(tmp_path, "running", False,
+                                           [*COMPARE, "--duration", "60", "--json", str(out)],
+                                           signal.SIGINT, stdout=printed)
+    check_outcome(status, err, took, kids, signal.SIGINT, "while running [1/4] round 1",
+                  command="compare")
+    assert "what it costs the allocator" in printed[0]
+    assert "no interval: 0 complete round" in printed[0]
+    doc = results.load(str(out))
+    assert [r["outcome"] for r in doc["runs"]] == ["aborted"]
+    assert doc["runs"][0]["abort_reason"].startswith("interrupted by SIGINT while running")
+    assert doc["comparison"]["rounds"] == 0
     assert ipc_objects() == before
 
 
