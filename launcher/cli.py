@@ -37,7 +37,8 @@ def add_machine_flags(p, strategy: bool = True) -> None:
 
     g = p.add_argument_group("experiment")
     g.add_argument("--workload", default="page_fault1", metavar="NAME",
-                   help=f"what workers do: {', '.join(WORKLOADS)} (default page_fault1)")
+                   help=f"what workers do: {', '.join(WORKLOADS)}, or trace:FILE to replay a "
+                   "recorded trace (shmalloc trace record) (default page_fault1)")
     g.add_argument("--workers", type=opt.int_range(1, MAX_WORKERS), default=2, metavar="N",
                    help="worker processes (default 2)")
     g.add_argument("--duration", type=opt.float_range(0, 86400, lo_open=True), default=None,
@@ -53,9 +54,18 @@ def add_machine_flags(p, strategy: bool = True) -> None:
                    metavar="FRACTION", help="hog: share of guest memory allocated (default 0.9)")
     g.add_argument("--hog-hold", type=opt.float_range(0, 86400), default=1.0, metavar="SECONDS",
                    help="hog: how long the memory is held before it is freed (default 1)")
+    g.add_argument("--trace-speed", type=opt.float_range(0, 1e6), default=0.0, metavar="X",
+                   help="trace:FILE: replay at X times the recorded pace; 0 as fast as possible "
+                   "(default 0)")
+    g.add_argument("--trace-wait", type=opt.float_range(0, 3600, lo_open=True), default=1.0,
+                   metavar="SECONDS", help="trace:FILE: how long a free waits for its allocation "
+                   "on another worker before it is left to that worker (default 1)")
+    g.add_argument("--trace-loops", type=opt.int_range(0, 1 << 30), default=1, metavar="N",
+                   help="trace:FILE: replay the trace N times; 0 until --duration (default 1)")
     g = p.add_argument_group("guest and allocator")
-    g.add_argument("--memory", type=opt.size_range(1 << 20), default=1 << 30, metavar="SIZE",
-                   help="guest memory, K/M/G suffixes (default 1G)")
+    g.add_argument("--memory", type=opt.size_range(1 << 20), default=None, metavar="SIZE",
+                   help="guest memory, K/M/G suffixes (default 1G; for trace:FILE its peak "
+                   "live memory plus headroom)")
     g.add_argument("--zones", type=opt.int_range(1, MAX_ZONES), default=1, metavar="N",
                    help="zones, equal pfn ranges with a lock each (default 1)")
     g.add_argument("--max-order", type=opt.int_range(10, MAX_ORDER_LIMIT), default=11, metavar="N",
@@ -571,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_bench(sub)
     _add_cleanup(sub)
+    from .trace import add_trace_parser
+    add_trace_parser(sub)
     return parser
 
 

@@ -29,7 +29,7 @@ import resource
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -61,7 +61,7 @@ from shmalloc.layout import (
 from shmalloc.lock import now_ticks
 from shmalloc.machine import Machine
 
-from . import faults, measure
+from . import faults, measure, trace
 from .config import RunConfig
 from .metrics import (
     footprint_gib_s,
@@ -218,6 +218,7 @@ class Run:
         self.rusage0 = None                         # the launcher's own, at the start
         self.marks: dict[str, float] = {}           # phase -> time.monotonic(), for timing
         self.record: dict | None = None
+        self.replay = None                 # trace:FILE: the replay's shared state
 
     # -- process management ------------------------------------------------
     def _start(self, name: str, role: str, agent: int, target, *args) -> None:
@@ -249,7 +250,8 @@ class Run:
             code = c.proc.exitcode
             if code is None:
                 continue
-            told = level >= self.EXIT_LEVEL[c.role] or (c.role == "worker" and self.cfg.ops)
+            told = level >= self.EXIT_LEVEL[c.role] or (c.role == "worker" and
+                                                        (self.cfg.ops or not self.cfg.duration))
             if code == 0 and told:
                 continue
             raise RunAborted(f"{c.name} (pid {c.pid}) {describe_exit(code)}"
@@ -387,7 +389,8 @@ class Run:
                 return
             if self.until is not None and self.until(self):
                 return
-            if cfg.ops and all(c.proc.exitcode == 0 for c in self.workers()):
+            if (cfg.ops or not cfg.duration) and all(c.proc.exitcode == 0
+                                                     for c in self.workers()):
                 return
             time.sleep(max(0.0, min(0.02, next_sample - time.monotonic())))
 
@@ -461,6 +464,8 @@ class Run:
                 self.queues = virtqueue.create_queues(m.run_id, cfg.capacity)
             self.marks["created"] = time.monotonic()
             self.cache_warm = warm_kernels(m, cfg.strategy)
+            if cfg.trace:
+                self.replay = trace.prepare(cfg, m)
             self.marks["compiled"] = time.monotonic()
             self.host_start = m.host_resident_bytes()
             if cfg.design.hypervisor:
@@ -470,7 +475,8 @@ class Run:
                 self._start("reporter", "reporter", m.reporter_agent, reporter_main, m,
                             m.reporter_agent, cfg.reporter_options())
             for w in range(cfg.workers):
-                self._start(f"worker {w}", "worker", w, worker_main, self.machine, w, cfg.plan(w))
+                plan = replace(cfg.plan(w), replay=self.replay)
+                self._start(f"worker {w}", "worker", w, worker_main, self.machine, w, plan)
             self._wait_bound()
             self.jiffies.append(procstat.cpu_jiffies())
             self.rusage0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -605,6 +611,8 @@ class Run:
                                    self.jiffies, self.sched_at_stop, self.rusage0),
             "numba_cache_warm": self.cache_warm,
         }
+        if self.replay is not None:
+            record["trace"] = trace.replay_results(self.replay, cfg, elapsed)
         if outcome != "ok":
             record["page_accounting"] = [{"where": w, "pages": n}
                                          for w, n in snapshot.page_accounting(m)]
