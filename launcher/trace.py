@@ -80,36 +80,6 @@ class _Staging:
         return {k: v[order] for k, v in out.items()}
 
 
-class _Child:
-    """A forked CMD: the parts of subprocess.Popen the recorder needs."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(str(self.pid), timeout)
-            time.sleep(0.005)
-        return self.returncode
-
-    def send_signal(self, sig: int) -> None:
-        if self.poll() is None:
-            os.kill(self.pid, sig)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-
 class Recorder:
     """One recording: the instance, CMD, the reader loop and the file."""
 
@@ -176,24 +146,19 @@ class Recorder:
 
     # -- the child -----------------------------------------------------------
     def _spawn(self):
-        """Start CMD blocked before exec, so that it can be traced (and, with
-        --pid-tree, filtered by pid) from its first instruction.  Returns the
-        child and the pipe that releases it."""
+        """Start CMD held before its exec, so that it is traced (and, with
+        --pid-tree, filtered by pid) from its first instruction: a small
+        shell waits for one byte on a pipe, then execs CMD in its own pid.
+        (Forking this process instead would trace the freeing of a copy of
+        the recorder's page tables at exec.)  Returns the child and the
+        pipe's write end; closing it unsent makes the shell exit 127."""
         r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:                                   # the child: wait, then exec CMD
-            try:
-                os.close(w)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                if os.read(r, 1) == b"g":              # else the recorder died: do not run
-                    os.close(r)
-                    os.execvp(self.cmd[0], self.cmd)
-            except BaseException:
-                pass
-            os._exit(127)
-        os.close(r)
-        return _Child(pid), w
+        hold = f'read go <&{r} && exec {r}<&- && exec "$@"; exit 127'
+        try:
+            child = subprocess.Popen(["/bin/sh", "-c", hold, "sh", *self.cmd], pass_fds=(r,))
+        finally:
+            os.close(r)
+        return child, w
 
     def _end_child(self, child) -> None:
         """After a signal: CMD gets SIGTERM (Ctrl-C reached it already, from
@@ -229,7 +194,7 @@ class Recorder:
             inst.start()
             start_wall = datetime.datetime.now(datetime.timezone.utc)
             start_mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-            os.write(go_fd, b"g")
+            os.write(go_fd, b"go\n")
             os.close(go_fd)
             go_fd = None
             while child.poll() is None and self.signal_received is None:
@@ -608,6 +573,11 @@ def format_info(path: str) -> list[str]:
               f"split blocks, {c['skipped_before']} frees of pages allocated before the "
               f"recording, {c['skipped_other']} unmatched; {pl.superseded} allocations of a "
               "pfn whose free was not seen"]
+    t = time.perf_counter()                  # again, now that the decoder is loaded
+    tracefile.load(path)
+    decode_s = time.perf_counter() - t
+    lines.append(f"  decoding     {n} events in {decode_s:.4f} s: "
+                 f"{n / max(decode_s, 1e-9) / 1e6:.1f} M events/s")
     pids, cnt = np.unique(ev["pid"], return_counts=True)
     top = np.argsort(-cnt, kind="stable")[:8]
     lines.append(f"  pids         {len(pids)}: " + ", ".join(f"{pids[i]} ({cnt[i]})" for i in top)
