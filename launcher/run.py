@@ -200,7 +200,8 @@ class Run:
         self.machine: Machine | None = None
         self.children: list[Child] = []
         self.timeline = {"t_s": [], "free_bytes": [], "host_resident_bytes": [],
-                         "reported_bytes": [], "discarded_bytes": [], "launcher_rss_bytes": []}
+                         "reported_bytes": [], "discarded_bytes": [], "launcher_rss_bytes": [],
+                         "free_unreportable_bytes": []}
         self.queues: tuple = ()
         self.stall: dict[int, tuple[int, int, float]] = {}
         self.signal_received: int | None = None
@@ -323,6 +324,8 @@ class Run:
         self.timeline["reported_bytes"].append(int(m.zs[rep + RS_PAGES_REPORTED]) * PAGE_SIZE)
         self.timeline["discarded_bytes"].append(int(m.zs[rep + RS_HV_PAGES_DISCARDED]) * PAGE_SIZE)
         self.timeline["launcher_rss_bytes"].append(launcher_rss_bytes())
+        self.timeline["free_unreportable_bytes"].append(
+            free_below_order(m, self.cfg.report_order) * PAGE_SIZE)
 
     def pages_done(self) -> int:
         m = self.machine
