@@ -96,6 +96,7 @@ class Recorder:
         self.ready_n = 0
         self.missed = np.zeros(3, np.int64)
         self.pages_read = 0
+        self.first_ts: int | None = None
 
     def _on_signal(self, signum, frame) -> None:
         self.signal_received = signum
@@ -133,6 +134,8 @@ class Recorder:
         if drain_all:
             cut = np.iinfo(np.int64).max
         batch = self.staging.take_before(cut)
+        if len(batch["ts"]) and self.first_ts is None:
+            self.first_ts = int(batch["ts"][0])
         if len(batch["ts"]):
             self.ready.append(batch)
             self.ready_n += len(batch["ts"])
@@ -161,10 +164,16 @@ class Recorder:
         return child, w
 
     def _end_child(self, child) -> None:
-        """After a signal: CMD gets SIGTERM (Ctrl-C reached it already, from
-        the terminal), then SIGKILL after a grace period."""
-        if child.poll() is None and self.signal_received == signal.SIGTERM:
-            child.send_signal(signal.SIGTERM)
+        """After a signal: SIGTERM is passed on to CMD at once; Ctrl-C
+        reached CMD from the terminal already, so it gets a second to exit
+        before SIGINT is passed on; SIGKILL after a grace period."""
+        if self.signal_received == signal.SIGINT:
+            try:
+                child.wait(1.0)
+            except subprocess.TimeoutExpired:
+                pass
+        if child.poll() is None:
+            child.send_signal(self.signal_received)
         try:
             child.wait(CHILD_GRACE_S)
         except subprocess.TimeoutExpired:
@@ -188,6 +197,11 @@ class Recorder:
             tfs.parse_pages(np.frombuffer(bytes(4), dtype="<u4"), 0, 1, layout.vector, z["ts"],
                             z["cpu"], 0, z["pid"], z["op"], z["pfn"], z["order"], z["mt"], 0,
                             self.missed)
+            if self.signal_received is not None:          # before CMD started: nothing to keep
+                print(f"shmalloc trace record: interrupted by "
+                      f"{signal.Signals(self.signal_received).name} before {self.cmd[0]} "
+                      "started; nothing recorded", file=sys.stderr)
+                return 128 + self.signal_received
             writer = tracefile.TraceWriter(self.out, force=self.force, level=RECORD_ZLIB_LEVEL)
             child, go_fd = self._spawn()
             inst.filter_pids([child.pid] if self.pid_tree else None, [os.getpid()])
@@ -250,7 +264,9 @@ class Recorder:
             "interrupted": (signal.Signals(self.signal_received).name
                             if self.signal_received else None),
             "start_wall": start_wall.isoformat(timespec="milliseconds"),
-            "start_mono_ns": start_mono,
+            # the events' clock: CLOCK_MONOTONIC for "mono"; else the
+            # recording is taken to start at its first event
+            "start_mono_ns": start_mono if inst.clock == "mono" else self.first_ts,
             "duration_ns": end_mono - start_mono,
             "clock": inst.clock,
             "reader": "trace_pipe_raw",

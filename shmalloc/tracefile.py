@@ -298,7 +298,10 @@ def load(path: str) -> Trace:
         _fail(path, f"damaged trace file ({e})")
     if at != total:
         _fail(path, f"damaged trace file ({at} events, the footer says {total})")
-    ev["ts"] -= int(header.get("start_mono_ns", ev["ts"][0] if total else 0))
+    start = header.get("start_mono_ns")
+    if not isinstance(start, int):
+        start = int(ev["ts"].min()) if total else 0
+    ev["ts"] -= start
     if total and not ordered(ev["ts"]):
         order = np.argsort(ev["ts"], kind="stable")
         ev = {k: v[order] for k, v in ev.items()}

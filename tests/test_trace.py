@@ -68,8 +68,16 @@ def _state():
     return tracefs.global_state()
 
 
-def _ours(root: str) -> list[str]:
-    return [n for n in os.listdir(os.path.join(root, "instances")) if n.startswith("shmalloc-")]
+def _recording(root: str) -> bool:
+    """A recorder's instance is tracing (CMD has been released)."""
+    for name in os.listdir(os.path.join(root, "instances")):
+        try:
+            with open(os.path.join(root, "instances", name, "tracing_on")) as f:
+                if name.startswith("shmalloc-") and f.read().strip() == "1":
+                    return True
+        except OSError:
+            pass
+    return False
 
 
 def _synthetic(path, rows, footer=None):
@@ -129,7 +137,7 @@ def test_recording_restores_tracing_when_cmd_fails_or_is_interrupted(tracefs_roo
                                 start_new_session=True)
         try:
             deadline = time.monotonic() + 150
-            while not _ours(tracefs_root):              # recording has started
+            while not _recording(tracefs_root):         # CMD runs, traced
                 assert proc.poll() is None, proc.communicate()
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
