@@ -396,13 +396,16 @@ def test_a_cross_cpu_free_lands_in_the_freeing_workers_pcp_list(make_machine, tm
     assert invariants.check(m) == []
     # the owner checks of every other workload are untouched: a block is freed
     # by its holder, or handed over by naming that holder exactly
+    from shmalloc.layout import WC_FREE_ERRORS
     from shmalloc.machine import AllocatorError
-    from shmalloc.page_alloc import free_pages_from
     g = m.alloc(0, agent=0)
     with pytest.raises(AllocatorError) as e:
         m.free(g, 0, agent=1)
     assert e.value.code == E_NOT_OWNER
-    assert free_pages_from(m.frames, m.zs, 1, 2, g, 0) == E_NOT_OWNER   # wrong holder named
+    ws1 = m.layout.wstats(1)
+    errors = int(m.zs[ws1 + WC_FREE_ERRORS])
+    replay.free_block(m.frames, m.zs, m.mem, 1, 2, g, 0, ws1, 1.0)   # the wrong holder named
+    assert m.zs[ws1 + WC_FREE_ERRORS] == errors + 1
     assert m.frames[g]["state"] == PS_ALLOC and m.frames[g]["owner"] == 0
     m.free(g, 0, agent=0)
 
