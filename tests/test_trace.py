@@ -417,9 +417,9 @@ def test_a_cross_cpu_free_lands_in_the_freeing_workers_pcp_list(make_machine, tm
 @pytest.mark.timeout(400)
 def test_shipped_trace_replays_under_every_design(tmp_path):
     out = tmp_path / "c.json"
-    # at 6x its pace the 10 s trace fits in the 2 s, exit and cross-CPU frees included
+    # at twice its pace the 3.7 s trace fits in the 2 s, exit and cross-CPU frees included
     res = shmalloc("compare", "--workload", f"trace:{SHIPPED}", "--duration", "2",
-                   "--trace-speed", "6", "--quiet", "--json", str(out), timeout=380)
+                   "--trace-speed", "2", "--quiet", "--json", str(out), timeout=380)
     assert res.returncode == 0, res.stderr
     runs = json.load(open(out))["runs"]
     assert len(runs) == 8
@@ -434,4 +434,4 @@ def test_shipped_trace_replays_under_every_design(tmp_path):
         assert t["allocs"] > 30000 and t["failed"] == 0, run["label"]
         assert t["cross_frees"] > 1000, run["label"]          # handed over between workers
         assert t["skipped_share"] < 0.05, run["label"]
-        assert 2.5 < t["pace"] < 6.5, run["label"]           # paced, not as fast as possible
+        assert 1.5 < t["pace"] < 2.5, run["label"]           # paced, not as fast as possible
