@@ -334,8 +334,9 @@ class Run:
 
     def _maybe_open_window(self) -> None:
         """The steady window (:mod:`launcher.measure`) opens once every
-        worker has written its working set once."""
-        if self.window_open is None and not self.cfg.ops:
+        worker has written its working set once; a replay has no working
+        set, and its own first touches are part of the recorded program."""
+        if self.window_open is None and not self.cfg.ops and not self.cfg.trace:
             self.window_open = measure.window_opens(self.machine, self._agents(),
                                                     self.warm_pages)
 
