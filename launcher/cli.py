@@ -41,7 +41,8 @@ def add_machine_flags(p, strategy: bool = True) -> None:
 
     g = p.add_argument_group("experiment")
     g.add_argument("--workload", default="page_fault1", metavar="NAME",
-                   help=f"what workers do: {', '.join(WORKLOADS)} (default page_fault1)")
+                   help=f"what workers do: {', '.join(WORKLOADS)}, or trace:FILE to replay a "
+                   "recorded trace (shmalloc trace record) (default page_fault1)")
     g.add_argument("--workers", type=opt.int_range(1, MAX_WORKERS), default=2, metavar="N",
                    help="worker processes (default 2)")
     g.add_argument("--duration", type=opt.duration_range(0, 86400, lo_open=True), default=None,
@@ -58,9 +59,18 @@ def add_machine_flags(p, strategy: bool = True) -> None:
                    metavar="FRACTION", help="hog: share of guest memory allocated (default 0.9)")
     g.add_argument("--hog-hold", type=opt.duration_range(0, 86400), default=1.0, metavar="TIME",
                    help="hog: how long the memory is held before it is freed (default 1 s)")
+    g.add_argument("--trace-speed", type=opt.float_range(0, 1e6), default=0.0, metavar="X",
+                   help="trace:FILE: replay at X times the recorded pace; 0 as fast as possible "
+                   "(default 0)")
+    g.add_argument("--trace-wait", type=opt.duration_range(0, 3600, lo_open=True), default=1.0,
+                   metavar="TIME", help="trace:FILE: how long a free waits for its allocation "
+                   "on another worker before it is left to that worker (default 1 s)")
+    g.add_argument("--trace-loops", type=opt.int_range(0, 1 << 30), default=1, metavar="N",
+                   help="trace:FILE: replay the trace N times; 0 until --duration (default 1)")
     g = p.add_argument_group("guest and allocator")
-    g.add_argument("--memory", type=opt.size_range(1 << 20), default=1 << 30, metavar="SIZE",
-                   help="guest memory, K/M/G/T suffixes, 1.5G allowed (default 1G)")
+    g.add_argument("--memory", type=opt.size_range(1 << 20), default=None, metavar="SIZE",
+                   help="guest memory, K/M/G/T suffixes, 1.5G allowed (default 1G; for "
+                   "trace:FILE its peak live memory plus headroom)")
     g.add_argument("--zones", type=opt.int_range(1, MAX_ZONES), default=1, metavar="N",
                    help="zones, equal pfn ranges with a lock each (default 1)")
     g.add_argument("--max-order", type=opt.int_range(10, MAX_ORDER_LIMIT), default=11, metavar="N",
@@ -646,6 +656,15 @@ def _cleanup_cache(dry_run: bool) -> int:
 
 # ---------------------------------------------------------------------------
 
+def _nested(sub):
+    """Every parser under ``sub``, the actions of a command with actions
+    (``trace record``) included."""
+    for p in sub.choices.values():
+        yield p
+        for action in p._subparsers._group_actions if p._subparsers else ():
+            yield from _nested(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="shmalloc",
                      description="Free page reporting designs from the 2019 Linux mm debate, "
@@ -658,7 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_bench(sub)
     _add_cleanup(sub)
-    for p in (parser, *sub.choices.values()):
+    from .trace import add_trace_parser
+    add_trace_parser(sub)
+    for p in (parser, *_nested(sub)):
         p.add_argument("--debug", action="store_true",
                        help="on an unexpected error, print its traceback too")
     return parser

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from . import compile as kernels
-from . import designs, interrupt, stats
+from . import designs, interrupt, stats, trace
 from .config import RunConfig
 from .cost import COST_KEYS, SERVICE_CALLERS, WORKER_CALLERS, attributed_cost, pct
 from .run import execute
@@ -568,4 +568,6 @@ def format_compare(runs: list[dict], labels: list[str] | None = None) -> list[st
     for label, f, _ in rows:
         for why in dict.fromkeys(f["unsafe"]):
             lines.append(f"UNSAFE: {label}: {why}")
+    lines += [f"NOTE: {n}" for n in dict.fromkeys(f"{run_label(r)}: {n}" for r in runs
+                                                  for n in trace.notes(r))]
     return lines

@@ -46,8 +46,9 @@ from . import interrupt
 # ---------------------------------------------------------------------------
 
 #: argument codes of the signatures: the arrays of a machine and scalars
-#: f frames, z zs, m guest memory, a int64 array, B bool array,
-#: i int, d float, b bool (Python values, as the callers pass them)
+#: f frames, z zs, m guest memory, a int64 array, B bool array, k int8
+#: array, u uint8 array, w int32 array, i int, d float, b bool (Python
+#: values, as the callers pass them)
 GROUPS: dict[str, list[tuple[str, str]]] = {
     "allocator": [("shmalloc.lock.now_ticks", ""),
                   ("shmalloc.page_alloc.init_free_lists", "fz"),
@@ -83,6 +84,15 @@ GROUPS: dict[str, list[tuple[str, str]]] = {
                  ("hypervisor_stub.hostscan.host_scan_mark", "fziiaaiB"),
                  ("shmalloc.layout.zone_base", "i"),
                  ("shmalloc.layout.free_list_slot", "ii")],
+    # --workload trace:FILE: pairing the events (while the flags are
+    # checked) and the replay (shmalloc.replay); decoding's prefix sums
+    # compile per stored column type, in this process (a fraction of a second)
+    "trace": [("shmalloc.tracefile.ordered", "a"),
+              ("shmalloc.replay.pair_events", "uauiwakaa"),
+              ("shmalloc.replay.replay_events", "fzmiaikaakaadiidiid"),
+              ("shmalloc.replay.replay_release", "fzmiakkad"),
+              ("shmalloc.replay.reset_slots", "aka"),
+              ("shmalloc.replay.common_start", "ai")],
     "bench": [("shmalloc.bench._rounds", "fziiiia"),
               ("shmalloc.layout.free_list_slot", "ii")],
     # what compare's prepare() (and bench) measure the unit costs with
@@ -116,7 +126,7 @@ ALLOC_SIDE = ("shmalloc.lock.now_ticks", "shmalloc.page_alloc.init_free_lists",
 FREE_SIDE = ("shmalloc.page_alloc.free_pages", "shmalloc.pcp.drain_pages",
              "shmalloc.pcp.pcp_service_drain")
 #: groups whose kernels inline the same workload helpers: one process
-WORKLOADS = ("allocator", "page_fault1/thp", "random/phased", "hog", "bench")
+WORKLOADS = ("allocator", "page_fault1/thp", "random/phased", "hog", "trace", "bench")
 
 
 @dataclass(frozen=True)
@@ -144,7 +154,8 @@ def _sample_values(codes: str) -> list:
     make = {"f": lambda: np.zeros(1, FRAME_DTYPE), "z": lambda: np.zeros(1, np.int64),
             "m": lambda: np.zeros(1, np.int64), "a": lambda: np.zeros(1, np.int64),
             "B": lambda: np.zeros(1, np.bool_), "i": lambda: 0, "d": lambda: 1.0,
-            "b": lambda: True}
+            "b": lambda: True, "k": lambda: np.zeros(1, np.int8),
+            "u": lambda: np.zeros(1, np.uint8), "w": lambda: np.zeros(1, np.int32)}
     return [make[c]() for c in codes]
 
 
@@ -163,7 +174,7 @@ def groups_for(cfgs) -> list[str]:
     """The groups the runs of ``cfgs`` (RunConfigs) need, allocator first."""
     groups = ["allocator"]
     for cfg in cfgs:
-        for g in (WORKLOAD_GROUP[cfg.workload], cfg.strategy):
+        for g in (WORKLOAD_GROUP.get(cfg.workload, "trace"), cfg.strategy):
             if g in GROUPS and g not in groups:
                 groups.append(g)
     return groups

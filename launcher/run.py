@@ -35,7 +35,7 @@ import resource
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -68,7 +68,7 @@ from shmalloc.lock import now_ticks
 from shmalloc.machine import Machine
 
 from . import compile as kernels
-from . import faults, interrupt, measure
+from . import faults, interrupt, measure, trace
 from .config import RunConfig
 from .metrics import (
     footprint_gib_s,
@@ -118,7 +118,8 @@ class Run:
         self.machine: Machine | None = None
         self.children: list[Child] = []
         self.timeline = {"t_s": [], "free_bytes": [], "host_resident_bytes": [],
-                         "reported_bytes": [], "discarded_bytes": [], "launcher_rss_bytes": []}
+                         "reported_bytes": [], "discarded_bytes": [], "launcher_rss_bytes": [],
+                         "free_unreportable_bytes": []}
         self.queues: tuple = ()
         self.stall: dict[int, tuple[int, int, float]] = {}
         self.t_go = 0.0
@@ -135,6 +136,7 @@ class Run:
         self.rusage0 = None                         # the launcher's own, at the start
         self.marks: dict[str, float] = {}           # phase -> time.monotonic(), for timing
         self.record: dict | None = None
+        self.replay = None                 # trace:FILE: the replay's shared state
 
     # -- process management ------------------------------------------------
     def _start(self, name: str, role: str, agent: int, target, *args) -> None:
@@ -167,7 +169,8 @@ class Run:
             code = c.proc.exitcode
             if code is None:
                 continue
-            told = level >= self.EXIT_LEVEL[c.role] or (c.role == "worker" and self.cfg.ops)
+            told = level >= self.EXIT_LEVEL[c.role] or (c.role == "worker" and
+                                                        (self.cfg.ops or not self.cfg.duration))
             if code == 0 and told:
                 continue
             raise RunAborted(f"{c.name} (pid {c.pid}) {describe_exit(code)}"
@@ -235,7 +238,8 @@ class Run:
                  "host_resident_bytes": m.host_resident_bytes(),
                  "reported_bytes": int(m.zs[rep + RS_PAGES_REPORTED]) * PAGE_SIZE,
                  "discarded_bytes": int(m.zs[rep + RS_HV_PAGES_DISCARDED]) * PAGE_SIZE,
-                 "launcher_rss_bytes": launcher_rss_bytes()}
+                 "launcher_rss_bytes": launcher_rss_bytes(),
+                 "free_unreportable_bytes": free_below_order(m, self.cfg.report_order) * PAGE_SIZE}
         with interrupt.deferred():      # a signal must not leave the series of unequal length
             for key, value in point.items():
                 self.timeline[key].append(value)
@@ -247,8 +251,9 @@ class Run:
 
     def _maybe_open_window(self) -> None:
         """The steady window (:mod:`launcher.measure`) opens once every
-        worker has written its working set once."""
-        if self.window_open is None and not self.cfg.ops:
+        worker has written its working set once; a replay has no working
+        set, and its own first touches are part of the recorded program."""
+        if self.window_open is None and not self.cfg.ops and not self.cfg.trace:
             self.window_open = measure.window_opens(self.machine, self._agents(),
                                                     self.warm_pages)
 
@@ -299,7 +304,8 @@ class Run:
                 return
             if self.until is not None and self.until(self):
                 return
-            if cfg.ops and all(c.proc.exitcode == 0 for c in self.workers()):
+            if (cfg.ops or not cfg.duration) and all(c.proc.exitcode == 0
+                                                     for c in self.workers()):
                 return
             time.sleep(max(0.0, min(0.02, next_sample - time.monotonic())))
 
@@ -429,6 +435,8 @@ class Run:
         if cfg.design.reporter:
             with interrupt.deferred():
                 self.queues = virtqueue.create_queues(m.run_id, cfg.capacity)
+        if cfg.trace:                       # an anonymous mapping: nothing to clean up
+            self.replay = trace.prepare(cfg, m)
         self.host_start = m.host_resident_bytes()
         interrupt.checkpoint("machine")
 
@@ -442,7 +450,8 @@ class Run:
             self._start("reporter", "reporter", m.reporter_agent, reporter_main, m,
                         m.reporter_agent, cfg.reporter_options())
         for w in range(cfg.workers):
-            self._start(f"worker {w}", "worker", w, worker_main, m, w, cfg.plan(w))
+            plan = replace(cfg.plan(w), replay=self.replay)
+            self._start(f"worker {w}", "worker", w, worker_main, m, w, plan)
         interrupt.checkpoint("forking")
         self._wait_bound()
 
@@ -558,6 +567,8 @@ class Run:
                                    self.jiffies, self.sched_at_stop, self.rusage0),
             "numba_cache_warm": self.cache_warm,
         }
+        if self.replay is not None:
+            record["trace"] = trace.replay_results(self.replay, cfg, elapsed)
         if outcome != "ok":
             record["page_accounting"] = [{"where": w, "pages": n}
                                          for w, n in snapshot.page_accounting(m)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from shmalloc import lockstat
 
+from . import trace
 from .designs import DESIGNS
 
 
@@ -113,6 +114,7 @@ def format_run(run: dict, lock_table: bool = True) -> list[str]:
         lines.append(f"  workers freed        {fmt_bytes(mem.get('released_bytes', 0))} at "
                      f"{mem['freed_at_s']:.2f} s; half of it back on the host "
                      + (f"{half:.2f} s later" if half is not None else "never"))
+    lines += trace.summary_lines(run)
     lines += ["", "safety",
               f"  use-after-discard    {safety['use_after_discard']}",
               f"  double allocations   {safety['double_allocations']}",

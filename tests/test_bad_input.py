@@ -102,6 +102,18 @@ BAD_INPUTS = [
     (["sweep", "--out", "{tmp}/missing/deeper", "--grid", "workers=1"], "does not exist"),
     (["report", "{foreign}", "--plot", "{tmp}/missing/png"], "not a shmalloc results file"),
     (["run", "--inject", "explode@1"], "--inject", "WHAT@SECONDS"),
+    # traces (tests/test_trace.py has the truncated and future-version files)
+    (["run", "--workload", "trace:{foreign}"], "--workload", "not a shmalloc trace file"),
+    (["run", "--workload", "trace:{tmp}/none.trace"], "--workload", "no such file"),
+    (["run", "--trace-speed", "-1"], "--trace-speed"),
+    (["run", "--trace-loops", "-1"], "--trace-loops"),
+    (["run", "--trace-wait", "0"], "--trace-wait"),
+    (["trace"], "required"),
+    (["trace", "info", "{existing}"], "shmalloc trace info:", "not a shmalloc trace file"),
+    (["trace", "record", "--out", "{tmp}/t.trace"], "shmalloc trace record:", "no command"),
+    (["trace", "record", "--out", "{existing}", "--", "true"], "exists; use --force"),
+    (["trace", "record", "--out", "{tmp}/t.trace", "--buffer-kib", "1", "--", "true"],
+     "--buffer-kib"),
 ]
 
 
