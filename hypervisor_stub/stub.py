@@ -51,6 +51,7 @@ from shmalloc.layout import (
     STOP_HYPERVISOR,
 )
 from shmalloc.lock import now_ticks
+from shmalloc.procstat import record_rusage
 
 DISCARD_MODES = ("punch", "remove", "none")
 POLL_S = 0.05
@@ -152,4 +153,5 @@ def hypervisor_main(machine, agent: int, opts: StubOptions) -> None:
         HostScanner(hv, agent, opts.capacity, opts.scan_interval).serve()
     else:
         hv.serve()
+    record_rusage(machine.zs, machine.layout.wstats(agent))     # CPU time, switches
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import traceback
 
+from . import interrupt
 from . import options as opt
+from .proc import RunAborted
 
 
 class UsageError(Exception):
@@ -30,17 +34,20 @@ class _Parser(argparse.ArgumentParser):
 def add_machine_flags(p, strategy: bool = True) -> None:
     """Flags of one experiment, shared by run, compare and sweep."""
     from shmalloc.config import DEFAULT_LOCK_SPIN, MAX_ORDER_LIMIT, MAX_WORKERS, MAX_ZONES
+    from shmalloc.machine import MAX_FREE_HOOK_NS
     from shmalloc.workload import WORKLOADS
 
     from .designs import names
 
     g = p.add_argument_group("experiment")
     g.add_argument("--workload", default="page_fault1", metavar="NAME",
-                   help=f"what workers do: {', '.join(WORKLOADS)} (default page_fault1)")
+                   help=f"what workers do: {', '.join(WORKLOADS)}, or trace:FILE to replay a "
+                   "recorded trace (shmalloc trace record) (default page_fault1)")
     g.add_argument("--workers", type=opt.int_range(1, MAX_WORKERS), default=2, metavar="N",
                    help="worker processes (default 2)")
-    g.add_argument("--duration", type=opt.float_range(0, 86400, lo_open=True), default=None,
-                   metavar="SECONDS", help="run time (default 5; without limit with --ops)")
+    g.add_argument("--duration", type=opt.duration_range(0, 86400, lo_open=True), default=None,
+                   metavar="TIME", help="run time: seconds, or with a unit (500ms, 5s, 2m) "
+                   "(default 5 s; without limit with --ops)")
     g.add_argument("--ops", type=opt.int_range(1), default=0, metavar="N",
                    help="stop each worker after this many alloc+free calls")
     g.add_argument("--seed", type=opt.int_range(0, 2**31 - 1), default=1, metavar="N",
@@ -50,11 +57,20 @@ def add_machine_flags(p, strategy: bool = True) -> None:
                    "(default min(128M, 80%% of memory / workers))")
     g.add_argument("--hog-share", type=opt.float_range(0, 1, lo_open=True), default=0.9,
                    metavar="FRACTION", help="hog: share of guest memory allocated (default 0.9)")
-    g.add_argument("--hog-hold", type=opt.float_range(0, 86400), default=1.0, metavar="SECONDS",
-                   help="hog: how long the memory is held before it is freed (default 1)")
+    g.add_argument("--hog-hold", type=opt.duration_range(0, 86400), default=1.0, metavar="TIME",
+                   help="hog: how long the memory is held before it is freed (default 1 s)")
+    g.add_argument("--trace-speed", type=opt.float_range(0, 1e6), default=0.0, metavar="X",
+                   help="trace:FILE: replay at X times the recorded pace; 0 as fast as possible "
+                   "(default 0)")
+    g.add_argument("--trace-wait", type=opt.duration_range(0, 3600, lo_open=True), default=1.0,
+                   metavar="TIME", help="trace:FILE: how long a free waits for its allocation "
+                   "on another worker before it is left to that worker (default 1 s)")
+    g.add_argument("--trace-loops", type=opt.int_range(0, 1 << 30), default=1, metavar="N",
+                   help="trace:FILE: replay the trace N times; 0 until --duration (default 1)")
     g = p.add_argument_group("guest and allocator")
-    g.add_argument("--memory", type=opt.size_range(1 << 20), default=1 << 30, metavar="SIZE",
-                   help="guest memory, K/M/G suffixes (default 1G)")
+    g.add_argument("--memory", type=opt.size_range(1 << 20), default=None, metavar="SIZE",
+                   help="guest memory, K/M/G/T suffixes, 1.5G allowed (default 1G; for "
+                   "trace:FILE its peak live memory plus headroom)")
     g.add_argument("--zones", type=opt.int_range(1, MAX_ZONES), default=1, metavar="N",
                    help="zones, equal pfn ranges with a lock each (default 1)")
     g.add_argument("--max-order", type=opt.int_range(10, MAX_ORDER_LIMIT), default=11, metavar="N",
@@ -69,13 +85,18 @@ def add_machine_flags(p, strategy: bool = True) -> None:
                    f"(default {DEFAULT_LOCK_SPIN})")
     g.add_argument("--no-lock-stats", dest="lock_stats", action="store_false",
                    help="switch lock_stat accounting off")
+    g.add_argument("--free-hook-ns", type=opt.int_range(0, MAX_FREE_HOOK_NS), default=0,
+                   metavar="N", help="busy-wait N ns (of running time) inside the zone lock on "
+                   "every free of a block to the buddy lists: a known cost for calibration "
+                   "(default 0)")
     g.add_argument("--no-pin", dest="pin", action="store_false",
                    help="let the scheduler place the workers (default: worker i on cpu i mod "
                    "ncpus, as will-it-scale pins its tasks)")
     g = p.add_argument_group("reporting")
     if strategy:
         g.add_argument("--strategy", default="none", metavar="NAME",
-                       help=f"reporting design: {', '.join(names())} (default none)")
+                       help=f"reporting design: {', '.join(names())}; callback/hint and "
+                       "callback/discard also choose callback's mode (default none)")
     g.add_argument("--report-order", type=opt.int_range(0, MAX_ORDER_LIMIT - 1), default=9,
                    metavar="N", help="smallest order reported (default 9, pageblock order); "
                    "the page_reporting_order module parameter of Linux 5.14 and later "
@@ -93,39 +114,56 @@ def add_machine_flags(p, strategy: bool = True) -> None:
                    "message on a POSIX queue, the virtqueue stand-in)")
     g.add_argument("--capacity", type=opt.int_range(1, 1 << 20), default=None, metavar="N",
                    help="ranges per report (default 32, PAGE_REPORTING_CAPACITY; bitmap 16)")
-    g.add_argument("--delay", type=opt.float_range(0, 3600), default=None, metavar="SECONDS",
+    g.add_argument("--delay", type=opt.duration_range(0, 3600), default=None, metavar="TIME",
                    help="from a request to the reporting pass, and between passes "
                    "(default: the design's: mainline, callback, isolate 2 s; boundary 0.1 s; "
                    "bitmap 0)")
-    g.add_argument("--scan-interval", type=opt.float_range(0, 3600, lo_open=True), default=5.0,
-                   metavar="SECONDS", help="hostscan: seconds between host scans (default 5, "
-                   "as HyperAlloc)")
-    g.add_argument("--callback-mode", default="hint", metavar="MODE",
+    g.add_argument("--scan-interval", type=opt.duration_range(0, 3600, lo_open=True),
+                   default=5.0, metavar="TIME", help="hostscan: time between host scans "
+                   "(default 5 s, as HyperAlloc)")
+    g.add_argument("--callback-mode", default=None, metavar="MODE",
                    help="callback: hint (the host records the ranges) or discard (the host "
                    "discards them: unsafe) (default hint)")
-    g.add_argument("--hv-latency", type=opt.float_range(0, 60), default=0.0, metavar="SECONDS",
-                   help="hypervisor stub: wait this long per report before discarding (default 0)")
+    g.add_argument("--hv-latency", type=opt.duration_range(0, 60), default=0.0, metavar="TIME",
+                   help="hypervisor stub: wait this long per report before discarding "
+                   "(default 0)")
     g.add_argument("--discard", default="punch", metavar="HOW",
                    help="hypervisor stub: punch (fallocate PUNCH_HOLE), remove (madvise "
                    "MADV_REMOVE) or none (record only) (default punch)")
     g = p.add_argument_group("watchdog and faults")
-    g.add_argument("--stall-timeout", type=opt.float_range(0, 86400, lo_open=True), default=10.0,
-                   metavar="SECONDS", help="abort when one owner holds a zone lock this long, a "
-                   "child stays stopped this long, or a report waits this long (default 10)")
-    g.add_argument("--inject", action="append", default=[], metavar="WHAT@SECONDS",
+    g.add_argument("--stall-timeout", type=opt.duration_range(0, 86400, lo_open=True),
+                   default=10.0, metavar="TIME", help="abort when one owner holds a zone lock "
+                   "this long, a child stays stopped this long, or a report waits this long "
+                   "(default 10 s)")
+    g.add_argument("--inject", action="append", default=[], metavar="WHAT@TIME",
                    help="inject a fault: kill-worker[:N], stop-worker[:N], kill-reporter, "
-                   "kill-hypervisor, slow-hypervisor, at SECONDS after the start (repeatable)")
+                   "kill-hypervisor, slow-hypervisor, at TIME after the start (repeatable)")
 
 
-def run_config(args):
-    """The RunConfig the parsed flags describe (flag dest == field name)."""
+def run_config(args, resolve: bool = True):
+    """The RunConfig the parsed flags describe (flag dest == field name);
+    ``resolve=False`` leaves the design-dependent defaults open."""
     from dataclasses import fields
+
+    from shmalloc.machine import ConfigError
 
     from .config import RunConfig
 
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
     values["inject"] = tuple(values.get("inject", ()))
-    return RunConfig(**values).resolved()
+    name, slash, mode = values.get("strategy", "").partition("/")
+    if slash:                       # compare's name for callback's modes, e.g. callback/discard
+        if name != "callback" or mode not in ("hint", "discard"):
+            raise ConfigError("--strategy", f"{values['strategy']!r}: only callback takes a "
+                              "mode (callback/hint, callback/discard)")
+        if values.get("callback_mode") not in (None, mode):
+            raise ConfigError("--callback-mode", f"{values['callback_mode']} contradicts "
+                              f"--strategy {values['strategy']}")
+        values["strategy"], values["callback_mode"] = name, mode
+    if values.get("callback_mode") is None:
+        values.pop("callback_mode", None)
+    cfg = RunConfig(**values)
+    return cfg.resolved() if resolve else cfg
 
 
 def config_argv(cfg) -> list[str]:
@@ -168,6 +206,14 @@ def _check_json_output(args) -> None:
             raise UsageError(f"shmalloc {args.command}: --json: {e}") from None
 
 
+def _compile(args, cfgs) -> None:
+    """Have the kernels of ``cfgs`` compiled before anything is created or
+    measured, saying so on stderr when that takes a while."""
+    from . import compile as kernels
+    kernels.prepare(kernels.groups_for(cfgs), command=f"shmalloc {args.command}",
+                    stream=sys.stderr, progress=not getattr(args, "quiet", False))
+
+
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="one experiment: workers (and a reporting design) on one guest",
                        description="Create a guest, run worker processes through its page "
@@ -187,11 +233,15 @@ def cmd_run(args) -> int:
     cfg = run_config(args)
     _check_json_output(args)
     progress = sys.stderr.isatty() and not args.quiet
+    _compile(args, [cfg])
     run = execute(cfg, progress=progress)
     status = run.pop("exit_status")
+    interrupted = run.pop("interrupted", None)
     if not args.quiet:
         print("\n".join(format_run(run)))
-    if run["outcome"] != "ok":
+    if interrupted is not None:
+        print(f"shmalloc run: {interrupted}", file=sys.stderr)
+    elif run["outcome"] != "ok":
         print(f"shmalloc run: aborted: {run['abort_reason']}", file=sys.stderr)
     if args.json:
         doc = results.document([run], metadata.collect(run.pop("numba_cache_warm")))
@@ -207,58 +257,159 @@ def _add_compare(sub) -> None:
     from .compare import DEFAULT_LINEUP, DEFAULTS
 
     p = sub.add_parser("compare", help="the same experiment under every design, side by side",
-                       description="Run the same workload, seed and flags under none and each "
-                       "reporting design, one after another, and print one side-by-side table: "
+                       description="Run the same workload, seed and flags under several "
+                       "variants (none and each reporting design by default), in rounds, each "
+                       "round every variant once in a random order, and print how each differs "
+                       "from the first (with --repeat N >= 2: median ratios with 95 %% "
+                       "confidence intervals), where its cost went, and side-by-side tables: "
                        "what each costs the allocator and what it gives back. With no flags: "
                        f"{DEFAULTS['workload']} for {DEFAULTS['duration']:g} s on a 1 GiB guest "
                        "with 2 workers. Exit 0 when every run was ok, 3 when one aborted.")
-    p.add_argument("--strategies", default=",".join(DEFAULT_LINEUP), metavar="LIST",
-                   help="designs to run, comma-separated; callback/hint and callback/discard "
-                   f"choose callback's mode (default {','.join(DEFAULT_LINEUP)})")
-    p.add_argument("--repeat", type=opt.int_range(1, 100), default=1, metavar="N",
-                   help="run the line-up N times, designs interleaved, and show medians "
-                   "(default 1)")
+    p.add_argument("--strategies", default=None, metavar="LIST",
+                   help="designs to run, comma-separated, the first being the baseline; "
+                   "callback/hint and callback/discard choose callback's mode; a design named "
+                   "twice is labelled NAME#2 (an A/A check) (default "
+                   f"{','.join(DEFAULT_LINEUP)}, or none with --variant)")
+    p.add_argument("--strategy", dest="strategy_typo", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL='FLAGS'",
+                   help="a variant: shmalloc run flags on top of this command's, e.g. "
+                   "hook='--free-hook-ns 200' or ml='--strategy mainline --capacity 64' "
+                   "(repeatable); the line-up is --strategies, if given, then the variants in "
+                   "order; the first of all is the baseline")
+    p.add_argument("--repeat", type=opt.int_range(1, 1000), default=1, metavar="N",
+                   help="rounds: each runs every variant once, in a fresh random order; with "
+                   "N >= 2 the differences come with 95 %% confidence intervals (default 1)")
+    p.add_argument("--order-seed", type=opt.int_range(0, 2**63 - 1), default=None, metavar="S",
+                   help="seed of the rounds' random orders and of the bootstrap (default: "
+                   "--seed)")
     add_machine_flags(p, strategy=False)
     add_output_flags(p)
     p.set_defaults(func=cmd_compare, **DEFAULTS)
 
 
-def cmd_compare(args) -> int:
+#: run flags only some designs take (launcher.designs): on compare's command
+#: line they apply to the variants whose design takes them
+ONLY_SOME = ("putback", "walk_order", "callback_ns")
+
+
+def _variants(args) -> list:
+    """The line-up: --strategies (given, or the default without --variant),
+    then each --variant; every configuration validated, nothing created.
+    ``args`` holds the common flags, with those of :data:`ONLY_SOME` moved
+    to ``args.only_some``."""
+    import copy
+    import shlex
     from dataclasses import replace
 
-    from . import metadata, results
-    from .compare import config_for, format_compare, parse_lineup, run_lineup
+    from shmalloc.machine import ConfigError
+
+    from .compare import (
+        DEFAULT_LINEUP,
+        Variant,
+        check_labels,
+        config_for,
+        label_items,
+        parse_lineup,
+        parse_variant,
+    )
     from .designs import DESIGNS
 
-    try:
-        items = parse_lineup(args.strategies)
-    except ValueError as e:
-        raise UsageError(f"shmalloc compare: --strategies: {e}") from None
-    # flags only some designs take: validated per design by config_for
-    only_some = {k: getattr(args, k) for k in ("putback", "walk_order", "callback_ns")}
-    for key, value in only_some.items():
-        setattr(args, key, None)
-        takes = [i for i in items if getattr(DESIGNS[i.partition("/")[0]],
-                                             "putback" if key == "putback" else "walks")]
-        if value is not None and not takes:
+    def takes(strategy: str, key: str) -> bool:
+        design = DESIGNS[strategy]
+        return design.putback is not None if key == "putback" else design.walks
+
+    variants = []
+    if args.strategies is not None or not args.variant:
+        try:
+            items = parse_lineup(args.strategies or ",".join(DEFAULT_LINEUP))
+        except ValueError as e:
+            raise UsageError(f"shmalloc compare: --strategies: {e}") from None
+        base = replace(run_config(args, resolve=False), **args.only_some)
+        variants += [Variant(label, config_for(base, item))
+                     for label, item in zip(label_items(items), items)]
+    for text in args.variant:
+        try:
+            label, flags = parse_variant(text)
+        except ValueError as e:
+            raise UsageError(f"shmalloc compare: --variant {e}") from None
+        ns = _run_flags_parser(f"shmalloc compare: --variant {label}:").parse_args(
+            shlex.split(flags), namespace=copy.copy(args))
+        try:
+            cfg = run_config(ns, resolve=False)
+            for key, value in args.only_some.items():    # the command's, where they apply
+                if value is not None and getattr(cfg, key) is None and takes(cfg.strategy, key):
+                    cfg = replace(cfg, **{key: value})
+            cfg = cfg.resolved()
+        except ConfigError as e:
+            raise UsageError(f"shmalloc compare: --variant {label}: {e}") from None
+        variants.append(Variant(label, cfg, flags))
+    for key, value in args.only_some.items():
+        if value is not None and not any(takes(v.config.strategy, key) for v in variants):
             flag = "--" + key.replace("_", "-")
-            raise UsageError(f"shmalloc compare: {flag}: no design in --strategies takes it")
-    base = replace(run_config(args), **only_some)
-    for item in items:                       # every design's flags, before anything runs
-        config_for(base, item)
+            raise UsageError(f"shmalloc compare: {flag}: no design in the line-up takes it")
+    try:
+        check_labels(variants)
+    except ValueError as e:
+        raise UsageError(f"shmalloc compare: {e}") from None
+    return variants
+
+
+def cmd_compare(args) -> int:
+    from . import metadata, results
+    from .compare import (
+        build_analysis,
+        build_comparison,
+        format_compare,
+        format_comparison,
+        format_costs,
+        format_noise,
+        prepare,
+        run_rounds,
+    )
+
+    if args.strategy_typo is not None:
+        example = "none," + (args.strategy_typo if args.strategy_typo != "none" else "mainline")
+        raise UsageError(f"shmalloc compare: --strategy is shmalloc run's flag (one design); "
+                         f"compare takes a comma-separated list: --strategies {example}")
+    # flags only some designs take: validated per variant, not for none
+    args.only_some = {k: getattr(args, k) for k in ONLY_SOME}
+    for key in ONLY_SOME:
+        setattr(args, key, None)
+    run_config(args)                         # the common flags, before any variant's
+    variants = _variants(args)
     _check_json_output(args)
-    runs = run_lineup(base, items, progress=sys.stderr.isatty() and not args.quiet,
-                      repeat=args.repeat)
+    order_seed = args.seed if args.order_seed is None else args.order_seed
+    progress = sys.stderr.isatty() and not args.quiet
+    warm, unit = prepare(variants, command="shmalloc compare", stream=sys.stderr,
+                         progress=not args.quiet)
+    runs = run_rounds(variants, args.repeat, order_seed, unit, progress=progress)
+    interrupt.enter("while computing the comparison")
     status = max(run.pop("exit_status") for run in runs)
-    warm = all(run.pop("numba_cache_warm") for run in runs)
+    interrupted = runs[-1].pop("interrupted", None)
+    warm = all(run.pop("numba_cache_warm") for run in runs) and warm
+    comparison = build_comparison(runs, variants, order_seed)
+    analysis = build_analysis(runs, variants, order_seed, unit)
+    labels = [v.label for v in variants]
     if not args.quiet:
-        print("\n".join(format_compare(runs)))
-    if runs[-1]["outcome"] != "ok":
+        tables = format_compare(runs, labels)
+        if comparison["rounds"] >= 2:
+            out = (format_comparison(comparison) + [""] + format_costs(analysis) + [""]
+                   + format_noise(analysis, labels[0]) + [""] + tables)
+        else:
+            out = (tables + ["", f"no interval: {comparison['rounds']} complete round; "
+                             "--repeat N (N >= 2) pairs every variant with the baseline "
+                             "round by round and gives 95 % confidence intervals", ""]
+                   + format_costs(analysis) + [""] + format_noise(analysis, labels[0]))
+        print("\n".join(out))
+    if interrupted is not None:
+        print(f"shmalloc compare: {interrupted}", file=sys.stderr)
+    elif runs[-1]["outcome"] != "ok":
         print(f"shmalloc compare: {runs[-1]['label']} aborted: {runs[-1]['abort_reason']}",
               file=sys.stderr)
     if args.json:
-        results.write(args.json, results.document(runs, metadata.collect(warm)),
-                      force=args.force)
+        doc = results.document(runs, metadata.collect(warm), comparison=comparison,
+                               analysis=analysis)
+        results.write(args.json, doc, force=args.force)
     return status
 
 
@@ -266,8 +417,8 @@ def cmd_compare(args) -> int:
 # sweep
 # ---------------------------------------------------------------------------
 
-def _run_flags_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="shmalloc sweep --grid", add_help=False)
+def _run_flags_parser(prog: str = "shmalloc sweep --grid") -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, add_help=False)
     add_machine_flags(p)
     return p
 
@@ -326,6 +477,7 @@ def cmd_sweep(args) -> int:
     if args.list:
         print("\n".join(sweep.list_commands(points, out, config_argv)))
         return 0
+    _compile(args, [p.config for p in points if not sweep.done(out, p)])
     os.makedirs(out, exist_ok=True)
     counts = sweep.run_points(points, out, metadata.collect,
                               progress=sys.stderr.isatty() and not args.quiet)
@@ -354,23 +506,39 @@ def cmd_report(args) -> int:
     from . import results
     from .compare import format_compare
     from .plots import PlotError, draw_all
+    from .report import heading, label_runs
     from .summary import format_run
 
+    for path in args.files:
+        if path.lower().endswith(".csv"):
+            raise UsageError(f"shmalloc report: {path}: report reads results files (JSON, "
+                             "written by --json or into a sweep's --out folder); the CSV is "
+                             "what shmalloc sweep --merge makes of them")
     try:
-        runs = [run for path in args.files for run in results.load(path)["runs"]]
+        docs = [results.load(path) for path in args.files]
     except results.ResultsError as e:
         raise UsageError(f"shmalloc report: {e}") from None
+    runs = [run for doc in docs for run in doc["runs"]]
     if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
         raise UsageError(f"shmalloc report: --plot {args.plot}: its folder does not exist")
+    label_runs(runs)
     if not args.quiet:
         for run in runs:
             print("\n".join(format_run(run)))
             print()
+        from .compare import format_comparison, format_costs, format_noise
+        for doc in docs:                     # version 2 compare files: the paired tables
+            if doc.get("comparison") and doc["comparison"]["rounds"] >= 2:
+                analysis = doc.get("analysis") or {}
+                lines = format_comparison(doc["comparison"])
+                if analysis:
+                    lines += [""] + format_costs(analysis) + [""] + format_noise(
+                        analysis, doc["comparison"]["baseline"])
+                print("\n".join(lines + [""]))
         if len(runs) > 1:
-            from .compare import run_label
-            for run in runs:
-                run.setdefault("label", run_label(run))
-            print("\n".join(format_compare(runs)))
+            lines = format_compare(runs)
+            lines[0] = heading(runs) or lines[0]    # compare's own, for one configuration
+            print("\n".join(lines))
     if args.plot:
         try:
             for path in draw_all(runs, args.plot):
@@ -397,6 +565,10 @@ def _add_bench(sub) -> None:
     p.add_argument("--init-memory", type=opt.size_range(4 << 20), default=16 << 30,
                    metavar="SIZE", help="guest size for the create-and-initialise timing "
                    "(default 16G; the figure is reported as init_16gib_s)")
+    p.add_argument("--compile", action="store_true",
+                   help="instead: where a cold numba compile goes, kernel by kernel, each "
+                   "measurement in a fresh process with an empty temporary NUMBA_CACHE_DIR "
+                   "(takes a minute or two)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -408,6 +580,14 @@ def cmd_bench(args) -> int:
         MachineConfig(memory=args.init_memory).validate()
     except ConfigError as e:
         raise ConfigError("--init-memory", e.detail) from None
+    if args.compile:
+        from .compile import format_measure, measure
+        res = measure()
+        print(json.dumps(res, indent=2) if args.json else "\n".join(format_measure(res)))
+        return 0
+    from . import compile as kernels
+    kernels.prepare(["allocator", "bench", "unit costs"], command="shmalloc bench",
+                    stream=sys.stderr)
     res = run_bench(reps=args.reps, iters=args.iters, init_memory=args.init_memory)
     if args.json:
         print(json.dumps(res, indent=2))
@@ -431,11 +611,18 @@ def _add_cleanup(sub) -> None:
                        "of shmalloc runs whose creating process is gone. Objects of live runs "
                        "are never touched.")
     p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    p.add_argument("--cache", action="store_true",
+                   help="instead: remove the stale compiled kernels under "
+                   "$XDG_CACHE_HOME/shmalloc/numba (~/.cache by default): those of other "
+                   "sources, numba versions or CPUs, and the old .numba_cache/ of this checkout")
     p.set_defaults(func=cmd_cleanup)
 
 
 def cmd_cleanup(args) -> int:
     from shmalloc import shm
+
+    if args.cache:
+        return _cleanup_cache(args.dry_run)
 
     removed, live = shm.cleanup(dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
@@ -446,7 +633,37 @@ def cmd_cleanup(args) -> int:
     return 0
 
 
+def _cleanup_cache(dry_run: bool) -> int:
+    from shmalloc import jitcache
+    from shmalloc.jitcache import dir_bytes, remove_dir, stale_dirs
+
+    stale = stale_dirs()
+    legacy = jitcache.ROOT / ".numba_cache"
+    if legacy.is_dir():
+        stale.append(legacy)
+    verb = "would remove" if dry_run else "removed"
+    total = 0
+    for path in stale:
+        size = dir_bytes(path)
+        total += size
+        if not dry_run:
+            remove_dir(path)
+        print(f"{verb} {path} ({size / 2**20:.1f} MiB)")
+    keep = "" if jitcache.OVERRIDDEN else f"; kept {jitcache.CACHE_DIR} (this checkout's)"
+    print(f"{verb} {len(stale)} stale kernel cache folders, {total / 2**20:.1f} MiB{keep}")
+    return 0
+
+
 # ---------------------------------------------------------------------------
+
+def _nested(sub):
+    """Every parser under ``sub``, the actions of a command with actions
+    (``trace record``) included."""
+    for p in sub.choices.values():
+        yield p
+        for action in p._subparsers._group_actions if p._subparsers else ():
+            yield from _nested(action)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="shmalloc",
@@ -460,29 +677,68 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_bench(sub)
     _add_cleanup(sub)
+    from .trace import add_trace_parser
+    add_trace_parser(sub)
+    for p in (parser, *_nested(sub)):
+        p.add_argument("--debug", action="store_true",
+                       help="on an unexpected error, print its traceback too")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shmalloc.machine import ConfigError
+    """The ``shmalloc`` command.  Nothing escapes as a traceback: bad input
+    is one line and status 2; a signal is one line naming the phase and
+    128 + the signal (:mod:`launcher.interrupt`); an aborted run one line and
+    its status; anything unexpected one line, status 1 and a hint to rerun
+    with ``--debug``, which prints the traceback as well."""
+    interrupt.install()
+    try:
+        return _main(argv)
+    finally:
+        if interrupt.honoured() is not None:
+            interrupt.ignore_from_now()     # the status stays 128 + the first signal
 
+
+def _main(argv: list[str] | None) -> int:
+    interrupt.enter("while checking arguments")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    command = "shmalloc"
     try:
-        args = build_parser().parse_args(argv)
-    except UsageError as e:
-        print(e, file=sys.stderr)
-        return 2
-    try:
-        return args.func(args)
-    except UsageError as e:
-        print(e, file=sys.stderr)
-        return 2
-    except ConfigError as e:
-        print(f"shmalloc {args.command}: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"shmalloc {args.command}: interrupted", file=sys.stderr)
-        return 130
+        from shmalloc.machine import ConfigError
+        try:
+            args, extra = build_parser().parse_known_args(argv)
+            command = f"shmalloc {args.command}"
+            if extra:
+                raise UsageError(f"{command}: unrecognized arguments: {' '.join(extra)}")
+            interrupt.checkpoint("arguments")
+            return args.func(args)
+        except UsageError as e:
+            print(e, file=sys.stderr)
+            return 2
+        except ConfigError as e:
+            print(f"{command}: {e}", file=sys.stderr)
+            return 2
+    except interrupt.Interrupted as e:
+        interrupt.end_partial_line()
+        print(f"{command}: {e}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:                # before our handler, or from a library
+        interrupt.end_partial_line()
+        print(f"{command}: interrupted by SIGINT {interrupt.phase()}", file=sys.stderr)
+        return 128 + signal.SIGINT
     except BrokenPipeError:                  # e.g. piped into head: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except RunAborted as e:
+        interrupt.end_partial_line()
+        print(f"{command}: aborted: {e}", file=sys.stderr)
+        return e.exit_status
+    except Exception as e:                   # a bug: one line, the traceback on request
+        interrupt.end_partial_line()
+        if debug:
+            traceback.print_exc()
+        print(f"{command}: internal error: {type(e).__name__}: {e}"
+              + ("" if debug else " (rerun with --debug for the traceback)"), file=sys.stderr)
         return 1

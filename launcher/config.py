@@ -20,7 +20,7 @@ from shmalloc.config import (
 from shmalloc.machine import ConfigError, MachineConfig
 from shmalloc.workload import THP_ORDER, WORKLOADS
 
-from . import designs, faults
+from . import designs, faults, trace
 from .worker import WorkerPlan
 
 GIB = 1 << 30
@@ -36,7 +36,7 @@ class RunConfig:
     workers: int = 2
     duration: float | None = None       # None: 5 s, or unlimited with --ops
     ops: int = 0                        # per worker; 0: no budget
-    memory: int = GIB
+    memory: int | None = None           # None: 1 GiB, or what a trace needs
     zones: int = 1
     max_order: int = DEFAULT_MAX_ORDER
     working_set: int | None = None      # per worker; None: min(128 MiB, 80 % / workers)
@@ -59,7 +59,16 @@ class RunConfig:
     walk_order: int | None = None       # callback: None: 0, as v14
     callback_ns: int | None = None      # callback: None: calibrated at start
     scan_interval: float = 5.0
+    free_hook_ns: int = 0               # spin this long on every free to the buddy lists
     inject: tuple = ()                  # --inject WHAT@SECONDS, as given
+    trace_speed: float = 0.0            # trace:FILE: X times the recorded pace; 0: at once
+    trace_wait: float = 1.0             # trace:FILE: a free waits this long for its allocation
+    trace_loops: int = 1                # trace:FILE: passes over the trace; 0: until --duration
+
+    @property
+    def trace(self) -> str | None:
+        """The trace file of a ``trace:FILE`` workload, else None."""
+        return trace.trace_path(self.workload)
 
     @property
     def design(self) -> designs.Design:
@@ -77,8 +86,10 @@ class RunConfig:
             cfg = replace(cfg, putback=cfg.design.putback)
         if cfg.strategy in designs.DESIGNS and cfg.design.walks and cfg.walk_order is None:
             cfg = replace(cfg, walk_order=0)
+        if cfg.memory is None:
+            cfg = replace(cfg, memory=trace.default_memory(cfg) if cfg.trace else GIB)
         if cfg.duration is None:
-            cfg = replace(cfg, duration=0.0 if cfg.ops else 5.0)
+            cfg = replace(cfg, duration=0.0 if cfg.ops or cfg.trace else 5.0)
         if cfg.working_set is None:
             unit = PAGE_SIZE << (THP_ORDER if cfg.workload == "thp" else 0)
             share = int(cfg.memory * 0.8) // max(cfg.workers, 1)
@@ -90,13 +101,16 @@ class RunConfig:
         if self.strategy not in designs.DESIGNS:
             raise ConfigError("--strategy", f"unknown design {self.strategy!r}; choose from "
                               f"{', '.join(designs.names())}")
-        if self.workload not in WORKLOADS:
+        if self.workload not in WORKLOADS and not self.trace:
             raise ConfigError("--workload", f"unknown workload {self.workload!r}; choose from "
-                              f"{', '.join(WORKLOADS)}")
+                              f"{', '.join(WORKLOADS)} or trace:FILE")
+        if self.trace:
+            trace.check_config(self)
         self.machine_config().validate()
         self.machine_config().check_space()
         if self.duration is not None and (self.duration < 0 or
-                                          (self.duration == 0 and not self.ops)):
+                                          (self.duration == 0 and not self.ops
+                                           and not self.trace)):
             raise ConfigError("--duration", "must be > 0 (or 0 with --ops: until the ops are done)")
         if self.working_set is not None:
             unit = PAGE_SIZE << (THP_ORDER if self.workload == "thp" else 0)
@@ -154,7 +168,7 @@ class RunConfig:
                              pcp_high=self.pcp_high, lock_spin=self.lock_spin,
                              lock_stats=self.lock_stats, report_order=self.report_order,
                              capacity=self.capacity or PAGE_REPORTING_CAPACITY,
-                             strategy=self.design.hook)
+                             strategy=self.design.hook, free_hook_ns=self.free_hook_ns)
 
     def reporter_options(self) -> ReporterOptions:
         return ReporterOptions(design=self.strategy, delay=self.delay, capacity=self.capacity,

@@ -11,7 +11,8 @@
 ``slow-hypervisor``   the stub stops answering for an hour: the reporter
                       waits for an acknowledgement that does not come
 
-Each fires once, ``SECONDS`` after the workers started.  The run must then
+Each fires once, ``SECONDS`` (or a time with a unit: 500ms, 2s) after the
+workers started.  The run must then
 stop in bounded time (5 s after a death, ``--stall-timeout`` after a stall),
 name the process and the fault, exit 3, remove every IPC object, and account
 for every page.
@@ -29,11 +30,15 @@ from __future__ import annotations
 import os
 import signal
 import time
+from argparse import ArgumentTypeError
 from dataclasses import dataclass
 
 import numpy as np
 
 from shmalloc.layout import MIGRATE_ISOLATE, PS_INFLIGHT, RS_HV_EXTRA_LATENCY_MS, Z_LOCK_PID
+
+from .options import parse_duration
+from .proc import process_state
 
 KINDS = ("kill-worker", "stop-worker", "kill-reporter", "kill-hypervisor", "slow-hypervisor")
 WAIT_FOR_MOMENT_S = {"stop-worker": 1.0, "kill-reporter": 5.0}
@@ -64,9 +69,10 @@ def parse(text: str) -> Fault:
     if not sep or kind not in KINDS:
         raise FaultError(f"{text!r}: expected WHAT@SECONDS with WHAT one of {', '.join(KINDS)}")
     try:
-        at = float(when)
-    except ValueError:
-        raise FaultError(f"{text!r}: {when!r} is not a number of seconds") from None
+        at = parse_duration(when)
+    except ArgumentTypeError:
+        raise FaultError(f"{text!r}: {when!r} is not a number of seconds or a time with a "
+                         "unit (500ms, 5s, 2m)") from None
     if not 0 <= at < 86400:
         raise FaultError(f"{text!r}: the time must be in 0..86400 s")
     worker = 0
@@ -171,7 +177,6 @@ class Injector:
 
     @staticmethod
     def _stopped(pid: int, timeout: float = 0.05) -> bool:
-        from .run import process_state
         deadline = time.monotonic() + timeout
         while process_state(pid) != "stopped":
             if time.monotonic() > deadline:

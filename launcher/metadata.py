@@ -62,6 +62,7 @@ def collect(numba_cache_warm: bool | None = None, start_method: str = "fork") ->
         "numba": numba.__version__,
         "posix_ipc": _version("posix_ipc"),
         "multiprocess": _version("multiprocess"),
+        "scipy": _version("scipy"),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "kernel": platform.release(),

@@ -9,18 +9,45 @@ from __future__ import annotations
 
 import argparse
 import re
+from decimal import Decimal, InvalidOperation
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
+PAGE_SIZE = 4096
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_DURATION_RE = re.compile(r"^\s*([0-9.eE+-]+)\s*(ms|s|m|h|)\s*$")
+_SECONDS = {"ms": Decimal("0.001"), "s": Decimal(1), "": Decimal(1), "m": Decimal(60),
+            "h": Decimal(3600)}
 
 
 def parse_size(text: str) -> int:
-    """'1G' -> 1073741824.  Suffixes K, M, G, T are powers of 1024."""
+    """'1G' -> 1073741824.  Suffixes K, M, G, T are powers of 1024; a
+    fraction ('1.5G') is accepted when it comes to whole 4 KiB pages."""
     m = _SIZE_RE.match(str(text))
     if not m:
         raise argparse.ArgumentTypeError(
             f"not a size: {text!r} (a number of bytes with an optional K, M, G or T suffix)")
-    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+    value = Decimal(m.group(1)) * _UNITS[m.group(2).lower()]
+    if value != value.to_integral_value() or ("." in m.group(1) and value % PAGE_SIZE):
+        raise argparse.ArgumentTypeError(
+            f"{text.strip()} is {value.normalize():f} bytes, not a whole number of 4 KiB pages "
+            "(a size with a fraction must come to whole pages)")
+    return int(value)
+
+
+def parse_duration(text: str) -> float:
+    """'5' or '5s' -> 5.0, '500ms' -> 0.5, '2m' -> 120.0, '1h' -> 3600.0."""
+    m = _DURATION_RE.match(str(text))
+    try:
+        if not m:
+            raise InvalidOperation
+        value = Decimal(m.group(1)) * _SECONDS[m.group(2)]
+        if not value.is_finite():
+            raise InvalidOperation
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (seconds, or a number with a unit: 500ms, 5s, 2m, "
+            "1h)") from None
+    return float(value)
 
 
 def format_size(n: int) -> str:
@@ -44,19 +71,33 @@ def int_range(lo: int, hi: int | None = None):
     return conv
 
 
-def float_range(lo: float, hi: float | None = None, lo_open: bool = False):
+def _ranged(parse, name: str, unit: str, lo: float, hi: float | None, lo_open: bool):
+    """A flag type: ``parse(text)``, then the range check."""
     def conv(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        v = parse(text)
         if v != v or (v <= lo if lo_open else v < lo) or (hi is not None and v > hi):
-            left = f"> {lo}" if lo_open else f">= {lo}"
-            rng = f"{left} and <= {hi}" if hi is not None else left
+            left = f"> {lo:g}{unit}" if lo_open else f">= {lo:g}{unit}"
+            rng = f"{left} and <= {hi:g}{unit}" if hi is not None else left
             raise argparse.ArgumentTypeError(f"must be {rng}, got {text}")
         return v
-    conv.__name__ = "number"
+    conv.__name__ = name
     return conv
+
+
+def _parse_number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def float_range(lo: float, hi: float | None = None, lo_open: bool = False):
+    return _ranged(_parse_number, "number", "", lo, hi, lo_open)
+
+
+def duration_range(lo: float, hi: float | None = None, lo_open: bool = False):
+    """A duration flag: plain seconds or a number with ms, s, m or h."""
+    return _ranged(parse_duration, "duration", " s", lo, hi, lo_open)
 
 
 def size_range(lo: int, hi: int | None = None):

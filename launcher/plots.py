@@ -9,7 +9,10 @@ group per design:
 ``alloc_latency_cdf.png``      allocation latency CDF
 
 matplotlib draws off-screen (Agg).  Axes carry units, every figure a legend
-and a title naming the workload, guest memory and seed.
+and a title naming the workload, guest memory and seed.  Runs of different
+configurations are never averaged as repeats: throughput is one line per
+design and configuration, against workers; a figure that draws one run per
+design (when a design has several) says in its title which one.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
-from .compare import run_label
 from .summary import fmt_bytes
 
 FIGURES = ("throughput_vs_workers.png", "lock_wait_by_caller.png", "memory_over_time.png",
@@ -51,16 +53,47 @@ def title_of(runs: list[dict]) -> str:
             f"seed {one('seed')}")
 
 
+def _design(r) -> str:
+    c = r["config"]
+    return f"callback/{c['callback_mode']}" if c["strategy"] == "callback" else c["strategy"]
+
+
 def _by_design(runs):
     groups = defaultdict(list)
     for r in runs:
-        groups[run_label(r)].append(r)
+        groups[_design(r)].append(r)
     return groups
+
+
+def _series(runs):
+    """Throughput lines: one per design and configuration other than the
+    worker count (e.g. ``mainline capacity=64``); each point the mean of
+    the runs of exactly that configuration."""
+    from .report import differing
+    groups = defaultdict(list)
+    for design, group in _by_design(runs).items():
+        keys = [k for k in differing(group) if k != "workers"]
+        for r in group:
+            label = " ".join([design] + [f"{k}={r['config'][k]}" for k in keys])
+            groups[label].append(r)
+    return groups
+
+
+def _one_per_design(runs):
+    """The run drawn for each design (its most workers, the first of
+    equals), and a title note when that is a subset of the runs."""
+    picked = {label: max(group, key=lambda r: r["config"]["workers"])
+              for label, group in _by_design(runs).items()}
+    if len(picked) == len(runs):
+        return picked, ""
+    return picked, ("\nshowing one run per design: the one with the most workers "
+                    f"({', '.join(sorted({str(r['config']['workers']) for r in picked.values()}))})"
+                    f", {len(picked)} of {len(runs)} runs")
 
 
 def throughput_vs_workers(plt, runs, path):
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, group in _by_design(runs).items():
+    for label, group in _series(runs).items():
         per_w = defaultdict(list)
         for r in group:
             per_w[r["config"]["workers"]].append(r["throughput"]["pages_per_sec"] / 1e6)
@@ -79,22 +112,21 @@ def throughput_vs_workers(plt, runs, path):
 
 
 def lock_wait_by_caller(plt, runs, path):
-    groups = _by_design(runs)
-    labels = list(groups)
+    picked, note = _one_per_design(runs)
+    labels = list(picked)
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(labels) + 2), 4.5))
     width = 0.8 / len(CALLERS)
     for ci, caller in enumerate(CALLERS):
         values = []
         for label in labels:
-            top = max(groups[label], key=lambda r: r["config"]["workers"])
+            top = picked[label]
             values.append(sum(lk["by_caller"][caller]["waittime_total_us"]
                               for lk in top["locks"]) / 1000)
         ax.bar([i + ci * width for i in range(len(labels))], values, width, label=caller)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))])
     ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("zone-lock wait, total (ms)")
-    ax.set_title(f"Zone-lock wait by caller (most workers per design)\n{title_of(runs)}",
-                 fontsize=10)
+    ax.set_title(f"Zone-lock wait by caller\n{title_of(runs)}{note}", fontsize=9)
     ax.legend(title="caller", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -104,8 +136,8 @@ def lock_wait_by_caller(plt, runs, path):
 
 def memory_over_time(plt, runs, path):
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5), sharex=True)
-    for label, group in _by_design(runs).items():
-        r = max(group, key=lambda r: r["config"]["workers"])
+    picked, note = _one_per_design(runs)
+    for label, r in picked.items():
         tl = r["memory"]["timeline"]
         line, = ax1.plot(tl["t_s"], [b / 2**20 for b in tl["host_resident_bytes"]], label=label)
         ax2.plot(tl["t_s"], [b / 2**20 for b in tl["free_bytes"]], label=label,
@@ -118,7 +150,7 @@ def memory_over_time(plt, runs, path):
         ax.set_ylim(bottom=0)
     ax1.legend(fontsize=8)
     fig.suptitle(f"Host-resident memory over time, and the guest's free memory\n"
-                 f"{title_of(runs)}", fontsize=10)
+                 f"{title_of(runs)}{note}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -126,8 +158,8 @@ def memory_over_time(plt, runs, path):
 
 def alloc_latency_cdf(plt, runs, path):
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, group in _by_design(runs).items():
-        r = max(group, key=lambda r: r["config"]["workers"])
+    picked, note = _one_per_design(runs)
+    for label, r in picked.items():
         hist = r["latency_ns"]["alloc"].get("histogram", [])
         total = sum(c for _, c in hist)
         if not total:
@@ -143,7 +175,7 @@ def alloc_latency_cdf(plt, runs, path):
     ax.set_ylabel("fraction of allocations")
     ax.set_ylim(0, 1.01)
     ax.grid(alpha=0.3, which="both")
-    ax.set_title(f"Allocation latency CDF\n{title_of(runs)}", fontsize=10)
+    ax.set_title(f"Allocation latency CDF\n{title_of(runs)}{note}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=80)

@@ -10,7 +10,28 @@ Format history:
   ``throughput``, ``latency_ns``, ``locks``, ``memory``, ``refaults``,
   ``safety`` and, with a reporting design, ``reporting``.
 
-:func:`load` rejects other formats and versions with one clear message.
+* version 2 — each RUN also has ``throughput.steady`` (the steady window:
+  ``kind`` ``steady`` or ``whole run``, ``start_s``, ``elapsed_s``, ``pages``,
+  ``ops``, ``pages_per_sec``, ``ops_per_sec``), ``attribution`` (the raw
+  counts: zone-lock wait by waiter and holder class, ``--free-hook-ns``
+  spins, design hook calls, worker time), ``noise`` (``steal_pct``; per
+  process ``cpu_s``, context switches, migrations) and ``timing`` (where the
+  wall time went, ``fixed_s`` beyond ``--duration``); ``config`` has
+  ``free_hook_ns``.  Written by ``shmalloc compare``, each RUN has ``label``,
+  ``round``, ``position`` (in its round) and ``cost`` (``lock_wait_behind_
+  reporter_ns``, ``refault_ns``, ``hook_ns``, ``design_cpu_ns``,
+  ``worker_ns``, ``total_pct_of_worker_time``), and the document has
+  ``comparison`` (``baseline``, ``rounds``, ``order_seed``, ``rows``: per
+  variant ``label``, ``strategy``, ``ratio``, ``ci95``, ``verdict``,
+  ``p99_ratio``, ``p99_ci95``, ``lock_wait_ratio``, ``lock_wait_ci95``) and
+  ``analysis`` (how the intervals were computed, each round's order, the
+  cost table, unit costs, fixed cost, noise and warnings).
+
+:func:`load` reads versions 1 and 2 and rejects other formats and versions
+with one clear message.  A version 1 RUN's ``config`` gets ``free_hook_ns``
+0 (the flag came with version 2; nothing spun), so that runs of both
+versions compare flag by flag (``shmalloc report`` groups runs by their
+whole configuration).
 """
 
 from __future__ import annotations
@@ -20,15 +41,21 @@ import os
 import tempfile
 
 FORMAT = "shmalloc-results"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class ResultsError(Exception):
     """A results file cannot be written or read; the message is one line."""
 
 
-def document(runs: list[dict], metadata: dict) -> dict:
-    return {"format": FORMAT, "version": VERSION, "metadata": metadata, "runs": runs}
+def document(runs: list[dict], metadata: dict, comparison: dict | None = None,
+             analysis: dict | None = None) -> dict:
+    doc = {"format": FORMAT, "version": VERSION, "metadata": metadata, "runs": runs}
+    if comparison is not None:
+        doc["comparison"] = comparison
+        doc["analysis"] = analysis
+    return doc
 
 
 def check_output(path: str, force: bool) -> None:
@@ -85,9 +112,13 @@ def load(path: str) -> dict:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ResultsError(f"{path}: not a shmalloc results file")
     version = doc.get("version")
-    if version != VERSION:
+    if version not in READABLE_VERSIONS:
         raise ResultsError(f"{path}: results format version {version!r}; this shmalloc "
-                           f"reads version {VERSION}")
+                           f"reads versions {', '.join(map(str, READABLE_VERSIONS))}")
     if not isinstance(doc.get("runs"), list) or not isinstance(doc.get("metadata"), dict):
         raise ResultsError(f"{path}: damaged results file (no runs or metadata)")
+    if version == 1:
+        for run in doc["runs"]:
+            if isinstance(run, dict) and isinstance(run.get("config"), dict):
+                run["config"].setdefault("free_hook_ns", 0)
     return doc

@@ -2,8 +2,10 @@
 
 The launcher is the watchdog (there is no EOWNERDEAD for a semaphore):
 
-1. validate every value (done before this module is reached), compile the
-   kernels in this process so forked children start at once;
+1. validate every value (done before this module is reached); have the
+   kernels compiled in this process (:mod:`launcher.compile`: ``compare``
+   and ``sweep`` did it for all their runs already) so forked children start
+   at once and nothing compiles while a run is measured;
 2. create the machine, fork the workers (and a design's processes), wait
    until every child has bound its agent, then set the start flag;
 3. every 100 ms sample free and host-resident memory; notice within one
@@ -11,8 +13,16 @@ The launcher is the watchdog (there is no EOWNERDEAD for a semaphore):
    same acquisition) for ``--stall-timeout`` seconds;
 4. at the end set the stop flag, wait (bounded) for the workers to give
    their memory back, check every invariant, collect the results;
+   throughput is counted twice: over the whole run, and over the *steady
+   window* (:meth:`Run.steady_window`), which opens once every worker has
+   written its whole working set once (the guest's first-touch page faults,
+   the same in every design, are over) and closes when the stop flag is set;
 5. on success, error, fault, Ctrl-C or SIGTERM alike: kill what still runs
    and remove every IPC object of the run.
+
+A signal raises :class:`launcher.interrupt.Interrupted` wherever the
+launcher is; this module only makes sure that what it creates is recorded
+before the signal is honoured, so the cleanup finds it.
 
 A fault makes the run *aborted*: the message names the process, its role and
 how it ended, and the page accounting says where every page was.
@@ -21,16 +31,17 @@ how it ended, and the page accounting says where every page was.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from hypervisor_stub import hypervisor_main
 from reporter import reporter_main
-from shmalloc import invariants, lockstat, snapshot, virtqueue
+from shmalloc import invariants, lockstat, procstat, snapshot, virtqueue
 from shmalloc.config import PAGE_SIZE
 from shmalloc.layout import (
     AG_PID,
@@ -43,6 +54,7 @@ from shmalloc.layout import (
     RS_ACK_PENDING_SINCE,
     RS_HV_PAGES_DISCARDED,
     RS_PAGES_REPORTED,
+    RUSAGE_COUNTERS,
     STOP_ABORT,
     STOP_HYPERVISOR,
     STOP_REPORTER,
@@ -55,7 +67,8 @@ from shmalloc.layout import (
 from shmalloc.lock import now_ticks
 from shmalloc.machine import Machine
 
-from . import faults
+from . import compile as kernels
+from . import faults, interrupt, measure, trace
 from .config import RunConfig
 from .metrics import (
     footprint_gib_s,
@@ -64,21 +77,17 @@ from .metrics import (
     launcher_rss_bytes,
     percentiles,
 )
+from .proc import RunAborted, describe_exit, process_state
 from .worker import worker_main
+
+__all__ = ["Run", "RunAborted", "execute", "process_state", "describe_exit"]
 
 SAMPLE_S = 0.1
 BIND_TIMEOUT_S = 60.0        # forked children bind their agent within this
 STOP_TIMEOUT_S = 10.0        # workers give their memory back within this
 DEATH_NOTICE_S = 5.0         # documented bound; the loop notices within one sample
 ABORT_GRACE_S = 2.0          # on abort, children may finish their operation this long
-
-
-class RunAborted(Exception):
-    """The run had to stop: a process died or stalled, or a signal came."""
-
-    def __init__(self, reason: str, exit_status: int = 3):
-        super().__init__(reason)
-        self.exit_status = exit_status
+INTERRUPT_GRACE_S = 0.3      # the same on Ctrl-C / SIGTERM, which must end within 1 s
 
 
 @dataclass
@@ -91,91 +100,6 @@ class Child:
     @property
     def pid(self) -> int:
         return self.proc.pid
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "is still running"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = "?"
-        return f"was killed by signal {-code} ({name})"
-    return f"exited with status {code}"
-
-
-def process_state(pid: int) -> str:
-    """'running', 'sleeping', 'stopped', ... from /proc/<pid>/stat, or 'gone'."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return "gone"
-    code = data[data.rindex(b")") + 2:].split()[0].decode()
-    return {"R": "running", "S": "sleeping", "D": "in uninterruptible sleep",
-            "T": "stopped", "t": "stopped by a tracer", "Z": "a zombie"}.get(code, code)
-
-
-# ---------------------------------------------------------------------------
-# Kernels compiled before forking
-# ---------------------------------------------------------------------------
-
-def design_kernels(strategy: str, f, zs, a, arr) -> list:
-    """The compiled entry points a design's processes call, with arguments
-    of the types they are called with."""
-    from hypervisor_stub import hostscan
-    from reporter import bitmap, boundary, callback, isolate, mainline
-    from shmalloc import reporting
-
-    b = True
-    walk = [(callback.walk_free_mem_block, (f, zs, a, 0, 0, 0, arr, 0, b, 0))]
-    return {
-        "mainline": [(mainline.reporting_cycle_step, (f, zs, a, 0, 0, 0, arr, arr, 0, 0, b, 0,
-                                                      b)),
-                     (mainline.drain_batch, (f, zs, a, 0, arr, arr, 0, b, b)),
-                     (reporting.page_reporting_request, (zs, a)),
-                     (reporting.page_reporting_begin_pass, (zs,)),
-                     (reporting.page_reporting_end_pass, (zs,))],
-        "boundary": [(boundary.boundary_cycle_step, (f, zs, a, 0, arr, arr, 0, b)),
-                     (boundary.boundary_request_all, (zs, a))],
-        "callback": walk,
-        "isolate": walk + [(isolate.isolate_pageblock, (f, zs, a, 0, 0, 0, 0)),
-                           (isolate.undo_isolate_batch, (f, zs, a, 0, arr, arr, 0, b))],
-        "bitmap": [(bitmap.bitmap_scan, (f, zs, a, 0, arr, arr, 0)),
-                   (bitmap.bitmap_return, (f, zs, a, 0, arr, arr, 0)),
-                   (bitmap.bitmap_pass_done, (zs,))],
-        "hostscan": [(hostscan.host_scan_take, (f, zs, a, 0, 0, arr, arr, 0)),
-                     (hostscan.host_scan_mark, (f, zs, a, 0, arr, arr, 0, np.zeros(1, np.bool_)))],
-    }.get(strategy, [])
-
-
-def warm_kernels(machine: Machine, strategy: str) -> bool:
-    """Compile (or load from the numba cache) every kernel a child will call,
-    in this process and without running it, so the forked children inherit
-    them and start at once.  True if all of them came from the cache."""
-    import numba
-
-    from shmalloc import pcp, workload
-    from shmalloc.lock import now_ticks
-
-    if not hasattr(now_ticks, "compile"):          # NUMBA_DISABLE_JIT
-        return False
-    a, f, zs, mem = machine.control_agent, machine.frames, machine.zs, machine.mem
-    arr = np.zeros(1, np.int64)
-    kernels = [
-        (workload.run_chunks, (f, zs, mem, a, 0, 1, 0, 1.0, arr, arr)),
-        (workload.run_random, (f, zs, mem, a, 1, 1, 0, 1, 1.0, arr, arr, arr, 0)),
-        (workload.hog_alloc, (f, zs, mem, a, 0, 0, 1.0, arr, arr)),
-        (workload.free_blocks, (f, zs, mem, a, arr, arr, 0, 1.0)),
-        (pcp.drain_pages, (f, zs, a, a)),
-        (pcp.pcp_service_drain, (f, zs, a)),
-        (now_ticks, ()),
-    ]
-    kernels += design_kernels(strategy, f, zs, a, arr)
-    for kernel, args in kernels:
-        kernel.compile(tuple(numba.typeof(x) for x in args))
-    return all(sum(k.stats.cache_misses.values()) == 0 for k, _ in kernels)
 
 
 # ---------------------------------------------------------------------------
@@ -194,22 +118,34 @@ class Run:
         self.machine: Machine | None = None
         self.children: list[Child] = []
         self.timeline = {"t_s": [], "free_bytes": [], "host_resident_bytes": [],
-                         "reported_bytes": [], "discarded_bytes": [], "launcher_rss_bytes": []}
+                         "reported_bytes": [], "discarded_bytes": [], "launcher_rss_bytes": [],
+                         "free_unreportable_bytes": []}
         self.queues: tuple = ()
         self.stall: dict[int, tuple[int, int, float]] = {}
-        self.signal_received: int | None = None
         self.t_go = 0.0
         self.t_stop = 0.0
         self.cache_warm: bool | None = None
         self.injector = faults.Injector([faults.parse(x) for x in cfg.inject], self)
         self.stopped_since: dict[int, float] = {}
+        # the steady window's ends (measure.snapshot)
+        self.window_open: dict | None = None
+        self.window_close: dict | None = None
+        self.sched_at_stop: dict[int, tuple[int, int] | None] = {}
+        self.warm_pages = (cfg.working_set or 0) // PAGE_SIZE
+        self.jiffies: list[list[int]] = []          # /proc/stat at the start and the stop
+        self.rusage0 = None                         # the launcher's own, at the start
+        self.marks: dict[str, float] = {}           # phase -> time.monotonic(), for timing
+        self.record: dict | None = None
+        self.replay = None                 # trace:FILE: the replay's shared state
 
     # -- process management ------------------------------------------------
     def _start(self, name: str, role: str, agent: int, target, *args) -> None:
         import multiprocess as mp
-        proc = mp.get_context("fork").Process(target=target, args=args, name=name, daemon=True)
-        proc.start()
-        self.children.append(Child(name, role, agent, proc))
+        proc = mp.get_context("fork").Process(target=_child_main, args=(target, *args),
+                                              name=name, daemon=True)
+        with interrupt.deferred():          # a started child is always in the list
+            proc.start()
+            self.children.append(Child(name, role, agent, proc))
 
     def workers(self) -> list[Child]:
         return [c for c in self.children if c.role == "worker"]
@@ -233,7 +169,8 @@ class Run:
             code = c.proc.exitcode
             if code is None:
                 continue
-            told = level >= self.EXIT_LEVEL[c.role] or (c.role == "worker" and self.cfg.ops)
+            told = level >= self.EXIT_LEVEL[c.role] or (c.role == "worker" and
+                                                        (self.cfg.ops or not self.cfg.duration))
             if code == 0 and told:
                 continue
             raise RunAborted(f"{c.name} (pid {c.pid}) {describe_exit(code)}"
@@ -292,24 +229,36 @@ class Run:
                 raise RunAborted(f"zone {z} lock held for {held:.1f} s by {self._who(pid)}: "
                                  f"longer than --stall-timeout {self.cfg.stall_timeout:g} s")
 
-    def _on_signal(self, signum, frame) -> None:
-        self.signal_received = signum
-
     # -- sampling ----------------------------------------------------------
     def sample(self, now: float) -> None:
         m = self.machine
-        self.timeline["t_s"].append(round(now - self.t_go, 3))
-        self.timeline["free_bytes"].append(snapshot.free_pages(m) * PAGE_SIZE)
-        self.timeline["host_resident_bytes"].append(m.host_resident_bytes())
         rep = m.layout.off_report
-        self.timeline["reported_bytes"].append(int(m.zs[rep + RS_PAGES_REPORTED]) * PAGE_SIZE)
-        self.timeline["discarded_bytes"].append(int(m.zs[rep + RS_HV_PAGES_DISCARDED]) * PAGE_SIZE)
-        self.timeline["launcher_rss_bytes"].append(launcher_rss_bytes())
+        point = {"t_s": round(now - self.t_go, 3),
+                 "free_bytes": snapshot.free_pages(m) * PAGE_SIZE,
+                 "host_resident_bytes": m.host_resident_bytes(),
+                 "reported_bytes": int(m.zs[rep + RS_PAGES_REPORTED]) * PAGE_SIZE,
+                 "discarded_bytes": int(m.zs[rep + RS_HV_PAGES_DISCARDED]) * PAGE_SIZE,
+                 "launcher_rss_bytes": launcher_rss_bytes(),
+                 "free_unreportable_bytes": free_below_order(m, self.cfg.report_order) * PAGE_SIZE}
+        with interrupt.deferred():      # a signal must not leave the series of unequal length
+            for key, value in point.items():
+                self.timeline[key].append(value)
 
     def pages_done(self) -> int:
         m = self.machine
         idx = WORKER_COUNTERS.index("pages_allocated")
         return sum(int(m.zs[m.layout.wstats(c.agent) + idx]) for c in self.workers())
+
+    def _maybe_open_window(self) -> None:
+        """The steady window (:mod:`launcher.measure`) opens once every
+        worker has written its working set once; a replay has no working
+        set, and its own first touches are part of the recorded program."""
+        if self.window_open is None and not self.cfg.ops and not self.cfg.trace:
+            self.window_open = measure.window_opens(self.machine, self._agents(),
+                                                    self.warm_pages)
+
+    def _agents(self) -> list[tuple[int, int]]:
+        return [(c.agent, c.pid) for c in self.workers()]
 
     def _progress(self, now: float, last: list) -> None:
         if not self.progress:
@@ -322,6 +271,7 @@ class Run:
         sys.stderr.write(f"\r{self.label}{now - self.t_go:6.1f}{total} s  "
                          f"{rate / 1e6:7.3f} M pages/s   ")
         sys.stderr.flush()
+        interrupt.partial_line(True)
 
     # -- phases ------------------------------------------------------------
     def _wait_bound(self) -> None:
@@ -329,16 +279,11 @@ class Run:
         deadline = time.monotonic() + BIND_TIMEOUT_S
         while not all(m.zs[m.layout.agent(c.agent) + AG_PID] == c.pid for c in self.children):
             self.check_children()
-            if self.signal_received:
-                raise RunAborted(self._signal_reason(), 128 + self.signal_received)
             if time.monotonic() > deadline:
                 late = [c.name for c in self.children
                         if m.zs[m.layout.agent(c.agent) + AG_PID] != c.pid]
                 raise RunAborted(f"{', '.join(late)} did not start within {BIND_TIMEOUT_S:g} s")
             time.sleep(0.002)
-
-    def _signal_reason(self) -> str:
-        return f"interrupted by {signal.Signals(self.signal_received).name}"
 
     def _watch(self) -> None:
         cfg = self.cfg
@@ -351,16 +296,16 @@ class Run:
                 self._progress(now, last)
                 next_sample += SAMPLE_S
             self.injector.step(now - self.t_go)
+            self._maybe_open_window()
             self.check_children()
             self.check_locks(now)
             self.check_stalls(now)
-            if self.signal_received:
-                raise RunAborted(self._signal_reason(), 128 + self.signal_received)
             if cfg.duration and now - self.t_go >= cfg.duration:
                 return
             if self.until is not None and self.until(self):
                 return
-            if cfg.ops and all(c.proc.exitcode == 0 for c in self.workers()):
+            if (cfg.ops or not cfg.duration) and all(c.proc.exitcode == 0
+                                                     for c in self.workers()):
                 return
             time.sleep(max(0.0, min(0.02, next_sample - time.monotonic())))
 
@@ -368,9 +313,16 @@ class Run:
         """Stop in stages: workers give their memory back, then the reporter
         puts its batch back, then the hypervisor stub goes."""
         self.t_stop = time.monotonic()
+        interrupt.enter("while stopping the run")
+        if self.window_open is not None:
+            self.window_close = measure.snapshot(self.machine, self._agents())
+        self.sched_at_stop = {c.pid: procstat.schedstat(c.pid) for c in self.children}
+        self.jiffies.append(procstat.cpu_jiffies())
         for level, role in ((STOP_WORKERS, "worker"), (STOP_REPORTER, "reporter"),
                             (STOP_HYPERVISOR, "hypervisor")):
             self.machine.zs[H_STOP] = level
+            if level == STOP_WORKERS:
+                interrupt.checkpoint("stopping")
             group = [c for c in self.children if c.role == role]
             timeout = STOP_TIMEOUT_S + 2 * self.cfg.hv_latency
             deadline = time.monotonic() + timeout
@@ -387,7 +339,7 @@ class Run:
             for c in group:
                 c.proc.join()
 
-    def _abort_children(self) -> None:
+    def _abort_children(self, grace_s: float = ABORT_GRACE_S) -> None:
         """Everyone stops now: children (stopped ones resumed) leave their
         current operation and exit, the memory they hold staying where it is
         for the accounting; whoever has not exited after a grace period is
@@ -399,7 +351,7 @@ class Run:
                     os.kill(c.pid, signal.SIGCONT)
                 except ProcessLookupError:
                     pass
-        deadline = time.monotonic() + ABORT_GRACE_S
+        deadline = time.monotonic() + grace_s
         while any(c.proc.exitcode is None for c in self.children):
             if time.monotonic() > deadline:
                 break
@@ -418,50 +370,101 @@ class Run:
 
     def execute(self) -> dict:
         """Run the experiment; returns the RUN record (``outcome`` says how it
-        ended).  Every IPC object is removed before this returns or raises."""
+        ended).  Every IPC object is removed and every child is gone before
+        this returns or raises (:class:`launcher.interrupt.Interrupted` on a
+        signal: then the children are killed at once)."""
         cfg = self.cfg
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         outcome, reason, status = "ok", None, 0
-        try:
-            self.machine = Machine.create(cfg.machine_config())
-            m = self.machine
-            if cfg.design.reporter:
-                self.queues = virtqueue.create_queues(m.run_id, cfg.capacity)
-            self.cache_warm = warm_kernels(m, cfg.strategy)
-            self.host_start = m.host_resident_bytes()
-            if cfg.design.hypervisor:
-                self._start("hypervisor stub", "hypervisor", m.hypervisor_agent, hypervisor_main,
-                            m, m.hypervisor_agent, cfg.stub_options())
-            if cfg.design.reporter:
-                self._start("reporter", "reporter", m.reporter_agent, reporter_main, m,
-                            m.reporter_agent, cfg.reporter_options())
-            for w in range(cfg.workers):
-                self._start(f"worker {w}", "worker", w, worker_main, self.machine, w, cfg.plan(w))
-            self._wait_bound()
-            self.t_go = time.monotonic()
-            self.machine.zs[H_GO] = 1
+        interrupted = None
+        with interrupt.handling():
+            self.marks["begin"] = time.monotonic()
+            self.cache_warm = kernels.prepare(kernels.groups_for([cfg]))
+            self.marks["compiled"] = time.monotonic()
             try:
-                self._watch()
-                self._stop()
-            except RunAborted as e:
-                outcome, reason, status = "aborted", str(e) + self.injector.notes(), e.exit_status
-                self.t_stop = self.t_stop or time.monotonic()
-                self._abort_children()
-            self.sample(time.monotonic())
-            if self.progress:
-                sys.stderr.write("\r" + " " * 60 + "\r")
-            record = self.collect(outcome, reason)
-            record["exit_status"] = status
-            return record
-        finally:
-            self._kill_all()
-            for q in self.queues:
-                q.close()
-            if self.machine is not None:
-                virtqueue.unlink_queues(self.machine.run_id)
-                self.machine.destroy()
-            for s, h in old.items():
-                signal.signal(s, h)
+                self._create()
+                self.marks["created"] = time.monotonic()
+                self._start_children()
+                self.jiffies.append(procstat.cpu_jiffies())
+                self.rusage0 = resource.getrusage(resource.RUSAGE_SELF)
+                self.t_go = time.monotonic()
+                self.machine.zs[H_GO] = 1
+                interrupt.enter(f"while running{' ' + self.label.strip() if self.label else ''}")
+                interrupt.checkpoint("running")
+                try:
+                    self._watch()
+                    self._stop()
+                except RunAborted as e:
+                    outcome, reason, status = ("aborted", str(e) + self.injector.notes(),
+                                               e.exit_status)
+                    self.t_stop = self.t_stop or time.monotonic()
+                    self._abort_children()
+                except interrupt.Interrupted as e:
+                    # a signal during the run or its stop: the run is aborted
+                    # and its record kept (further signals are ignored now);
+                    # the children get a short grace to leave the allocator
+                    outcome, reason, status = "aborted", str(e), e.exit_status
+                    interrupted = e
+                    self.t_stop = self.t_stop or time.monotonic()
+                    self._abort_children(INTERRUPT_GRACE_S)
+                self.marks["stopped"] = time.monotonic()
+                interrupt.enter("while collecting the results")
+                interrupt.checkpoint("collecting")
+                self.sample(time.monotonic())
+                if self.progress:
+                    sys.stderr.write("\r" + " " * 60 + "\r")
+                    interrupt.partial_line(False)
+                record = self.collect(outcome, reason)
+                record["exit_status"] = status
+                if interrupted is not None:
+                    record["interrupted"] = interrupted
+                self.record = record
+                return record
+            finally:
+                with interrupt.deferred():
+                    self._cleanup()
+                if self.record is not None:      # the caller's dict: teardown included
+                    self.record["timing"] = measure.timing(self.marks, self.t_go, self.t_stop,
+                                                           time.monotonic())
+
+    def _create(self) -> None:
+        cfg = self.cfg
+        interrupt.enter("while creating the machine")
+        with interrupt.deferred():          # the machine is recorded as soon as it exists
+            self.machine = Machine.create(cfg.machine_config())
+        m = self.machine
+        if cfg.design.reporter:
+            with interrupt.deferred():
+                self.queues = virtqueue.create_queues(m.run_id, cfg.capacity)
+        if cfg.trace:                       # an anonymous mapping: nothing to clean up
+            self.replay = trace.prepare(cfg, m)
+        self.host_start = m.host_resident_bytes()
+        interrupt.checkpoint("machine")
+
+    def _start_children(self) -> None:
+        cfg, m = self.cfg, self.machine
+        interrupt.enter("while starting the processes")
+        if cfg.design.hypervisor:
+            self._start("hypervisor stub", "hypervisor", m.hypervisor_agent, hypervisor_main,
+                        m, m.hypervisor_agent, cfg.stub_options())
+        if cfg.design.reporter:
+            self._start("reporter", "reporter", m.reporter_agent, reporter_main, m,
+                        m.reporter_agent, cfg.reporter_options())
+        for w in range(cfg.workers):
+            plan = replace(cfg.plan(w), replay=self.replay)
+            self._start(f"worker {w}", "worker", w, worker_main, m, w, plan)
+        interrupt.checkpoint("forking")
+        self._wait_bound()
+
+    def _cleanup(self) -> None:
+        """Kill what still runs (after a signal, everything: children are
+        not waited for) and remove every IPC object of the run."""
+        self._kill_all()
+        for q in self.queues:
+            q.close()
+        if self.machine is not None:
+            virtqueue.unlink_queues(self.machine.run_id)
+            self.machine.destroy()
+            self.machine = None
 
     # -- results -----------------------------------------------------------
     def collect(self, outcome: str, reason: str | None) -> dict:
@@ -484,13 +487,16 @@ class Run:
             elapsed = (self.t_stop or time.monotonic()) - self.t_go
         elapsed = max(elapsed, 1e-9)
         total = {k: sum(w[k] for w in per_worker) for k in WORKER_COUNTERS
-                 if not k.startswith("t_") and not k.endswith("_max")}
+                 if not k.startswith("t_") and not k.endswith("_max")
+                 and k not in RUSAGE_COUNTERS}
         throughput = {
             "elapsed_s": round(elapsed, 4),
             "pages": total["pages_allocated"],
             "ops": total["ops"],
             "pages_per_sec": round(total["pages_allocated"] / elapsed, 1),
             "ops_per_sec": round(total["ops"] / elapsed, 1),
+            "steady": measure.steady_window(self.window_open, self.window_close, elapsed,
+                                            total, tps, starts),
             "per_worker": [],
         }
         for i, w in enumerate(per_worker):
@@ -555,8 +561,14 @@ class Run:
                 "invariant_errors": errors,
             },
             "workers": per_worker,
+            "attribution": measure.attribution(m, self.window_open, self.window_close,
+                                               per_worker, total),
+            "noise": measure.noise(m, [(c.name, c.role, c.agent, c.pid) for c in self.children],
+                                   self.jiffies, self.sched_at_stop, self.rusage0),
             "numba_cache_warm": self.cache_warm,
         }
+        if self.replay is not None:
+            record["trace"] = trace.replay_results(self.replay, cfg, elapsed)
         if outcome != "ok":
             record["page_accounting"] = [{"where": w, "pages": n}
                                          for w, n in snapshot.page_accounting(m)]
@@ -565,3 +577,20 @@ class Run:
 
 def execute(cfg: RunConfig, progress: bool = False, label: str = "", until=None) -> dict:
     return Run(cfg, progress=progress, label=label, until=until).execute()
+
+
+def _child_main(target, *args) -> None:
+    """Every forked child starts here: ``target(*args)``, then leave at once.
+
+    With SHMALLOC_FORBID_CHILD_COMPILE set (the test suite sets it) a kernel
+    that was not compiled before the fork fails the child instead of
+    compiling during the run.  The child has written everything it had to
+    say into shared memory; multiprocess's and the interpreter's teardown of
+    a forked copy of the launcher took 50 ms per child here, a fixed cost of
+    every run, so it leaves with ``os._exit``.  An exception still ends the
+    child the usual way (traceback, status 1)."""
+    if os.environ.get("SHMALLOC_FORBID_CHILD_COMPILE"):
+        from shmalloc import config
+        config.forbid_compile()
+    target(*args)
+    os._exit(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from shmalloc import lockstat
 
+from . import trace
 from .designs import DESIGNS
 
 
@@ -54,6 +55,12 @@ def format_run(run: dict, lock_table: bool = True) -> list[str]:
         lines.append(f"  {'worker ' + str(w['worker']):<10} "
                      f"{fmt_rate(w['pages_per_sec'], 'pages/s'):>18} "
                      f"{fmt_rate(w['ops_per_sec'], 'ops/s'):>16}")
+    steady = t.get("steady")
+    if steady and steady["kind"] == "steady":
+        lines.append(f"  {'steady':<10} {fmt_rate(steady['pages_per_sec'], 'pages/s'):>18} "
+                     f"{fmt_rate(steady['ops_per_sec'], 'ops/s'):>16}   from "
+                     f"{steady['start_s']:.2f} s, over {steady['elapsed_s']:.2f} s (every worker "
+                     "had written its working set once)")
     lines += ["", f"latency (ns)  {'p50':>8} {'p99':>8} {'p99.9':>8} {'max':>10} {'calls':>12}"]
     for op in ("alloc", "free"):
         p = lat[op]
@@ -107,6 +114,7 @@ def format_run(run: dict, lock_table: bool = True) -> list[str]:
         lines.append(f"  workers freed        {fmt_bytes(mem.get('released_bytes', 0))} at "
                      f"{mem['freed_at_s']:.2f} s; half of it back on the host "
                      + (f"{half:.2f} s later" if half is not None else "never"))
+    lines += trace.summary_lines(run)
     lines += ["", "safety",
               f"  use-after-discard    {safety['use_after_discard']}",
               f"  double allocations   {safety['double_allocations']}",

@@ -26,7 +26,8 @@ import sys
 import time
 from dataclasses import dataclass, fields
 
-from . import results
+from . import compile as kernels
+from . import interrupt, results
 from .config import RunConfig
 from .run import execute
 
@@ -133,24 +134,34 @@ def run_points(points: list[Point], out_dir: str, metadata, progress: bool = Fal
     """Run the points not done yet; returns counts (ran, skipped, aborted)."""
     todo = [p for p in points if not done(out_dir, p)]
     counts = {"ran": 0, "skipped": len(points) - len(todo), "aborted": 0}
+    kernels.prepare(kernels.groups_for([p.config for p in todo]))
     t_start = time.monotonic()
     for i, point in enumerate(todo):
+        if i:
+            interrupt.enter(f"between sweep points ({i} of {len(todo)} done; a rerun "
+                            "resumes)")
+            interrupt.checkpoint("between-points")
         if progress:
             elapsed = time.monotonic() - t_start
             per = elapsed / i if i else (point.config.duration or 5) + 2
             sys.stderr.write(f"\r[{i + 1}/{len(todo)}] {100 * i // len(todo):3d}%  ETA "
                              f"{_eta(per * (len(todo) - i))}  {point.slug[:60]:<60}")
             sys.stderr.flush()
+            interrupt.partial_line(True)
         run = execute(point.config)
         run.pop("exit_status")
+        if "interrupted" in run:             # not done: a rerun runs this point again
+            raise run["interrupted"]
         warm = run.pop("numba_cache_warm")
         run["point"] = point.values
-        results.write(path_of(out_dir, point), results.document([run], metadata(warm)),
-                      force=True)
+        with interrupt.deferred():          # a point is written whole, or not at all
+            results.write(path_of(out_dir, point), results.document([run], metadata(warm)),
+                          force=True)
         counts["ran"] += 1
         counts["aborted"] += run["outcome"] != "ok"
     if progress and todo:
         sys.stderr.write("\r" + " " * 100 + "\r")
+        interrupt.partial_line(False)
     return counts
 
 

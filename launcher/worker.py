@@ -34,6 +34,8 @@ from shmalloc.layout import (
 )
 from shmalloc.lock import now_ticks
 from shmalloc.pcp import drain_pages, pcp_service_drain
+from shmalloc.procstat import record_rusage
+from shmalloc.replay import replay_worker
 from shmalloc.workload import (
     PHASED_REGROW_AT,
     PHASED_SHRINK_AT,
@@ -60,6 +62,7 @@ class WorkerPlan:
     max_order: int
     duration_s: float = 0.0   # the run's length (phased schedules its phases on it)
     cpu: int | None = None    # the cpu this worker is pinned to, if any
+    replay: object = None     # trace:FILE: the replay's shared state (shmalloc.replay.Shared)
 
     def capacity(self) -> int:
         """Blocks the worker can hold at most (its private held arrays)."""
@@ -74,6 +77,9 @@ def run_plan(machine, agent: int, plan: WorkerPlan, held_pfn, held_order, held_l
     """Run the workload until stop or budget; returns blocks still held."""
     frames, zs, mem = machine.frames, machine.zs, machine.mem
     ns_per_tick = 1e9 / machine.ticks_per_sec
+    if plan.replay is not None:       # trace:FILE: replay, hold until stop if timed, free
+        replay_worker(machine, agent, plan.replay, plan.max_ops, plan.duration_s > 0)
+        return 0
     if plan.workload in ("page_fault1", "thp"):
         order = 0 if plan.workload == "page_fault1" else THP_ORDER
         return run_chunks(frames, zs, mem, agent, order, len(held_pfn), plan.max_ops,
@@ -140,11 +146,14 @@ def worker_main(machine, agent: int, plan: WorkerPlan) -> None:
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     machine.zs[ws + WC_T_START] = now_ticks()
     n = run_plan(machine, agent, plan, held_pfn, held_order, held_long)
-    machine.zs[ws + WC_T_END] = now_ticks()
+    if not machine.zs[ws + WC_T_END]:         # a replay notes when its stream ended
+        machine.zs[ws + WC_T_END] = now_ticks()
     if machine.zs[H_STOP] == STOP_ABORT:
+        record_rusage(machine.zs, ws)
         return                     # the run is aborted: leave everything where it is
     # exit: give everything back (exit_mmap), then empty our pcp lists
     free_blocks(machine.frames, machine.zs, machine.mem, agent, held_pfn, held_order, n,
                 1e9 / machine.ticks_per_sec)
     drain_pages(machine.frames, machine.zs, agent, agent)
     machine.zs[ws + WC_MINOR_FAULTS] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
+    record_rusage(machine.zs, ws)

@@ -43,6 +43,7 @@ from shmalloc.layout import (
     STOP_REPORTER,
 )
 from shmalloc.lock import now_ticks
+from shmalloc.procstat import record_rusage
 from shmalloc.virtqueue import KIND_REPORT
 
 POLL_S = 0.05
@@ -183,3 +184,4 @@ def reporter_main(machine, agent: int, opts: ReporterOptions, device=None) -> No
         device = QueueDevice(machine, kind=design_cls.message_kind(opts))
     design = design_cls(machine, agent, device, opts)
     design.run()
+    record_rusage(machine.zs, machine.layout.wstats(agent))     # CPU time, switches

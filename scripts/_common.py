@@ -17,13 +17,14 @@ from launcher import designs, results
 from launcher.compare import DEFAULT_LINEUP, flat_metrics, run_label
 from launcher.config import RunConfig
 from launcher.metadata import collect as collect_metadata
-from launcher.options import float_range, int_range, parse_size, size_range
+from launcher.options import duration_range, float_range, int_range, parse_size, size_range
 from launcher.sweep import Point, merge, path_of, run_points
 
 __all__ = [
     "DEFAULT_LINEUP",
     "bar_chart",
     "designs",
+    "duration_range",
     "flat_metrics",
     "float_range",
     "int_range",

@@ -14,9 +14,21 @@ a 16 GiB guest; and what the reporting designs' bookkeeping costs the
 allocator (``reported_order9``: allocating and freeing 64 order-9 blocks
 carved out of free blocks that a reporting pass left Reported, with no
 reporting design, with mainline's flag, with Duyck's counters, and with his
-boundaries active as during a reporting cycle).  ``../shared/bench/buddy_ref.c`` (a C buddy
-allocator with a POSIX semaphore per operation, the same case shapes) is the
-physical-limit anchor to hold these figures against.
+boundaries active as during a reporting cycle).  The unit costs
+``shmalloc compare`` charges counted events with (:func:`unit_costs`):
+``refault``, ns per 4 KiB page for a worker's first write (read, then
+write, as :func:`shmalloc.workload.write_block` does) to a page the host
+punched out of guest memory, against the same write to a resident page, and
+``free_path_hooks``, ns per call of a design's free-path hook past its order
+check (mainline and boundary in their requested state, in which a reporting
+delay leaves them most of a run; bitmap setting a bit, which it does for
+every block it sees), over the same call with no design.  And, for
+``scripts/calibrate``'s prediction, ``free_hook``: what ``--free-hook-ns N``
+costs a free all told (the spin and what surrounds it), against the spin's
+own measured time.
+``../shared/bench/buddy_ref.c`` (a C buddy allocator with a POSIX semaphore
+per operation, the same case shapes) is the physical-limit anchor to hold
+these figures against.
 
 Each figure comes with its counts (``counts`` and ``counts_no_stats`` of a
 case, ``reported_order9_counts`` of a variant): the alloc+free pairs it is
@@ -28,31 +40,41 @@ This is the engine's micro-benchmark; contention lives in ``shmalloc run``.
 
 from __future__ import annotations
 
+import mmap
 import statistics
 import time
 
 import numpy as np
 
-from .config import PAGE_SIZE, jit
+from ._libc import ticks
+from .config import PAGE_SIZE, WORDS_PER_PAGE, jit
 from .layout import (
     FRAME_DTYPE,
+    H_BITMAP_WORDS,
     H_LOCK_STATS,
+    H_OFF_STRAT,
+    HOOK_BITMAP,
     HOOK_BOUNDARY,
     HOOK_MAINLINE,
     HOOK_NONE,
     MIGRATE_MOVABLE,
     PG_REPORTED,
     PS_BUDDY,
+    Z_BITMAP_COUNT,
     Z_BOUNDARY,
     Z_FREE_HEAD,
+    Z_FREE_HOOK_CALLS,
+    Z_FREE_HOOK_TICKS,
     Z_REPORT_FLAGS,
     Z_REPORTED,
     ZRF_ACTIVE,
     free_list_slot,
+    zone_base,
 )
 from .machine import Machine, MachineConfig
 from .page_alloc import alloc_pages, free_pages
 from .reference import ReferenceAllocator
+from .reporting import page_reporting_free_hook
 
 GIB = 1 << 30
 CASES = {
@@ -164,6 +186,133 @@ def _time_hooks(reps: int, rounds: int = 100) -> tuple[dict, dict]:
     return out, counts
 
 
+# ---------------------------------------------------------------------------
+# Unit costs: a refault, a free-path hook call
+# ---------------------------------------------------------------------------
+
+@jit
+def _touch_pages(mem, first, npages, value):
+    """A worker's first touch of each page: read the first word, then write
+    it (:func:`shmalloc.workload.write_block`)."""
+    for page in range(first, first + npages):
+        word = page * WORDS_PER_PAGE
+        if mem[word] == value:
+            value += 1
+        mem[word] = value + page
+    return value
+
+
+def _cpu_ns_per_page(mem, pages: int, value: int) -> float:
+    """:func:`_touch_pages` over ``pages`` pages, in this thread's CPU time
+    (the page faults included, time spent preempted not: a loaded machine
+    must not make a refault look dearer than it is), ns per page."""
+    t0 = time.thread_time_ns()
+    _touch_pages(mem, 0, pages, value)
+    return (time.thread_time_ns() - t0) / pages
+
+
+def measure_refault(pages: int = 4096, reps: int = 5) -> dict:
+    """ns per 4 KiB page to first-touch a page the host discarded
+    (``madvise(MADV_REMOVE)``, as the stub's ``--discard remove``; a punched
+    hole is the same tmpfs hole) and to touch a resident one; the median of
+    ``reps`` rounds over ``pages`` pages of a fresh tmpfs guest, CPU time."""
+    memory = -(-pages * PAGE_SIZE // (4 << 20)) * (4 << 20)
+    with Machine.create(MachineConfig(memory=memory, workers=1)) as m:
+        _touch_pages(m.mem, 0, 1, 0)                  # compile, and fault in one page
+        refault, resident = [], []
+        for r in range(reps):
+            m.guest_mmap.madvise(mmap.MADV_REMOVE, 0, pages * PAGE_SIZE)
+            if m.resident_pages(0, pages) != 0:
+                raise RuntimeError("bench refault: MADV_REMOVE left pages resident")
+            refault.append(_cpu_ns_per_page(m.mem, pages, r))
+            resident.append(_cpu_ns_per_page(m.mem, pages, r))
+            if m.resident_pages(0, pages) != pages:
+                raise RuntimeError("bench refault: touched pages are not resident")
+    r_ns, w_ns = statistics.median(refault), statistics.median(resident)
+    return {"refault_ns_per_page": round(r_ns, 1), "resident_ns_per_page": round(w_ns, 1),
+            "cost_ns_per_page": round(max(r_ns - w_ns, 0.0), 1), "pages": pages, "reps": reps}
+
+
+@jit
+def _time_hook(zs, agent, pfns, order, passes, clear_bitmap):
+    """Ticks for ``passes`` x {call the free-path hook once per pfn}; with
+    ``clear_bitmap`` the zone's bitmap is cleared, untimed, before each pass."""
+    total = 0
+    for _ in range(passes):
+        if clear_bitmap:
+            for w in range(zs[H_BITMAP_WORDS]):
+                zs[zs[H_OFF_STRAT] + w] = 0
+            zs[zone_base(0) + Z_BITMAP_COUNT] = 0
+        t0 = ticks()
+        for i in range(len(pfns)):
+            page_reporting_free_hook(zs, agent, 0, pfns[i], order)
+        total += ticks() - t0
+    return total
+
+
+#: the free-path hooks a design installs, by the name compare knows it under
+HOOK_KINDS = {"mainline": HOOK_MAINLINE, "boundary": HOOK_BOUNDARY, "bitmap": HOOK_BITMAP}
+
+
+def measure_hooks(reps: int = 5, passes: int = 200) -> dict:
+    """ns per free-path hook call past the order check, per design, over the
+    same call with no design (clamped at 0)."""
+    def per_call(hook: int) -> float:
+        cfg = MachineConfig(memory=64 << 20, workers=1, strategy=hook)
+        with Machine.create(cfg) as m:
+            pfns = np.arange(0, m.nr_pages, 1 << 9, dtype=np.int64)
+            clear = hook == HOOK_BITMAP
+            _time_hook(m.zs, m.control_agent, pfns, 9, 1, clear)      # compile, settle state
+            samples = [_time_hook(m.zs, m.control_agent, pfns, 9, passes, clear)
+                       * 1e9 / m.ticks_per_sec / (passes * len(pfns)) for _ in range(reps)]
+            return statistics.median(samples)
+    base = per_call(HOOK_NONE)
+    return {name: round(max(per_call(hook) - base, 0.0), 2) for name, hook in HOOK_KINDS.items()}
+
+
+def measure_free_hook(ns_values=(50, 100, 200, 400), reps: int = 3, iters: int = 5) -> dict:
+    """What ``--free-hook-ns N`` costs a free, all told: CPU ns per order-0
+    alloc+free pair through the zone lock (pcp lists off, one free per pair)
+    with the spin, less the same without it; and the spin's own measured
+    time per call.  The difference is the spin plus what surrounds it (the
+    TSC reads, the loop's exit, the two counters), which the spin cannot
+    time itself.  The median of ``reps`` machines per value."""
+    def pair_ns(n: int) -> tuple[float, float]:
+        cfg = MachineConfig(memory=GIB, zones=1, workers=1, pcp_batch=0, free_hook_ns=n)
+        with Machine.create(cfg) as m:
+            held = np.empty(CASES["order0_zone"]["batch"], np.int64)
+            tally = Tally()
+            _timed_rounds(m, 0, len(held), 1, held, tally, warmup=True)
+            zb = m.layout.zone(0)
+            c0, t0 = int(m.zs[zb + Z_FREE_HOOK_CALLS]), int(m.zs[zb + Z_FREE_HOOK_TICKS])
+            cpu0 = time.thread_time_ns()
+            _timed_rounds(m, 0, len(held), iters, held, tally)
+            cpu = (time.thread_time_ns() - cpu0) / (iters * len(held))
+            calls = int(m.zs[zb + Z_FREE_HOOK_CALLS]) - c0
+            spun = (int(m.zs[zb + Z_FREE_HOOK_TICKS]) - t0) * 1e9 / m.ticks_per_sec
+            if tally.failed:                       # a failed operation voids the figure
+                return None, None
+            return cpu, spun / calls if calls else 0.0
+
+    samples = {n: [pair_ns(n) for _ in range(reps)] for n in (0, *ns_values)}
+
+    def med(n: int, i: int) -> float | None:
+        vals = [x[i] for x in samples[n]]
+        return None if None in vals else statistics.median(vals)
+
+    base = med(0, 0)
+    return {str(n): {"ns_per_free": (None if base is None or med(n, 0) is None
+                                     else round(med(n, 0) - base, 1)),
+                     "spin_ns": None if med(n, 1) is None else round(med(n, 1), 1)}
+            for n in ns_values}
+
+
+def unit_costs(reps: int = 5) -> dict:
+    """What ``shmalloc compare`` charges a refault and a hook call, measured
+    here and now (about 0.1 s)."""
+    return {"refault": measure_refault(reps=reps), "free_path_hooks": measure_hooks(reps=reps)}
+
+
 def _time_reference(order: int, batch: int, reps: int) -> float:
     samples = []
     for _ in range(reps):
@@ -213,6 +362,9 @@ def run_bench(reps: int = 5, iters: int = 20, init_memory: int = 16 * GIB) -> di
         "init_16gib_s": round(_time_init(init_memory), 3),
         "reported_order9": hooks,
         "reported_order9_counts": hook_counts,
+        "refault": measure_refault(reps=reps),
+        "free_path_hooks": measure_hooks(reps=reps),
+        "free_hook": measure_free_hook(),
         "reps": reps,
         "iters": iters,
     }
@@ -259,6 +411,20 @@ def format_bench(res: dict) -> list[str]:
         "order-9 alloc+free out of Reported free blocks, ns per pair (lock_stat on):",
         "  " + "   ".join(f"{k} {_f(v, '.1f')}" for k, v in res["reported_order9"].items()),
     ]
+    rf = res.get("refault")
+    if rf:
+        lines += ["", "refault: first write to a discarded 4 KiB page "
+                  f"{rf['refault_ns_per_page']:.0f} ns, to a resident one "
+                  f"{rf['resident_ns_per_page']:.1f} ns: "
+                  f"{rf['cost_ns_per_page']:.0f} ns per refault"]
+    if res.get("free_path_hooks"):
+        lines += ["free-path hook past its order check, ns per call over no design:",
+                  "  " + "   ".join(f"{k} {v:.2f}" for k, v in res["free_path_hooks"].items())]
+    if res.get("free_hook"):
+        lines += ["--free-hook-ns N: ns added to a free (the spin as it timed itself):",
+                  "  " + "   ".join(f"{n}: {_f(v['ns_per_free'], '.0f')} "
+                                    f"({_f(v['spin_ns'], '.0f')})"
+                                    for n, v in res["free_hook"].items())]
     for figure, n in failures(res).items():
         lines.append(f"void: {figure}: {n} operations failed")
     return lines

@@ -33,6 +33,7 @@ by default and, when on, only randomises orders >= MAX_ORDER - 1, where
 from __future__ import annotations
 
 from .config import inline
+from .freehook import free_hook_spin
 from .freelist import add_to_free_list, del_page_from_free_list
 from .layout import (
     H_MAX_ORDER,
@@ -115,7 +116,8 @@ def free_one_page(frames, zs, agent, zone, pfn, order, mt, tail, notify):
     then put the result on ``free_area[order][mt]`` (at the tail if ``tail``,
     5.10's FPI_TO_TAIL, or if :func:`buddy_merge_likely`; else at the head),
     and with ``notify`` tell the reporting design
-    (``page_reporting_notify_free``; put-backs of reported pages do not).
+    (``page_reporting_notify_free``; put-backs of reported pages do not) and
+    spin ``--free-hook-ns`` (:mod:`.freehook`).
     Returns the final (pfn, order).
 
     A buddy merges only if it is a free head of the same order whose pageblock
@@ -141,4 +143,5 @@ def free_one_page(frames, zs, agent, zone, pfn, order, mt, tail, notify):
     add_to_free_list(frames, zs, zone, pfn, order, mt, tail)
     if notify:
         page_reporting_free_hook(zs, agent, zone, pfn, order)
+        free_hook_spin(zs, zone_base(zone))          # --free-hook-ns (0: nothing)
     return pfn, order

@@ -145,11 +145,20 @@ WORKER_COUNTERS = (
     "t_end",             # ticks when it stopped
     "t_freed",           # ticks when hog/phased had freed everything (the shrink)
     "released_pages",    # pages freed at that moment
+    # what the process cost the machine, written by the process itself at its
+    # exit (getrusage(RUSAGE_SELF), /proc/self/sched): workers, reporter and
+    # hypervisor stub alike, each in its own agent's slots
+    "cpu_user_us", "cpu_sys_us",
+    "nvcsw", "nivcsw",   # voluntary / involuntary context switches
+    "nr_migrations",     # se.nr_migrations; -1: the kernel does not show it
 )
 (WC_OPS, WC_ALLOCS, WC_FREES, WC_PAGES_ALLOCATED, WC_PAGES_FREED, WC_ALLOC_FAILURES,
  WC_ITERATIONS, WC_USE_AFTER_DISCARD, WC_FOREIGN_CANARY, WC_REFAULTS, WC_FREE_ERRORS,
  WC_LOCK_ACQUISITIONS, WC_ALLOC_NS_MAX, WC_FREE_NS_MAX, WC_MINOR_FAULTS, WC_T_START,
- WC_T_END, WC_T_FREED, WC_RELEASED_PAGES) = range(19)
+ WC_T_END, WC_T_FREED, WC_RELEASED_PAGES, WC_CPU_USER_US, WC_CPU_SYS_US, WC_NVCSW,
+ WC_NIVCSW, WC_NR_MIGRATIONS) = range(24)
+#: the counters above that describe the process, not its workload
+RUSAGE_COUNTERS = ("cpu_user_us", "cpu_sys_us", "nvcsw", "nivcsw", "nr_migrations")
 NR_WORKER_COUNTERS = len(WORKER_COUNTERS)
 # Latency histograms: 4 sub-buckets per power of two of nanoseconds.
 HIST_SUB_BITS = 2
@@ -219,7 +228,9 @@ ZS_VERSION = 1
  H_PAGEBLOCK_ORDER, H_NR_AGENTS, H_NR_WORKERS, H_PCP_BATCH, H_PCP_HIGH, H_LOCK_SPIN,
  H_LOCK_STATS, H_TICKS_PER_SEC, H_STRATEGY, H_REPORT_ORDER, H_CAPACITY, H_STOP,
  H_GO, H_OFF_AGENTS, H_OFF_PCP, H_OFF_PAGEBLOCK, H_OFF_WSTATS, H_OFF_STRAT,
- H_STRAT_SLOTS, H_SIZE, H_NR_PAGEBLOCKS, H_ZONE_SHIFT, H_OFF_REPORT, H_BITMAP_WORDS) = range(30)
+ H_STRAT_SLOTS, H_SIZE, H_NR_PAGEBLOCKS, H_ZONE_SHIFT, H_OFF_REPORT, H_BITMAP_WORDS,
+ H_FREE_HOOK_TICKS) = range(31)
+# H_FREE_HOOK_TICKS: --free-hook-ns converted to ticks once, at creation
 HEADER_SLOTS = 64
 
 # H_STOP: the launcher stops the run in stages, so that the reporter can put
@@ -254,7 +265,14 @@ Z_BITMAP_COUNT = Z_REPORT_FLAGS + 1            # bitmap: bits set in this zone's
 Z_LOCKSTAT = Z_STRAT + Z_STRAT_SLOTS                          # [caller][field]
 ZRF_REQUESTED = 1     # ZONE_PAGE_REPORTING_REQUESTED (boundary)
 ZRF_ACTIVE = 2        # ZONE_PAGE_REPORTING_ACTIVE: boundaries in use (boundary)
-ZONE_STRIDE = ((Z_LOCKSTAT + NR_CALLERS * NR_LS_FIELDS + 7) // 8) * 8
+# Where the workers' time went (compare's attributed cost), kept under the
+# zone lock like lock_stat:
+Z_WAIT_BEHIND = Z_LOCKSTAT + NR_CALLERS * NR_LS_FIELDS  # [waiter][holder] wait ticks: the
+                      # holder is the caller class seen when the first trywait failed
+Z_FREE_HOOK_TICKS = Z_WAIT_BEHIND + NR_CALLERS * NR_CALLERS  # --free-hook-ns: ticks spun
+Z_FREE_HOOK_CALLS = Z_FREE_HOOK_TICKS + 1     # --free-hook-ns: spins
+Z_DESIGN_HOOK_CALLS = Z_FREE_HOOK_TICKS + 2   # a design's free-path hook past its order check
+ZONE_STRIDE = ((Z_DESIGN_HOOK_CALLS + 1 + 7) // 8) * 8
 
 # zs: per-agent struct, fixed stride from H_OFF_AGENTS
 AG_PID = 0            # pid of the process bound to this agent, 0 if none

@@ -16,7 +16,12 @@ Deviations from lock_stat: times are in TSC ticks (see ``shmalloc._libc``) and
 converted when printed; the per-call-site breakdown is a per-*caller class*
 breakdown (alloc path, free path, reporter, host), which is the split the 2019
 thread argued about; lock statistics can be switched off per machine
-(``H_LOCK_STATS = 0``) to measure what they cost.
+(``H_LOCK_STATS = 0``) to measure what they cost.  Beyond lock_stat, a
+contended acquisition adds its wait to ``Z_WAIT_BEHIND[waiter][holder]``, the
+holder being the caller class the lock's holder had recorded when our first
+``sem_trywait`` failed: how long the workers waited behind the reporter (the
+attributed cost ``shmalloc compare`` reports).  A waiter queued behind
+another waiter is charged to the holder it first saw.
 
 The owner's pid and a sequence number are stored on every acquisition, with
 statistics on or off: the launcher's watchdog names a dead or stalled owner
@@ -42,6 +47,7 @@ from .layout import (
     LS_WAIT_MAX,
     LS_WAIT_MIN,
     LS_WAIT_TOTAL,
+    NR_CALLERS,
     NR_LS_FIELDS,
     WC_LOCK_ACQUISITIONS,
     Z_LOCK_AGENT,
@@ -51,6 +57,7 @@ from .layout import (
     Z_LOCK_SEQ,
     Z_LOCK_T0,
     Z_LOCKSTAT,
+    Z_WAIT_BEHIND,
     agent_base,
     wstats_base,
     zone_base,
@@ -74,8 +81,12 @@ def zone_lock(zs, agent, zone, caller):
     # time rdtsc's result is ready, and the two overlap.
     t = ticks() if stats else 0
     wait = 0
+    holder = 0
     contended = sem_trywait(sem) != 0
     if contended:
+        # Who are we waiting behind?  The holder's class as it set it (racy
+        # by design: the class seen when the first trywait failed).
+        holder = zs[zb + Z_LOCK_CALLER]
         # Spin with trywait, then sleep in the kernel.
         got = False
         for _ in range(zs[H_LOCK_SPIN]):
@@ -111,6 +122,7 @@ def zone_lock(zs, agent, zone, caller):
             zs[ls + LS_WAIT_TOTAL] += wait
             zs[ls + LS_WAIT_MIN] = min(zs[ls + LS_WAIT_MIN], wait)
             zs[ls + LS_WAIT_MAX] = max(zs[ls + LS_WAIT_MAX], wait)
+            zs[zb + Z_WAIT_BEHIND + caller * NR_CALLERS + holder] += wait
 
 
 @inline

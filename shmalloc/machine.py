@@ -56,6 +56,7 @@ from .layout import (
     FRAME_DTYPE,
     H_BITMAP_WORDS,
     H_CAPACITY,
+    H_FREE_HOOK_TICKS,
     H_LOCK_SPIN,
     H_LOCK_STATS,
     H_MAGIC,
@@ -96,6 +97,22 @@ from .lock import now_ticks
 from .page_alloc import alloc_pages, free_pages, init_free_lists
 from .pcp import drain_pages
 
+#: --free-hook-ns at most 1 ms per free
+MAX_FREE_HOOK_NS = 1_000_000
+
+_TICKS_PER_SEC: int | None = None
+
+
+def ticks_per_sec() -> int:
+    """The TSC's frequency, measured once per process (20 ms against
+    CLOCK_MONOTONIC) and reused by every machine it creates: the TSC of a
+    constant_tsc CPU does not change speed, and a compare of many short
+    runs would otherwise pay the 20 ms each time."""
+    global _TICKS_PER_SEC
+    if _TICKS_PER_SEC is None:
+        _TICKS_PER_SEC = measure_ticks_per_sec(now_ticks)
+    return _TICKS_PER_SEC
+
 
 class ConfigError(ValueError):
     """A configuration value is out of range; ``flag`` names the CLI flag."""
@@ -129,6 +146,7 @@ class MachineConfig:
     report_order: int = PAGEBLOCK_ORDER
     capacity: int = PAGE_REPORTING_CAPACITY
     strategy: int = 0          # free-path hook id (HOOK_*), chosen by the reporting design
+    free_hook_ns: int = 0      # --free-hook-ns: spin this long on every free to the buddy lists
 
     @property
     def pageblock_order(self) -> int:
@@ -179,6 +197,9 @@ class MachineConfig:
                               f"(below --max-order), got {self.report_order}")
         if self.capacity < 1:
             raise ConfigError("--capacity", f"must be at least 1, got {self.capacity}")
+        if not 0 <= self.free_hook_ns <= MAX_FREE_HOOK_NS:
+            raise ConfigError("--free-hook-ns", f"must be in 0..{MAX_FREE_HOOK_NS}, "
+                              f"got {self.free_hook_ns}")
 
     def check_space(self) -> None:
         """The guest and its metadata must fit in /dev/shm: a tmpfs that runs
@@ -508,7 +529,8 @@ def _init_metadata(zs: np.ndarray, frames: np.ndarray, layout: Layout, cfg: Mach
     zs[H_STRATEGY] = cfg.strategy
     zs[H_REPORT_ORDER] = cfg.report_order
     zs[H_CAPACITY] = cfg.capacity
-    zs[H_TICKS_PER_SEC] = measure_ticks_per_sec(now_ticks)
+    zs[H_TICKS_PER_SEC] = ticks_per_sec()
+    zs[H_FREE_HOOK_TICKS] = round(cfg.free_hook_ns * int(zs[H_TICKS_PER_SEC]) / 1e9)
     zs[H_BITMAP_WORDS] = cfg.bitmap_words
     nslots = MAX_ORDER_LIMIT * MIGRATE_TYPES
     for z in range(layout.nr_zones):

@@ -96,8 +96,15 @@ def check_free(frames, agent, pfn, order):
 
 
 @inline
-def free_pages(frames, zs, agent, pfn, order):
-    """Free the order-``order`` block at ``pfn`` held by ``agent``.
+def free_pages_from(frames, zs, agent, holder, pfn, order):
+    """Free, as ``agent``, the order-``order`` block at ``pfn`` that
+    ``holder`` was given: the ownership check is against ``holder``, the
+    block goes to ``agent``'s pcp list (order 0) or, under the zone lock
+    ``agent`` takes, to the buddy lists, as the kernel frees a page on the
+    CPU that frees it, whoever allocated it.  A caller hands a block over by
+    naming its holder exactly (a replayed trace, :mod:`shmalloc.replay`, knows
+    it from the allocation it replayed); everyone else frees with
+    :func:`free_pages`, where the holder is the freer.
 
     Returns 0, or a negative E_* code without changing anything."""
     if order < 0 or order >= zs[H_MAX_ORDER]:
@@ -105,20 +112,29 @@ def free_pages(frames, zs, agent, pfn, order):
     if pfn < 0 or pfn >= zs[H_NR_PAGES] or (pfn & ((1 << order) - 1)) != 0:
         return E_BAD_PFN
     if order == 0 and zs[H_PCP_BATCH] > 0:
-        # Only the owner can see its page as allocated-to-itself, so this
-        # check needs no lock.
-        err = check_free(frames, agent, pfn, 0)
+        # Only the holder can see its page as allocated-to-itself, and a
+        # handed-over page is touched by nobody but the one it was handed to,
+        # so this check needs no lock.
+        err = check_free(frames, holder, pfn, 0)
         if err == 0:
             pcp_free(frames, zs, agent, pfn)
         return err
     zone = pfn_to_zone(zs, pfn)
     zone_lock(zs, agent, zone, CALLER_FREE)
-    err = check_free(frames, agent, pfn, order)
+    err = check_free(frames, holder, pfn, order)
     if err == 0:
         free_one_page(frames, zs, agent, zone, pfn, order, get_pageblock_migratetype(zs, pfn),
                       False, True)
     zone_unlock(zs, agent, zone, CALLER_FREE)
     return err
+
+
+@inline
+def free_pages(frames, zs, agent, pfn, order):
+    """Free the order-``order`` block at ``pfn`` held by ``agent``.
+
+    Returns 0, or a negative E_* code without changing anything."""
+    return free_pages_from(frames, zs, agent, agent, pfn, order)
 
 
 @jit

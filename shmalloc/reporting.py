@@ -30,6 +30,7 @@ from .layout import (
     H_STRATEGY,
     HOOK_BITMAP,
     HOOK_BOUNDARY,
+    HOOK_HOSTSCAN,
     HOOK_MAINLINE,
     HOOK_NONE,
     MIGRATE_TYPES,
@@ -41,6 +42,7 @@ from .layout import (
     RS_REQUESTS,
     RS_STATE,
     Z_BITMAP_COUNT,
+    Z_DESIGN_HOOK_CALLS,
     Z_NR_FREE,
     Z_REPORT_FLAGS,
     Z_REPORTED,
@@ -148,10 +150,13 @@ def hostscan_install(zs, zone, pfn, order):
 def page_reporting_free_hook(zs, agent, zone, pfn, order):
     """Called from the hot path in ``free_one_page`` after a free (not a
     put-back) merged into a block of ``order``: the installed design's
-    hook.  Below the report order it costs two loads and a compare."""
+    hook.  Below the report order it costs two loads and a compare; past it
+    each call is counted in the zone (the zone lock is held), so ``shmalloc
+    compare`` can charge the calls the hook's measured cost."""
     hook = zs[H_STRATEGY]
-    if hook == HOOK_NONE or order < zs[H_REPORT_ORDER]:
+    if hook == HOOK_NONE or hook == HOOK_HOSTSCAN or order < zs[H_REPORT_ORDER]:
         return
+    zs[zone_base(zone) + Z_DESIGN_HOOK_CALLS] += 1      # counted: compare's hook cost
     if hook == HOOK_MAINLINE:
         page_reporting_request(zs, agent)        # page_reporting_notify_free
     elif hook == HOOK_BOUNDARY:

@@ -62,7 +62,7 @@ from .layout import (
     WS_HIST,
     wstats_base,
 )
-from .page_alloc import alloc_pages, free_pages
+from .page_alloc import alloc_pages, free_pages_from
 
 WORKLOADS = ("page_fault1", "thp", "random", "hog", "phased")
 PHASED_SHRINK_AT = 0.4      # phased: free everything at 40 % of the run
@@ -136,16 +136,24 @@ def write_block(frames, zs, mem, agent, pfn, order, ws):
 @inline
 def check_and_free(frames, zs, mem, agent, pfn, order, ws, ns_per_tick):
     """Check every canary of the block, then free it (timed)."""
+    check_and_free_from(frames, zs, mem, agent, agent, pfn, order, ws, ns_per_tick)
+
+
+@inline
+def check_and_free_from(frames, zs, mem, agent, holder, pfn, order, ws, ns_per_tick):
+    """:func:`check_and_free` of a block ``holder`` allocated and wrote
+    (its canaries name ``holder``), freed by ``agent`` into its own lists
+    (:func:`~shmalloc.page_alloc.free_pages_from`)."""
     gen = np.int64(frames[pfn]['gen'])
     for page in range(pfn, pfn + (1 << order)):
         v = mem[page * WORDS_PER_PAGE]
-        if v != canary(agent, gen, page):
+        if v != canary(holder, gen, page):
             if v == 0:
                 zs[ws + WC_USE_AFTER_DISCARD] += 1
             else:
                 zs[ws + WC_FOREIGN_CANARY] += 1
     t0 = ticks()
-    err = free_pages(frames, zs, agent, pfn, order)
+    err = free_pages_from(frames, zs, agent, holder, pfn, order)
     record_latency(zs, ws, HIST_FREE, WC_FREE_NS_MAX, t0, ticks(), ns_per_tick)
     zs[ws + WC_OPS] += 1
     if err == 0:

@@ -6,6 +6,13 @@ message queues, listed in /dev/mqueue when the mqueue filesystem is mounted
 there (the session mounts it when running as root and it is missing) and in
 every case opened by name for every run the test made (see tests/leaks.py).
 
+``_kernels_compiled`` (session, autouse) compiles every kernel group once,
+before the first test, as a command would before its first run (two
+processes filling the numba cache when it is cold); every ``shmalloc``
+started by a test then loads them.  ``SHMALLOC_FORBID_CHILD_COMPILE`` makes
+a run's worker, reporter or stub fail if it would compile anything: every
+test that runs a design checks that nothing compiles while a run is measured.
+
 With ``SHMALLOC_SESSION_REPORT=PATH`` the session writes a JSON record to PATH
 at its end: whether the JIT was off (``shmalloc.config.JIT_DISABLED``, numba's
 own flag, and the type of a kernel), the tests selected and each one's
@@ -19,6 +26,9 @@ import os
 import warnings
 
 import pytest
+
+os.environ["SHMALLOC_FORBID_CHILD_COMPILE"] = "1"
+
 from leaks import ShmCreations, listed_objects, mount_mqueue, queues_by_name, run_id_of
 
 from shmalloc import shm
@@ -92,6 +102,12 @@ def _remove(path: str) -> None:
 
 def _run_ids(paths) -> set[str]:
     return {r for r in map(run_id_of, paths) if r}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _kernels_compiled():
+    from launcher import compile as kernels
+    kernels.prepare(list(kernels.GROUPS))
 
 
 @pytest.fixture(autouse=True)

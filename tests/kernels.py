@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from shmalloc.config import jit
-from shmalloc.page_alloc import alloc_pages, free_pages
+from shmalloc.layout import CALLER_REPORTER, MIGRATE_MOVABLE
+from shmalloc.lock import zone_lock, zone_unlock
+from shmalloc.page_alloc import (
+    alloc_pages,
+    free_pages,
+    isolate_free_page,
+    putback_isolated_page,
+)
 
 
 @jit
@@ -39,3 +46,26 @@ def hammer(frames, zs, agent, nops, seed, max_order, held_pfn, held_order, n):
             held_order[j] = held_order[n]
             frees += 1
     return n, allocs, frees, errors
+
+
+@jit
+def lock_as(zs, agent, zone, caller):
+    """Take ``zone``'s lock as ``agent`` in caller class ``caller``."""
+    zone_lock(zs, agent, zone, caller)
+
+
+@jit
+def unlock_as(zs, agent, zone, caller):
+    zone_unlock(zs, agent, zone, caller)
+
+
+@jit
+def isolate_and_put_back(frames, zs, agent, zone, pfn, order):
+    """A reporting pass's round trip for one free block: take it off the
+    free list, put it back (no notify).  Returns True if it was taken."""
+    zone_lock(zs, agent, zone, CALLER_REPORTER)
+    taken = isolate_free_page(frames, zs, agent, zone, pfn, order, MIGRATE_MOVABLE)
+    if taken:
+        putback_isolated_page(frames, zs, agent, zone, pfn, order, MIGRATE_MOVABLE, False)
+    zone_unlock(zs, agent, zone, CALLER_REPORTER)
+    return taken

@@ -1,7 +1,7 @@
 """The results file's contract, checked once: every key the README documents
 (section "Results file"), each with a value check where the value can be
 derived from the rest of the file or from the machine; ``compare --repeat``
-interleaving the designs; ``report`` over several files."""
+interleaving the designs in rounds; ``report`` over several files."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def hog_doc(tmp_path_factory):
 @pytest.mark.timeout(300)
 def test_metadata(hog_doc):
     doc = hog_doc
-    assert doc["format"] == "shmalloc-results" and doc["version"] == 1
+    assert doc["format"] == "shmalloc-results" and doc["version"] == 2
     meta = doc["metadata"]
     assert set(METADATA_KEYS) <= set(meta)
     assert meta["python"] == platform.python_version()
@@ -200,15 +200,20 @@ def test_compare_repeat_interleaves_and_report_reads_several_files(tmp_path):
     assert res.returncode == 0, res.stderr
     doc = results.load(str(out))
     runs = doc["runs"]
-    # the designs take turns, and the file keeps the order they ran in
-    assert [r["label"] for r in runs] == ["none", "mainline", "none", "mainline"]
+    # the designs take turns, a round each (in the round's random order),
+    # and the file keeps the order they ran in
+    assert [r["round"] for r in runs] == [1, 1, 2, 2]
+    assert all({r["label"] for r in runs if r["round"] == k} == {"none", "mainline"}
+               for k in (1, 2))
     starts = [min(w["t_start"] for w in r["workers"]) for r in runs]
     assert starts == sorted(starts)
     assert "median of 2 runs" in res.stdout
-    # report, given the same runs in two files, prints each run and then the
-    # same side-by-side table
-    halves = []
-    for i, part in enumerate((runs[:1], runs[1:])):
+    # report, given the same runs in two files (none's, then mainline's),
+    # prints each run and then the same side-by-side table
+    halves, order = [], []
+    for i, label in enumerate(("none", "mainline")):
+        part = [r for r in runs if r["label"] == label]
+        order += part
         path = tmp_path / f"{i}.json"
         results.write(str(path), results.document(part, doc["metadata"]))
         halves.append(str(path))
@@ -217,7 +222,8 @@ def test_compare_repeat_interleaves_and_report_reads_several_files(tmp_path):
     lines = rep.stdout.splitlines()
     heads = [line for line in lines if line.startswith("shmalloc run: ")]
     assert [h.split("strategy ")[1].split(",")[0] for h in heads] == \
-        [run_label(r) for r in runs]
-    table = res.stdout.rstrip("\n").splitlines()
+        [run_label(r) for r in order]
+    out = res.stdout.rstrip("\n").splitlines()
+    table = out[next(i for i, line in enumerate(out) if line.startswith("shmalloc compare: ")):]
     start = lines.index(table[0])
     assert lines[start:start + len(table)] == table

@@ -27,7 +27,7 @@ RUN_KEYS = ["config", "outcome", "abort_reason", "throughput", "latency_ns", "lo
 
 def load_run(path):
     doc = results.load(str(path))
-    assert doc["format"] == "shmalloc-results" and doc["version"] == 1
+    assert doc["format"] == "shmalloc-results" and doc["version"] == 2
     for key in ("python", "numpy", "numba", "posix_ipc", "multiprocess", "cpu_model", "cpu_count",
                 "kernel", "thp_shmem_enabled", "git_commit", "start_method", "numba_cache_warm"):
         assert key in doc["metadata"], key

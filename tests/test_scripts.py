@@ -27,6 +27,7 @@ SCRIPTS = {
     "footprint": ["footprint.png", "memory_over_time.png"],
     "soak": ["launcher_memory.png"],
     "lockspin": ["lockspin.png"],
+    "replay": ["memory_over_time.png"],
 }
 
 

@@ -94,8 +94,8 @@ def test_report_reprints_and_plots(tmp_path):
 
 
 BAD_REPORTS = [
-    ({"format": "shmalloc-results", "version": 2, "metadata": {}, "runs": []},
-     "results format version 2; this shmalloc reads version 1"),
+    ({"format": "shmalloc-results", "version": 3, "metadata": {}, "runs": []},
+     "results format version 3; this shmalloc reads versions 1, 2"),
     ({"hello": "world"}, "not a shmalloc results file"),
     ([1, 2, 3], "not a shmalloc results file"),
 ]

@@ -1,0 +1,167 @@
+"""compare's statistics on synthetic data with fixed seeds: intervals,
+verdicts, the noise warnings and their round counts, the round orders and
+labels, and the tables (formatters return lines).  No process, no timing."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from launcher import compare, stats
+
+
+def lognormal(median: float, sd: float, n: int, seed: int) -> list[float]:
+    return list(median * np.exp(np.random.default_rng(seed).normal(0, sd, n)))
+
+
+def test_interval_holds_the_true_ratio_and_the_verdict_reads_it():
+    ratios = lognormal(0.95, 0.03, 20, seed=3)          # a 5 % slowdown, 3 % noise
+    med, lo, hi = stats.median_ci(ratios, seed=1)
+    assert lo <= 0.95 <= hi and hi < 1
+    assert lo <= med <= hi
+    assert stats.verdict(med, lo, hi).startswith("slower by ")
+    faster = lognormal(1.05, 0.03, 20, seed=4)
+    med, lo, hi = stats.median_ci(faster, seed=1)
+    assert lo <= 1.05 <= hi and lo > 1
+    assert stats.verdict(med, lo, hi).startswith("faster by ")
+    same = lognormal(1.0, 0.03, 20, seed=5)               # an A/A check
+    med, lo, hi = stats.median_ci(same, seed=1)
+    assert lo <= 1 <= hi
+    assert stats.verdict(med, lo, hi) == "indistinguishable"
+
+
+def test_the_interval_is_seeded(monkeypatch):
+    # with few resamples the interval moves with the resampling, so a seed shows
+    monkeypatch.setattr(stats, "N_RESAMPLES", 50)
+    ratios = lognormal(0.97, 0.05, 21, seed=6)
+    assert stats.median_ci(ratios, seed=9) == stats.median_ci(ratios, seed=9)
+    assert stats.median_ci(ratios, seed=9) != stats.median_ci(ratios, seed=10)
+
+
+def test_coverage_is_near_nominal():
+    """Over 100 synthetic 20-round comparisons the 95 % interval holds the
+    true median ratio 88-99 times (the method's calibration, seeded)."""
+    hits = 0
+    for k in range(100):
+        _, lo, hi = stats.median_ci(lognormal(0.9, 0.08, 20, seed=1000 + k), seed=k)
+        hits += lo <= 0.9 <= hi
+    assert 88 <= hits <= 99, hits
+
+
+def test_verdict_text():
+    assert stats.verdict(0.952, 0.930, 0.975) == "slower by 4.8 % [2.5, 7.0]"
+    assert stats.verdict(1.031, 1.004, 1.060) == "faster by 3.1 % [0.4, 6.0]"
+    assert stats.verdict(0.99, 0.97, 1.01) == "indistinguishable"
+    assert stats.verdict(0.9, None, None) == "no interval (one round)"
+    assert stats.verdict(None, None, None) == "no data"
+
+
+def test_few_values_and_ties_give_no_nan():
+    assert stats.median_ci([0.9], seed=1) == (0.9, None, None)
+    assert stats.median_ci([], seed=1) == (None, None, None)
+    assert stats.median_ci([1.0, 1.0, 1.0], seed=1) == (1.0, 1.0, 1.0)
+    # log-bucketed p99 latencies tie all the time (BCa would return nan here)
+    med, lo, hi = stats.median_ci([1.0, 1.0, 1.0, 1.143, 1.0, 0.875], seed=1)
+    assert not any(math.isnan(v) for v in (med, lo, hi)) and lo <= med <= hi
+
+
+def test_paired_ratios_skip_what_cannot_be_divided():
+    assert stats.paired_ratios([2.0, 0, None, 4.0], [1.0, 3.0, 1.0, None]) == [
+        0.5, None, None, None]
+
+
+def test_rounds_for_halfwidth_matches_the_bootstrap():
+    """The round count the warning names gives about a +-2 % interval."""
+    sd = 0.05
+    n = stats.rounds_for_halfwidth(sd)
+    assert n == math.ceil((1.959964 * math.sqrt(math.pi / 2) * sd / 0.02) ** 2) == 38
+    widths = []
+    for k in range(20):
+        _, lo, hi = stats.median_ci(lognormal(1.0, sd, n, seed=2000 + k), seed=k)
+        widths.append((hi - lo) / 2)
+    assert 0.014 < float(np.median(widths)) < 0.026
+
+
+def test_warnings_steal_and_cv_with_the_rounds_they_need():
+    assert stats.noise_warnings([0.1, 0.5], 0.05, 0.03, "none") == []
+    steal = stats.noise_warnings([0.1, 3.5, 2.4], 0.05, None, "none")
+    assert len(steal) == 1 and "steal time above 2 % in 2 of 3 runs (up to 3.5 %)" in steal[0]
+    cv = stats.noise_warnings([0.0], 0.15, None, "none")
+    # no pairs: the spread of a ratio of two runs, sqrt(2) x CV
+    expect = stats.rounds_for_halfwidth(math.sqrt(2) * 0.15)
+    assert len(cv) == 1 and "15.0 % (CV)" in cv[0] and f"about {expect} rounds" in cv[0]
+    paired = stats.noise_warnings([0.0], 0.15, 0.04, "none")
+    assert f"about {stats.rounds_for_halfwidth(0.04)} rounds would resolve +-2 %" in paired[0]
+    assert stats.cv([10.0, 10.0]) == 0.0 and stats.cv([3.0]) is None
+
+
+def test_round_orders_are_seeded_permutations():
+    orders = compare.round_orders(3, 20, order_seed=7)
+    assert orders == compare.round_orders(3, 20, order_seed=7)
+    assert orders != compare.round_orders(3, 20, order_seed=8)
+    assert all(sorted(o) == [0, 1, 2] for o in orders)
+    assert len({tuple(o) for o in orders}) > 1                    # fresh each round
+
+
+def test_labels_and_variants():
+    assert compare.label_items(["none", "none", "mainline", "none"]) == [
+        "none", "none#2", "mainline", "none#3"]
+    assert compare.parse_variant("hook=--free-hook-ns 200") == ("hook", "--free-hook-ns 200")
+    assert compare.parse_variant(" a =") == ("a", "")
+    for bad, why in (("hook", "= is missing"), ("=--workers 1", "label before = is empty"),
+                     ("x=--strategy 'open", "cannot split")):
+        with pytest.raises(ValueError, match=why):
+            compare.parse_variant(bad)
+
+
+def _comparison():
+    rows = [{"label": "mainline", "strategy": "mainline", "ratio": 0.952,
+             "ci95": [0.93, 0.975], "verdict": stats.verdict(0.952, 0.93, 0.975),
+             "p99_ratio": 1.0, "p99_ci95": [1.0, 1.143], "lock_wait_ratio": None,
+             "lock_wait_ci95": None}]
+    return {"baseline": "none", "rounds": 20, "order_seed": 1, "rows": rows}
+
+
+def test_paired_table_lines():
+    lines = compare.format_comparison(_comparison())
+    assert lines[0].startswith("paired against none: median of 20 per-round ratios")
+    row = lines[2].split()
+    assert row[:4] == ["mainline", "0.952", "[0.930,", "0.975]"]
+    assert "slower by 4.8 % [2.5, 7.0]" in lines[2]
+    assert lines[2].rstrip().endswith("-")                    # no lock wait to pair
+
+
+def test_cost_and_noise_lines():
+    analysis = {
+        "costs": [{"label": "none", "lock_wait_behind_reporter_pct": 0.0, "refault_pct": 0.0,
+                   "hook_pct": 0.0, "total_pct": 0.0, "total_pct_ci95": [0.0, 0.0],
+                   "design_cpu_s": 0.0},
+                  {"label": "bitmap", "lock_wait_behind_reporter_pct": 0.5, "refault_pct": 60.0,
+                   "hook_pct": 0.01, "total_pct": 60.51, "total_pct_ci95": [55.0, 65.25],
+                   "design_cpu_s": 0.104, "measured_slowdown_pct": 72.5}],
+        "unit_costs": {"refault": {"cost_ns_per_page": 3200.0},
+                       "free_path_hooks": {"mainline": 1.0, "boundary": 1.5, "bitmap": 2.0}},
+        "fixed_cost_s": {"fixed_s": 0.21, "create_s": 0.01, "start_s": 0.05, "stop_s": 0.1,
+                         "collect_teardown_s": 0.05},
+        "fixed_cost_max_s": 0.4, "steal_pct": {"median": 0.1, "max": 0.4},
+        "baseline_cv": 0.032, "warnings": ["WARNING: x"]}
+    lines = compare.format_costs(analysis)
+    assert lines[0].startswith("where the cost went")
+    bitmap = lines[4].split()
+    assert bitmap[:5] == ["bitmap", "72.5", "0.50", "60.00", "0.01"]
+    assert "60.51 [55.00, 65.25]" in lines[4] and bitmap[-1] == "0.104"
+    assert "a refault 3200 ns" in lines[5]
+    noise = compare.format_noise(analysis, "none")
+    assert noise[0].startswith("fixed cost per run (beyond --duration): median 0.21 s")
+    assert "none's throughput CV across rounds 3.2 %" in noise[1]
+    assert noise[2] == "WARNING: x"
+
+
+def test_spread_is_robust_to_a_starved_round():
+    """One round in which the machine starved a run must not multiply the
+    rounds the warning asks for (the median shrugs it off too)."""
+    ratios = lognormal(1.0, 0.03, 20, seed=8) + [0.001]
+    assert np.log(ratios).std(ddof=1) > 1
+    assert 0.015 < stats.log_spread(ratios) < 0.06          # the sd without it: 0.03
