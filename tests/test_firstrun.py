@@ -328,7 +328,8 @@ def test_compile_groups_cover_what_a_command_needs():
     assert kernels.groups_for([cfg]) == ["allocator", "random/phased", "mainline"]
     every = [RunConfig(strategy=s, workload=w).resolved()
              for s in ("none", "mainline", "boundary", "callback", "isolate", "bitmap",
-                       "hostscan") for w in ("page_fault1", "thp", "random", "hog", "phased")]
+                       "hostscan") for w in ("page_fault1", "thp", "random", "hog", "phased",
+                                             f"trace:{ROOT}/traces/compileall.trace")]
     assert set(kernels.groups_for(every)) == set(kernels.GROUPS) - {"bench", "unit costs"}
 
 
