@@ -72,7 +72,7 @@ def session(tmp_path, name: str, env: dict, *args: str) -> dict:
 @pytest.mark.timeout(600)
 def test_kernels_pass_without_jit(tmp_path):
     want = session(tmp_path, "collect", {}, "--collect-only")
-    assert want["jit_disabled"] is False and want["kernel_type"] == "CPUDispatcher"
+    assert want["jit_disabled"] is False and want["kernel_type"] != "function"
 
     run = session(tmp_path, "nojit", dict(SIZES, NUMBA_DISABLE_JIT="1"))
     assert run["jit_disabled"] is True and run["numba_disable_jit"] is True, run["tail"]
