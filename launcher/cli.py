@@ -382,7 +382,10 @@ def cmd_compare(args) -> int:
     progress = sys.stderr.isatty() and not args.quiet
     warm, unit = prepare(variants, command="shmalloc compare", stream=sys.stderr,
                          progress=not args.quiet)
-    runs = run_rounds(variants, args.repeat, order_seed, unit, progress=progress)
+    # on a terminal a progress bar per run; otherwise (a log, CI) a line per
+    # run as it ends, so a long compare never sits silent
+    runs = run_rounds(variants, args.repeat, order_seed, unit, progress=progress,
+                      lines=not args.quiet)
     interrupt.enter("while computing the comparison")
     status = max(run.pop("exit_status") for run in runs)
     interrupted = runs[-1].pop("interrupted", None)

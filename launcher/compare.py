@@ -160,14 +160,16 @@ def prepare(variants: list[Variant], command: str = "shmalloc compare", stream=N
 
 
 def run_rounds(variants: list[Variant], rounds: int, order_seed: int, unit: dict,
-               progress: bool = False) -> list[dict]:
+               progress: bool = False, lines: bool = False) -> list[dict]:
     """Run ``rounds`` rounds, each every variant once in its round's order;
     returns the RUN records with ``label``, ``round`` (from 1), ``position``
     in the round (from 1) and ``cost``.  Stops at the first aborted run (its
     record is the last one; a run cut short by a signal keeps its
     ``interrupted``).  A signal between two runs raises
     :class:`launcher.interrupt.Interrupted` naming the phase ("between
-    rounds", "between designs")."""
+    rounds", "between designs").  ``progress``: a progress bar during each
+    run (a terminal); ``progress`` or ``lines``: a line on stderr as each
+    run ends."""
     runs = []
     total = len(variants) * rounds
     for r, order in enumerate(round_orders(len(variants), rounds, order_seed), 1):
@@ -186,8 +188,10 @@ def run_rounds(variants: list[Variant], rounds: int, order_seed: int, unit: dict
                 run["variant_flags"] = v.flags
             run["cost"] = attributed_cost(run, unit)
             runs.append(run)
-            if progress:
-                sys.stderr.write(f"{tag}{run['outcome']}\n")
+            if progress or lines:
+                sys.stderr.write(f"shmalloc compare: {tag}{run['outcome']}\n"
+                                 if not progress else f"{tag}{run['outcome']}\n")
+                sys.stderr.flush()
             if run["outcome"] != "ok":
                 return runs
     return runs
