@@ -3,7 +3,8 @@
 ``_no_ipc_leak`` (autouse) fails any test that leaves a ``shmalloc`` object
 behind (after removing it): shared memory and semaphores in /dev/shm, and
 message queues, listed in /dev/mqueue when the mqueue filesystem is mounted
-there (the session mounts it when running as root and it is missing) and in
+there (the session mounts it when running as root and it is missing, and
+unmounts it at its end) and in
 every case opened by name for every run the test made (see tests/leaks.py).
 
 ``_kernels_compiled`` (session, autouse) compiles every kernel group once,
@@ -29,7 +30,14 @@ import pytest
 
 os.environ["SHMALLOC_FORBID_CHILD_COMPILE"] = "1"
 
-from leaks import ShmCreations, listed_objects, mount_mqueue, queues_by_name, run_id_of
+from leaks import (
+    ShmCreations,
+    listed_objects,
+    mount_mqueue,
+    queues_by_name,
+    run_id_of,
+    unmount_mqueue,
+)
 
 from shmalloc import shm
 from shmalloc.machine import Machine, MachineConfig
@@ -37,6 +45,10 @@ from shmalloc.machine import Machine, MachineConfig
 
 def pytest_configure(config):
     config._shmalloc_mqueue = mount_mqueue()
+
+
+def pytest_unconfigure(config):
+    unmount_mqueue()
 
 
 #: what this session selected and how each test ended (the session record)

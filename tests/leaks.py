@@ -47,6 +47,7 @@ def mount_mqueue() -> str:
         return "mounted"
     if os.geteuid() != 0:
         return "not mounted (not root): queues are checked by name"
+    created = not os.path.isdir(shm.MQUEUE_DIR)
     try:
         os.makedirs(shm.MQUEUE_DIR, exist_ok=True)
         res = subprocess.run(["mount", "-t", "mqueue", "none", shm.MQUEUE_DIR],
@@ -54,8 +55,32 @@ def mount_mqueue() -> str:
     except OSError as e:
         return f"not mounted ({e}): queues are checked by name"
     if res.returncode != 0 or not mqueue_mounted():
+        if created:
+            _rmdir(shm.MQUEUE_DIR)
         return f"not mounted ({res.stderr.strip()}): queues are checked by name"
+    _MOUNTED.append(created)
     return "mounted by the test session"
+
+
+#: what mount_mqueue did, for unmount_mqueue: [created the directory too]
+_MOUNTED: list[bool] = []
+
+
+def unmount_mqueue() -> None:
+    """Leave the machine as the session found it: unmount what
+    mount_mqueue mounted, and remove the directory if it made it."""
+    while _MOUNTED:
+        created = _MOUNTED.pop()
+        subprocess.run(["umount", shm.MQUEUE_DIR], capture_output=True)
+        if created and not mqueue_mounted():
+            _rmdir(shm.MQUEUE_DIR)
+
+
+def _rmdir(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def run_id_of(name: str) -> str | None:

@@ -110,8 +110,10 @@ def check_outcome(status, err, took, kids, sig, phrase, command="run", extra_lin
     assert status == 128 + sig, err
     assert lines, err
     assert lines[-1].startswith(f"shmalloc {command}: interrupted by {name} {phrase}"), err
-    for line in lines[:-1]:                        # only the compile messages before it
-        assert any(line.startswith(f"shmalloc {command}: {x}") for x in extra_lines), err
+    # before it only the compile messages, and compare's line per finished run
+    allowed = tuple(extra_lines) + (("[",) if command == "compare" else ())
+    for line in lines[:-1]:
+        assert any(line.startswith(f"shmalloc {command}: {x}") for x in allowed), err
     assert took < EXIT_WITHIN_S, f"took {took:.2f} s to exit"
     left = [p for p in kids if process_state(p) != "gone"]
     assert not left, f"processes left: {left}"
