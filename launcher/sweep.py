@@ -130,11 +130,15 @@ def _eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def run_points(points: list[Point], out_dir: str, metadata, progress: bool = False) -> dict:
-    """Run the points not done yet; returns counts (ran, skipped, aborted)."""
+def run_points(points: list[Point], out_dir: str, metadata, progress: bool = False,
+               command: str = "shmalloc sweep") -> dict:
+    """Run the points not done yet; returns counts (ran, skipped, aborted).
+    Kernels not compiled yet are compiled first, saying so on stderr
+    prefixed with ``command`` (``shmalloc sweep`` has done it already)."""
     todo = [p for p in points if not done(out_dir, p)]
     counts = {"ran": 0, "skipped": len(points) - len(todo), "aborted": 0}
-    kernels.prepare(kernels.groups_for([p.config for p in todo]))
+    kernels.prepare(kernels.groups_for([p.config for p in todo]), command=command,
+                    stream=sys.stderr)
     t_start = time.monotonic()
     for i, point in enumerate(todo):
         if i:

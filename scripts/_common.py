@@ -89,7 +89,8 @@ def points(base: dict, grid: list[tuple[dict, dict]]) -> list[Point]:
 def run_all(pts: list[Point], out: str) -> list[dict]:
     """Run the points not yet in ``out``; returns every run, labelled."""
     os.makedirs(out, exist_ok=True)
-    counts = run_points(pts, out, collect_metadata, progress=sys.stderr.isatty())
+    counts = run_points(pts, out, collect_metadata, progress=sys.stderr.isatty(),
+                        command=f"scripts/{os.path.basename(sys.argv[0])}")
     runs = []
     for p in pts:
         run = results.load(path_of(out, p))["runs"][0]
