@@ -188,9 +188,9 @@ def run_rounds(variants: list[Variant], rounds: int, order_seed: int, unit: dict
                 run["variant_flags"] = v.flags
             run["cost"] = attributed_cost(run, unit)
             runs.append(run)
-            if progress or lines:
-                sys.stderr.write(f"shmalloc compare: {tag}{run['outcome']}\n"
-                                 if not progress else f"{tag}{run['outcome']}\n")
+            if progress or lines:        # after a progress bar, the bar's line ends it
+                prefix = "" if progress else "shmalloc compare: "
+                sys.stderr.write(f"{prefix}{tag}{run['outcome']}\n")
                 sys.stderr.flush()
             if run["outcome"] != "ok":
                 return runs
@@ -284,11 +284,13 @@ def build_analysis(runs: list[dict], variants: list[Variant], order_seed: int,
         row["total_pct_ci95"] = None if lo is None else _r([lo, hi])
         row["design_cpu_s"] = _r(_median([(r.get("cost") or {}).get("design_cpu_ns", 0) / 1e9
                                           for r in group]))
-        if v.label != base:
+        if v.label != base:             # the paired table's ratio and interval, as a slowdown
             ratios = stats.paired_ratios([steady_rate(by[(base, k)]) for k in complete],
                                          [steady_rate(r) for r in group])
-            m = _median(ratios)
+            m, rlo, rhi = stats.median_ci(ratios, order_seed)
             row["measured_slowdown_pct"] = None if m is None else _r(100 * (1 - m))
+            row["measured_slowdown_ci95"] = (None if rlo is None
+                                             else _r([100 * (1 - rhi), 100 * (1 - rlo)]))
         costs.append(row)
     base_rates = [steady_rate(by[(base, k)]) for k in complete]
     sds = [stats.log_spread(stats.paired_ratios(base_rates, [steady_rate(by[(v.label, k)])
@@ -348,19 +350,24 @@ def format_costs(analysis: dict) -> list[str]:
     if not costs:
         return []
     w = max(8, max(len(c["label"]) for c in costs) + 2)
+    mw = 24 if any(c.get("measured_slowdown_ci95") for c in costs) else 10
     lines = ["where the cost went, % of worker time (median over rounds; design CPU apart)",
-             f"{'variant':<{w}}{'measured':>10}{'lock wait behind':>18}{'refaults':>10}"
+             f"{'variant':<{w}}{'measured':>{mw}}{'lock wait behind':>18}{'refaults':>10}"
              f"{'hooks':>9}{'attributed total [95 % CI]':>30}{'design CPU s':>14}",
-             f"{'':<{w}}{'slowdown':>10}{'reporter/host':>18}"]
+             f"{'':<{w}}{'slowdown':>{mw}}{'reporter/host':>18}"]
 
     def cell(v, width, nd=2):
         return f"{'-' if v is None else format(v, f'.{nd}f'):>{width}}"
 
+    def with_ci(v, ci, nd):
+        if v is None:
+            return "-"
+        return f"{v:.{nd}f}" + (f" [{ci[0]:.{nd}f}, {ci[1]:.{nd}f}]" if ci else "")
+
     for c in costs:
-        ci = c.get("total_pct_ci95")
-        total = "-" if c["total_pct"] is None else (
-            f"{c['total_pct']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""))
-        lines.append(f"{c['label']:<{w}}{cell(c.get('measured_slowdown_pct'), 10, 1)}"
+        total = with_ci(c["total_pct"], c.get("total_pct_ci95"), 2)
+        slow = with_ci(c.get("measured_slowdown_pct"), c.get("measured_slowdown_ci95"), 1)
+        lines.append(f"{c['label']:<{w}}{slow:>{mw}}"
                      f"{cell(c['lock_wait_behind_reporter_pct'], 18)}"
                      f"{cell(c['refault_pct'], 10)}{cell(c['hook_pct'], 9)}{total:>30}"
                      f"{cell(c['design_cpu_s'], 14, 3)}")
