@@ -15,7 +15,7 @@ A kernel not in the on-disk cache (:mod:`shmalloc.jitcache`) is compiled in
 up to two child processes at once (this machine has 2 cores), which fill the
 cache; this process then loads every kernel from it.  A child can simply be
 killed when a signal comes.  While it compiles, a line on stderr says so
-(``shmalloc run: compiling 14 kernels (first run only, about 15 s)``),
+(``shmalloc run: compiling 8 kernels (first run only, about 10 s)``),
 followed by a progress bar when stderr is a terminal or one line per group
 when it is not; a warm cache shows nothing.  When the disk cache cannot be
 used the kernels compile in this process, in memory.
