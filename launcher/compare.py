@@ -197,16 +197,6 @@ def run_rounds(variants: list[Variant], rounds: int, order_seed: int, unit: dict
     return runs
 
 
-def run_lineup(base: RunConfig, items: list[str], progress: bool = False,
-               repeat: int = 1, order_seed: int = 1) -> list[dict]:
-    """``items`` (labelled as :func:`label_items`) in ``repeat`` rounds: the
-    Python API of ``compare --strategies``."""
-    variants = [Variant(label, config_for(base, item))
-                for label, item in zip(label_items(items), items)]
-    _, unit = prepare(variants)
-    return run_rounds(variants, repeat, order_seed, unit, progress)
-
-
 # ---------------------------------------------------------------------------
 # The paired comparison
 # ---------------------------------------------------------------------------

@@ -53,8 +53,8 @@ import numpy as np
 import posix_ipc
 
 from shmalloc import shm, virtqueue
-from shmalloc._libc import ticks
 from shmalloc.config import jit
+from shmalloc.freehook import spin_running
 from shmalloc.freelist import free_list_first
 from shmalloc.layout import (
     CALLER_REPORTER,
@@ -75,7 +75,8 @@ CALIBRATION_BATCH = 8                    # messages per timed batch (fs.mqueue.m
 @jit
 def walk_free_mem_block(frames, zs, agent, zone, order, mt, out_pfn, n, record, cost_ticks):
     """One list of ``walk_free_mem_block`` under one zone-lock hold: visit
-    every free block of ``free_area[order][mt]``, paying ``cost_ticks`` per
+    every free block of ``free_area[order][mt]``, paying ``cost_ticks`` of
+    running time (:func:`shmalloc.freehook.spin_running`) per
     block (the callback), and with ``record`` append its pfn to
     ``out_pfn[n:]``.  Returns (the new count, blocks visited)."""
     visited = 0
@@ -88,9 +89,7 @@ def walk_free_mem_block(frames, zs, agent, zone, order, mt, out_pfn, n, record, 
             out_pfn[n] = pfn                 # add_one_sg: the range for the host
             n += 1
         if cost_ticks > 0:                   # ... virtqueue_kick, virtqueue_get_buf
-            end = ticks() + cost_ticks
-            while ticks() < end:
-                pass
+            spin_running(zs, cost_ticks)
         visited += 1
         pfn = frames[pfn]['next']
     zone_unlock(zs, agent, zone, CALLER_REPORTER)

@@ -117,10 +117,11 @@ def reporting_cycle_step(frames, zs, agent, zone, order, mt, batch_pfn, batch_or
     if drain_n > 0 and not reported:
         status = STEP_STOP                  # the report failed: leave this list
         pfn = -1
+    skipped = 0
     while pfn >= 0:
         nxt = frames[pfn]['next']
         if (frames[pfn]['flags'] & PG_REPORTED) != 0:
-            zs[report_slot(zs, RS_REPORTED_SKIPPED)] += 1
+            skipped += 1
             pfn = nxt                       # skip what the host already has
             continue
         if budget < 0:
@@ -142,6 +143,7 @@ def reporting_cycle_step(frames, zs, agent, zone, order, mt, batch_pfn, batch_or
         pfn = nxt
     # make the first unprocessed block the head before the lock is dropped
     rotate_free_list_to_front(frames, zs, zone, order, mt, pfn)
+    zs[report_slot(zs, RS_REPORTED_SKIPPED)] += skipped    # one store, not one per block
     zone_unlock(zs, agent, zone, CALLER_REPORTER)
     return status, nbatch
 

@@ -34,12 +34,11 @@ GAP_NS = 1000
 
 
 @inline
-def free_hook_spin(zs, zb):
-    """Spin ``H_FREE_HOOK_TICKS`` ticks of running time; zone lock held
-    (``zb``: the zone's base slot)."""
-    target = zs[H_FREE_HOOK_TICKS]
-    if target <= 0:
-        return
+def spin_running(zs, target):
+    """Busy-wait until ``target`` ticks of running time have passed (gaps
+    between two TSC reads of :data:`GAP_NS` or more are not counted);
+    returns the ticks counted.  Also the cost of callback's per-block work
+    (``--callback-ns``), so that neither depends on the machine's load."""
     gap = zs[H_TICKS_PER_SEC] * GAP_NS // 1_000_000_000
     ran = 0
     last = ticks()
@@ -49,5 +48,15 @@ def free_hook_spin(zs, zb):
         if 0 <= step < gap:
             ran += step
         last = now
-    zs[zb + Z_FREE_HOOK_TICKS] += ran
+    return ran
+
+
+@inline
+def free_hook_spin(zs, zb):
+    """Spin ``H_FREE_HOOK_TICKS`` ticks of running time; zone lock held
+    (``zb``: the zone's base slot)."""
+    target = zs[H_FREE_HOOK_TICKS]
+    if target <= 0:
+        return
+    zs[zb + Z_FREE_HOOK_TICKS] += spin_running(zs, target)
     zs[zb + Z_FREE_HOOK_CALLS] += 1

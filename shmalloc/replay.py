@@ -251,6 +251,18 @@ def _slot_value(pfn, agent):
     return ((pfn << AGENT_BITS) | agent) + 1
 
 
+@inline
+def _slot_pfn(v):
+    """The guest pfn of a replayed allocation's slot value (> 0)."""
+    return (v - 1) >> AGENT_BITS
+
+
+@inline
+def _slot_agent(v):
+    """The worker that replayed the allocation of slot value ``v`` (> 0)."""
+    return (v - 1) & ((1 << AGENT_BITS) - 1)
+
+
 @jit
 def free_block(frames, zs, mem, agent, holder, pfn, order, ws, ns_per_tick):
     """Check the canaries and free, as ``agent``, a block ``holder`` wrote.
@@ -285,8 +297,8 @@ def claim_and_free(frames, zs, mem, agent, j, order, slot, rc, wait_ticks, ws, n
     if v < 0 or atomic_cas(slot, j, v, S_FREED) != v:
         rc[RC_SKIPPED_OTHER] += 1              # freed already (a piece after the last)
         return
-    gpfn = (v - 1) >> AGENT_BITS
-    holder = (v - 1) & ((1 << AGENT_BITS) - 1)
+    gpfn = _slot_pfn(v)
+    holder = _slot_agent(v)
     free_block(frames, zs, mem, agent, holder, gpfn, np.int64(order[j]), ws, ns_per_tick)
     rc[RC_FREES] += 1
     if holder != agent:
@@ -364,11 +376,11 @@ def replay_release(frames, zs, mem, agent, idx, kind, order, slot, ns_per_tick):
         if kind[i] != K_ALLOC:
             continue
         v = slot[i]
-        if v <= 0 or ((v - 1) & ((1 << AGENT_BITS) - 1)) != agent:
+        if v <= 0 or _slot_agent(v) != agent:
             continue
         if atomic_cas(slot, i, v, S_FREED) != v:
             continue
-        free_block(frames, zs, mem, agent, agent, (v - 1) >> AGENT_BITS, np.int64(order[i]), ws,
+        free_block(frames, zs, mem, agent, agent, _slot_pfn(v), np.int64(order[i]), ws,
                    ns_per_tick)
         freed += 1
     return freed

@@ -106,7 +106,10 @@ def bitmap_notify_free(zs, agent, zone, pfn):
         zs[word] |= bit
         zs[zb + Z_BITMAP_COUNT] += 1
     if zs[zb + Z_BITMAP_COUNT] >= zs[H_CAPACITY]:
-        if atomic_cas(zs, report_slot(zs, RS_REFCNT), 0, 1) == 0:
+        refcnt = report_slot(zs, RS_REFCNT)
+        # a plain read first: while a pass is queued or running (refcnt 1)
+        # every such free would otherwise take the locked cmpxchg
+        if zs[refcnt] == 0 and atomic_cas(zs, refcnt, 0, 1) == 0:
             wake_reporter(zs, agent)             # schedule_work(&reporting_work)
 
 
