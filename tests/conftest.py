@@ -32,8 +32,10 @@ os.environ["SHMALLOC_FORBID_CHILD_COMPILE"] = "1"
 
 from leaks import (
     ShmCreations,
+    can_make_namespaces,
     listed_objects,
     mount_mqueue,
+    private_ipc_namespace,
     queues_by_name,
     run_id_of,
     unmount_mqueue,
@@ -43,7 +45,25 @@ from shmalloc import shm
 from shmalloc.machine import Machine, MachineConfig
 
 
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except OSError:
+        return 1
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (the default, pyproject.toml): a worker per cpu, each in
+    a private IPC namespace (see pytest_configure), where namespaces can be
+    made (root); else the tests run in this one process, one after another."""
+    cpus = _cpus()
+    return cpus if cpus >= 2 and can_make_namespaces() else 0
+
+
 def pytest_configure(config):
+    if hasattr(config, "workerinput"):       # an xdist worker: its own /dev/shm and queues
+        private_ipc_namespace()
     config._shmalloc_mqueue = mount_mqueue()
 
 
@@ -118,8 +138,14 @@ def _run_ids(paths) -> set[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _kernels_compiled():
+    """Every kernel, compiled or loaded; xdist workers take turns (a lock on
+    this file), so on a cold cache one compiles and the others load."""
+    import fcntl
+
     from launcher import compile as kernels
-    kernels.prepare(list(kernels.GROUPS))
+    with open(__file__) as me:
+        fcntl.flock(me, fcntl.LOCK_EX)
+        kernels.prepare(list(kernels.GROUPS))
 
 
 @pytest.fixture(autouse=True)

@@ -81,3 +81,53 @@ def test_fixture_fails_a_test_that_leaks_its_queues(tmp_path, where):
     run_id = leaked.pop()
     assert f"shmalloc-{run_id}-report" in out and f"shmalloc-{run_id}-ack" in out
     assert queues_by_name({run_id}) == set()          # and removed
+
+
+# ---------------------------------------------------------------------------
+# xdist workers, each in a namespace of its own (leaks.private_ipc_namespace)
+# ---------------------------------------------------------------------------
+
+INSIDE = '''
+import os, sys
+import posix_ipc
+from leaks import private_ipc_namespace
+from shmalloc import shm
+private_ipc_namespace()
+mem = posix_ipc.SharedMemory("/shmalloc-1-inside-x", posix_ipc.O_CREX, size=4096)
+q = posix_ipc.MessageQueue("/shmalloc-1-inside-q", posix_ipc.O_CREX)
+print(sorted(e for e in os.listdir(shm.SHM_DIR) if "shmalloc" in e), flush=True)
+sys.stdin.readline()                 # the test looks from outside meanwhile
+'''
+
+
+@pytest.mark.timeout(60)
+def test_a_private_namespace_hides_runs_both_ways():
+    """What one xdist worker creates, the others cannot see, and the reverse;
+    nothing of it outlives the process."""
+    from leaks import can_make_namespaces
+    if not can_make_namespaces():
+        pytest.skip("cannot make mount and IPC namespaces here (root only)")
+    import posix_ipc
+    outside = posix_ipc.SharedMemory("/shmalloc-1-outside-x", posix_ipc.O_CREX, size=4096)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]))
+    child = subprocess.Popen([sys.executable, "-c", INSIDE], env=env, text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        seen_inside = child.stdout.readline().strip()
+        assert seen_inside == "['shmalloc-1-inside-x']"       # not the one made outside
+        assert "shmalloc-1-inside-x" not in os.listdir("/dev/shm")
+        with pytest.raises(posix_ipc.ExistentialError):
+            posix_ipc.MessageQueue("/shmalloc-1-inside-q")
+    finally:
+        child.communicate("\n", timeout=30)
+        outside.unlink()
+    assert child.returncode == 0
+
+
+def test_xdist_workers_have_namespaces_of_their_own():
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        pytest.skip("not an xdist worker: the tests run in one process")
+    for ns in ("ipc", "mnt"):
+        mine = os.readlink(f"/proc/self/ns/{ns}")
+        controller = os.readlink(f"/proc/{os.getppid()}/ns/{ns}")
+        assert mine != controller, ns

@@ -61,7 +61,7 @@ def session(tmp_path, name: str, env: dict, *args: str) -> dict:
     env = dict({k: v for k, v in os.environ.items() if k != "NUMBA_DISABLE_JIT"},
                SHMALLOC_SESSION_REPORT=str(record), **env)
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "nojit",
-                          "-p", "no:cacheprovider", *args, *FILES],
+                          "-p", "no:cacheprovider", "-n", "0", *args, *FILES],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=560)
     assert record.exists(), res.stdout[-3000:] + res.stderr[-2000:]
     out = json.loads(record.read_text())
