@@ -138,14 +138,18 @@ def _run_ids(paths) -> set[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _kernels_compiled():
-    """Every kernel, compiled or loaded; xdist workers take turns (a lock on
-    this file), so on a cold cache one compiles and the others load."""
+    """Every kernel, compiled or loaded.  xdist workers take turns (a lock
+    on this file) while the disk cache lacks any, so on a cold cache one
+    compiles and the others then load; loading needs no turn."""
     import fcntl
 
     from launcher import compile as kernels
+    groups = list(kernels.GROUPS)
     with open(__file__) as me:
         fcntl.flock(me, fcntl.LOCK_EX)
-        kernels.prepare(list(kernels.GROUPS))
+        if not all(kernels.cached(k) for _, k in kernels.group_kernels(groups)):
+            kernels.prepare(groups)
+    kernels.prepare(groups)
 
 
 @pytest.fixture(autouse=True)
