@@ -566,6 +566,9 @@ def format_compare(runs: list[dict], labels: list[str] | None = None) -> list[st
               "working set once, to the stop); footprint: host-resident memory integrated over "
               "the run, GiB*s; half back: seconds from the workers' shrink until the host held "
               "half of what they freed"]
+    if spread:
+        lines.append(f"{vs}: the ratio of the medians, without an interval (the paired "
+                     "table of compare --repeat gives one)")
     for label, f, _ in rows:
         for why in dict.fromkeys(f["unsafe"]):
             lines.append(f"UNSAFE: {label}: {why}")

@@ -34,6 +34,8 @@ def test_aa_rounds_labels_order_and_results_file(tmp_path):
         res.stderr
     assert res.stderr.count("\n") == 6
     assert res.stdout.startswith("paired against none: median of 3 per-round ratios")
+    # the plain table's ratio of medians says it has no interval
+    assert "vs none: the ratio of the medians, without an interval" in res.stdout
     doc = results.load(str(out))
     assert doc["version"] == 2
     comp = doc["comparison"]
@@ -90,6 +92,7 @@ def test_one_round_says_there_is_no_interval(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "no interval: 1 complete round" in res.stdout
     assert "paired against" not in res.stdout
+    assert "the ratio of the medians" not in res.stdout       # one run each: no medians
     doc = results.load(str(out))
     row = doc["comparison"]["rows"][0]
     assert row["label"] == "b" and row["ci95"] is None
