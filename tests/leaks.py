@@ -173,7 +173,7 @@ MS_REC = 0x4000
 MS_PRIVATE = 0x40000
 
 
-def _check(rc: int, libc, what: str) -> None:
+def _check(rc: int, what: str) -> None:
     if rc != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
@@ -194,14 +194,13 @@ def private_ipc_namespace() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     size = os.statvfs(shm.SHM_DIR)
     size = size.f_blocks * size.f_frsize
-    _check(libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), libc, "unshare")
-    _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), libc,
-           "making / private")
+    _check(libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare")
+    _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "making / private")
     _check(libc.mount(b"tmpfs", shm.SHM_DIR.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
-                      f"mode=1777,size={size}".encode()), libc, f"tmpfs on {shm.SHM_DIR}")
+                      f"mode=1777,size={size}".encode()), f"tmpfs on {shm.SHM_DIR}")
     if os.path.isdir(shm.MQUEUE_DIR):
         _check(libc.mount(b"mqueue", shm.MQUEUE_DIR.encode(), b"mqueue", MS_NOSUID | MS_NODEV,
-                          None), libc, f"mqueue on {shm.MQUEUE_DIR}")
+                          None), f"mqueue on {shm.MQUEUE_DIR}")
 
 
 def can_make_namespaces() -> bool:

@@ -102,8 +102,7 @@ sys.stdin.readline()                 # the test looks from outside meanwhile
 
 @pytest.mark.timeout(60)
 def test_a_private_namespace_hides_runs_both_ways():
-    """What one xdist worker creates, the others cannot see, and the reverse;
-    nothing of it outlives the process."""
+    """What one xdist worker creates, the others cannot see, and the reverse."""
     from leaks import can_make_namespaces
     if not can_make_namespaces():
         pytest.skip("cannot make mount and IPC namespaces here (root only)")
