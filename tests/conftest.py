@@ -7,6 +7,12 @@ there (the session mounts it when running as root and it is missing, and
 unmounts it at its end) and in
 every case opened by name for every run the test made (see tests/leaks.py).
 
+The suite runs in pytest-xdist workers (``-n auto``, pyproject.toml): one per
+cpu where namespaces can be made (root), each in a mount and IPC namespace
+of its own (``leaks.private_ipc_namespace``), so a worker's /dev/shm and
+queues hold only its own runs and the leak fixture and ``shmalloc cleanup``
+never see the other worker's; elsewhere one process runs every test.
+
 ``_kernels_compiled`` (session, autouse) compiles every kernel group once,
 before the first test, as a command would before its first run (two
 processes filling the numba cache when it is cold); every ``shmalloc``
