@@ -219,6 +219,17 @@ def _series(runs: list[dict], labels: list[str]) -> tuple[list[int], dict]:
     return [k for k in rounds if all((lb, k) in by for lb in labels)], by
 
 
+def _paired(by: dict, complete: list[int], base: str, label: str, metric,
+            order_seed: int) -> tuple:
+    """``label`` against ``base`` over the ``complete`` rounds: the median
+    per-round ratio of ``metric`` and its 95 % interval ([lo, hi] or None),
+    the bootstrap seeded with ``order_seed``."""
+    ratios = stats.paired_ratios([metric(by[(base, k)]) for k in complete],
+                                 [metric(by[(label, k)]) for k in complete])
+    med, lo, hi = stats.median_ci(ratios, order_seed)
+    return med, None if lo is None else [lo, hi]
+
+
 def build_comparison(runs: list[dict], variants: list[Variant], order_seed: int) -> dict:
     """The results file's ``comparison``: per variant against the baseline,
     over the complete rounds, the median per-round ratio and its 95 %
@@ -229,16 +240,13 @@ def build_comparison(runs: list[dict], variants: list[Variant], order_seed: int)
     base = labels[0]
 
     def paired(label, metric):
-        ratios = stats.paired_ratios([metric(by[(base, k)]) for k in complete],
-                                     [metric(by[(label, k)]) for k in complete])
-        med, lo, hi = stats.median_ci(ratios, order_seed)
-        return ratios, med, None if lo is None else [lo, hi]
+        return _paired(by, complete, base, label, metric, order_seed)
 
     rows = []
     for v in variants[1:]:
-        _, ratio, ci = paired(v.label, steady_rate)
-        _, p99, p99_ci = paired(v.label, lambda r: r["latency_ns"]["alloc"]["p99"])
-        _, wait, wait_ci = paired(v.label, lock_wait_us)
+        ratio, ci = paired(v.label, steady_rate)
+        p99, p99_ci = paired(v.label, lambda r: r["latency_ns"]["alloc"]["p99"])
+        wait, wait_ci = paired(v.label, lock_wait_us)
         rows.append({"label": v.label, "strategy": v.strategy, "ratio": _r(ratio),
                      "ci95": _r(ci), "verdict": stats.verdict(ratio, *(ci or (None, None))),
                      "p99_ratio": _r(p99), "p99_ci95": _r(p99_ci),
@@ -275,12 +283,10 @@ def build_analysis(runs: list[dict], variants: list[Variant], order_seed: int,
         row["design_cpu_s"] = _r(_median([(r.get("cost") or {}).get("design_cpu_ns", 0) / 1e9
                                           for r in group]))
         if v.label != base:             # the paired table's ratio and interval, as a slowdown
-            ratios = stats.paired_ratios([steady_rate(by[(base, k)]) for k in complete],
-                                         [steady_rate(r) for r in group])
-            m, rlo, rhi = stats.median_ci(ratios, order_seed)
+            m, ci = _paired(by, complete, base, v.label, steady_rate, order_seed)
             row["measured_slowdown_pct"] = None if m is None else _r(100 * (1 - m))
-            row["measured_slowdown_ci95"] = (None if rlo is None
-                                             else _r([100 * (1 - rhi), 100 * (1 - rlo)]))
+            row["measured_slowdown_ci95"] = (None if ci is None
+                                             else _r([100 * (1 - ci[1]), 100 * (1 - ci[0])]))
         costs.append(row)
     base_rates = [steady_rate(by[(base, k)]) for k in complete]
     sds = [stats.log_spread(stats.paired_ratios(base_rates, [steady_rate(by[(v.label, k)])

@@ -46,6 +46,11 @@ def test_aa_rounds_labels_order_and_results_file(tmp_path):
     row = comp["rows"][0]
     assert row["label"] == "none#2" and row["strategy"] == "none"
     assert row["ci95"][0] <= row["ratio"] <= row["ci95"][1]
+    # the cost table's measured slowdown is the paired table's ratio, as a slowdown
+    cost = next(c for c in doc["analysis"]["costs"] if c["label"] == "none#2")
+    assert cost["measured_slowdown_pct"] == pytest.approx(100 * (1 - row["ratio"]), abs=0.01)
+    assert cost["measured_slowdown_ci95"] == pytest.approx(
+        [100 * (1 - row["ci95"][1]), 100 * (1 - row["ci95"][0])], abs=0.01)
     runs = doc["runs"]
     assert len(runs) == 6
     # every round runs each label once, in the order the seed draws
