@@ -48,6 +48,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from shmalloc.buddy import free_one_page
 from shmalloc.config import jit
 from shmalloc.freelist import free_list_first, rotate_free_list_to_front
@@ -119,7 +121,6 @@ class HostScanner:
     """The stub's scanning loop (see the module docstring)."""
 
     def __init__(self, hypervisor, agent: int, capacity: int, interval: float):
-        import numpy as np
         self.hv = hypervisor
         self.m = hypervisor.m
         self.agent = agent

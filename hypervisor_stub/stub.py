@@ -53,6 +53,8 @@ from shmalloc.layout import (
 from shmalloc.lock import now_ticks
 from shmalloc.procstat import record_rusage
 
+from .hostscan import HostScanner
+
 DISCARD_MODES = ("punch", "remove", "none")
 POLL_S = 0.05
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -149,7 +151,6 @@ def hypervisor_main(machine, agent: int, opts: StubOptions) -> None:
     machine.bind(agent, ROLE_HYPERVISOR)
     hv = Hypervisor(machine, opts)
     if opts.host_scan:
-        from .hostscan import HostScanner
         HostScanner(hv, agent, opts.capacity, opts.scan_interval).serve()
     else:
         hv.serve()

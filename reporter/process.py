@@ -46,6 +46,8 @@ from shmalloc.lock import now_ticks
 from shmalloc.procstat import record_rusage
 from shmalloc.virtqueue import KIND_REPORT
 
+from .device import QueueDevice
+
 POLL_S = 0.05
 
 IMPLEMENTATIONS: dict[str, type] = {}
@@ -173,8 +175,6 @@ class ReportingDesign:
 
 def reporter_main(machine, agent: int, opts: ReporterOptions, device=None) -> None:
     """Entry point of the reporter process (forked by the launcher)."""
-    from .device import QueueDevice
-
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

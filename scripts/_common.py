@@ -13,12 +13,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from launcher import designs, results
-from launcher.compare import DEFAULT_LINEUP, flat_metrics, run_label
-from launcher.config import RunConfig
-from launcher.metadata import collect as collect_metadata
-from launcher.options import duration_range, float_range, int_range, parse_size, size_range
-from launcher.sweep import Point, merge, path_of, run_points
+from launcher.comparison.compare import DEFAULT_LINEUP, flat_metrics
+from launcher.comparison.sweep import Point, merge, path_of, run_points
+from launcher.experiment import designs
+from launcher.experiment.config import RunConfig
+from launcher.experiment.metadata import collect as collect_metadata
+from launcher.output import results
+from launcher.output.plots import pyplot
+from launcher.output.report import run_label
+from launcher.units import duration_range, float_range, int_range, parse_size, size_range
 
 __all__ = [
     "DEFAULT_LINEUP",
@@ -110,8 +113,7 @@ def table(rows: list[list], header: list[str]) -> list[str]:
 
 def bar_chart(labels: list[str], values: list[float], ylabel: str, title: str, path: str,
               colors: list[str] | None = None) -> None:
-    from launcher.plots import _pyplot
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(labels) + 2), 4))
     ax.bar(range(len(labels)), values, color=colors)
     ax.set_xticks(range(len(labels)))

@@ -27,7 +27,10 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import signal
 import time
+
+import numpy as np
 
 from .config import JIT_DISABLED
 
@@ -64,7 +67,6 @@ _libc.mincore.restype = ctypes.c_int
 def mincore_resident(addr: int, length: int, page_size: int) -> int:
     """How many pages of the mapping at ``addr`` are resident (mincore(2)):
     for a shared tmpfs mapping, whether the host still backs them."""
-    import numpy as np
     vec = np.zeros((length + page_size - 1) // page_size, np.uint8)
     if _libc.mincore(addr, length, vec.ctypes.data) != 0:
         err = ctypes.get_errno()
@@ -275,6 +277,5 @@ def die_with_parent() -> None:
     """``prctl(PR_SET_PDEATHSIG, SIGKILL)``: a child process dies with the
     process that started it, so a killed launcher leaves no orphans waiting
     on a zone lock forever."""
-    import signal
     PR_SET_PDEATHSIG = 1
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

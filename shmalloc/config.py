@@ -115,5 +115,5 @@ PAGE_REPORTING_HWM = 32        # Duyck v9: request at nr_free >= reported + HWM
 BITMAP_MAX_PAGES = 16          # Nitesh v12: PAGE_REPORTING_MAX_PAGES, batch and wake-up
 
 #: sem_trywait retries before sleeping in sem_wait on a contended zone lock
-#: (measured: see README, "Choosing --lock-spin").
+#: (measured: see docs/engine.md, "How long to spin").
 DEFAULT_LOCK_SPIN = 1000

@@ -39,6 +39,7 @@ import pathlib
 import shutil
 import tempfile
 
+import llvmlite.binding as llvm
 import numba
 from numba.core.caching import CompileResultCacheImpl, FunctionCache, _CacheLocator
 
@@ -62,7 +63,6 @@ def cpu_name() -> str:
     """The CPU numba compiles for (its ``NUMBA_CPU_NAME`` or the host's)."""
     if numba.config.CPU_NAME:
         return numba.config.CPU_NAME
-    import llvmlite.binding as llvm
     return llvm.get_host_cpu_name()
 
 

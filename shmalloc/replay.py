@@ -55,6 +55,7 @@ import numpy as np
 from ._libc import atomic_add, atomic_cas, atomic_xchg, ticks
 from .config import inline, jit
 from .layout import H_STOP, WC_T_END, wstats_base
+from .lock import now_ticks
 from .pcp import pcp_service_drain
 from .tracefile import OP_ALLOC, OP_FREE_BATCHED, Trace
 from .workload import check_and_free_from, should_stop, timed_alloc, write_block
@@ -450,7 +451,6 @@ class Shared:
 def _idle_until(machine, agent: int, due_ticks: int | None, stop_ok=lambda: False) -> None:
     """Sleep (serving pcp drain requests) until ``due_ticks``, the stop flag,
     or ``stop_ok()``."""
-    from .lock import now_ticks
     tps = machine.ticks_per_sec
     while machine.zs[H_STOP] == 0 and not stop_ok():
         now = now_ticks()
@@ -475,7 +475,6 @@ def replay_worker(machine, agent: int, shared: Shared, max_ops: int, hold_until_
     other workers to finish theirs (they may still free blocks handed to
     them), then frees what it still holds; before the end it holds that
     until the stop flag if asked."""
-    from .lock import now_ticks
     pl = shared.plan
     f, zs, mem = machine.frames, machine.zs, machine.mem
     tps = machine.ticks_per_sec

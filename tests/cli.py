@@ -70,7 +70,7 @@ def kill_outside_the_allocator(m, pid: int) -> None:
     import signal
     import time
 
-    from launcher.run import process_state
+    from launcher.experiment.proc import process_state
     from shmalloc.layout import Z_LOCK_PID
 
     deadline = time.monotonic() + 60

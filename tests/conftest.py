@@ -149,7 +149,7 @@ def _kernels_compiled():
     compiles and the others then load; loading needs no turn."""
     import fcntl
 
-    from launcher import compile as kernels
+    from launcher.experiment import compile as kernels
     groups = list(kernels.GROUPS)
     with open(__file__) as me:
         fcntl.flock(me, fcntl.LOCK_EX)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import time
 
-from launcher.config import RunConfig
-from launcher.run import execute
+from launcher.experiment.config import RunConfig
+from launcher.experiment.run import execute
 from shmalloc.layout import REPORT_FIELDS, WC_T_FREED, WORKER_COUNTERS
 
 BACKSTOP_S = 60.0

@@ -10,7 +10,7 @@ import pytest
 from kernels import isolate_and_put_back, lock_as, unlock_as
 from procs import CTX
 
-from launcher.run import process_state
+from launcher.experiment.proc import process_state
 from shmalloc.freehook import GAP_NS
 from shmalloc.layout import (
     CALLER_ALLOC,

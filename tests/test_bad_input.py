@@ -135,7 +135,7 @@ def files(tmp_path):
 
 
 def subcommands() -> set[str]:
-    from launcher.cli import build_parser
+    from launcher.cli.main import build_parser
     return set(next(a for a in build_parser()._actions if a.dest == "command").choices)
 
 

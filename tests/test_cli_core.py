@@ -46,7 +46,7 @@ def test_bench_json():
 def test_a_failed_operation_voids_the_figure(monkeypatch, capsys):
     """A bench figure behind which an operation failed is void: None in the
     JSON, counted, named on stderr, exit status 1."""
-    from launcher.cli import main
+    from launcher.cli.main import main
     from shmalloc import bench
 
     real = bench._rounds

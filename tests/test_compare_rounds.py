@@ -12,8 +12,8 @@ import re
 import pytest
 from cli import shmalloc
 
-from launcher import results
-from launcher.compare import round_orders
+from launcher.comparison.compare import round_orders
+from launcher.output import results
 
 SMALL = ["--workers", "1", "--duration", "0.3", "--memory", "64M"]
 ROW_KEYS = {"label", "strategy", "ratio", "ci95", "verdict", "p99_ratio", "p99_ci95",

@@ -13,7 +13,8 @@ from reporting_helpers import RecordingDevice, design, free_blocks_at_least
 from runs import elapsed, report_count, run_until, worker_total
 
 from hypervisor_stub.stub import Hypervisor, StubOptions
-from launcher import designs, results
+from launcher.experiment import designs
+from launcher.output import results
 from reporter import IMPLEMENTATIONS
 from reporter.process import ReportingDesign
 from shmalloc import invariants, snapshot
@@ -280,7 +281,7 @@ def marked_unsafe(lines: list[str]) -> set[str]:
 
 @pytest.mark.timeout(600)
 def test_compare_tiny(tmp_path):
-    from launcher.compare import DEFAULT_LINEUP, format_compare, unsafe
+    from launcher.comparison.compare import DEFAULT_LINEUP, format_compare, unsafe
     out = tmp_path / "c.json"
     res = shmalloc("compare", "--memory", "64M", "--duration", "1", "--json", str(out))
     assert res.returncode == 0, res.stderr

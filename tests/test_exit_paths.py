@@ -22,8 +22,8 @@ from cli import (
 )
 from leaks import ShmCreations, queues_by_name, run_id_of
 
-from launcher import results
-from launcher.run import process_state
+from launcher.experiment.proc import process_state
+from launcher.output import results
 from shmalloc import shm, virtqueue
 from shmalloc.layout import AG_PID
 

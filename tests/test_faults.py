@@ -11,7 +11,7 @@ import pytest
 from cli import attach_running, end, run_objects_gone, shmalloc, start_shmalloc
 from conftest import ipc_objects
 
-from launcher import results
+from launcher.output import results
 from shmalloc import shm
 
 PAGES = (256 << 20) // 4096

@@ -10,7 +10,8 @@ from reporting_helpers import RecordingDevice, design
 
 from hypervisor_stub.hostscan import HostScanner
 from hypervisor_stub.stub import Hypervisor, StubOptions
-from launcher import designs, results
+from launcher.experiment import designs
+from launcher.output import results
 from shmalloc import invariants, snapshot, virtqueue
 from shmalloc.freelist import rotate_free_list_to_front
 from shmalloc.layout import (
@@ -120,8 +121,8 @@ def test_mainline_head_steps_over_each_drained_batch_under_the_lock(make_machine
 
 
 def test_putback_is_recorded_shown_and_checked():
-    from launcher.config import RunConfig
-    from launcher.summary import describe
+    from launcher.experiment.config import RunConfig
+    from launcher.output.summary import describe
     cfg = RunConfig(strategy="mainline").resolved()
     assert cfg.putback == "head"                   # 5.7
     assert describe(cfg.__dict__).endswith(", putback head")
@@ -144,8 +145,8 @@ def test_fidelity_flags_refuse_bad_input(argv, flag, text):
 def test_compare_applies_putback_to_the_designs_that_take_it():
     from dataclasses import replace
 
-    from launcher.compare import config_for
-    from launcher.config import RunConfig
+    from launcher.comparison.compare import config_for
+    from launcher.experiment.config import RunConfig
     base = replace(RunConfig(), putback="tail", walk_order=3)
     assert config_for(base, "mainline").putback == "tail"
     assert config_for(base, "boundary").putback is None

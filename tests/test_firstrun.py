@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from cli import ROOT, assert_usage_error, shmalloc
 
-from launcher import results
+from launcher.output import results
 from shmalloc import jitcache
 
 TINY = ["--strategy", "none", "--workload", "hog", "--memory", "16M", "--duration", "0.2",
@@ -164,7 +164,7 @@ def test_helpers_are_compiled_once_whatever_constants_callers_pass():
 
 
 def test_faults_imports_no_run():
-    code = "import sys, launcher.faults; print('launcher.run' in sys.modules)"
+    code = "import sys, launcher.experiment.faults; print('launcher.experiment.run' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert res.stdout.strip() == "False", res.stderr
 
@@ -278,7 +278,7 @@ def test_report_keeps_compares_labels_and_still_splits_configurations():
     """compare's own labels (an A/A check's none#2, a --variant's LABEL)
     name report's rows; runs under one label that differ in a flag (two
     compare files, 1 and 2 workers) are still told apart."""
-    from launcher.report import label_runs
+    from launcher.output.report import label_runs
 
     def run(label, **config):
         base = {"strategy": "none", "callback_mode": "hint", "workers": 1, "free_hook_ns": 0}
@@ -299,7 +299,7 @@ def test_plot_titles_say_when_they_show_a_subset(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     import matplotlib.figure
 
-    from launcher import plots
+    from launcher.output import plots
 
     titles = []
     original = matplotlib.figure.Figure.suptitle
@@ -311,7 +311,7 @@ def test_plot_titles_say_when_they_show_a_subset(tmp_path, monkeypatch):
                                 "workload": "page_fault1", "memory": 1 << 26, "seed": 1},
                      "memory": {"timeline": {"t_s": [0, 1], "host_resident_bytes": [0, 1],
                                              "free_bytes": [0, 1]}}})
-    plt = plots._pyplot()
+    plt = plots.pyplot()
     plots.memory_over_time(plt, runs, str(tmp_path / "m.png"))
     assert "showing one run per design: the one with the most workers (2), 1 of 2 runs" \
         in titles[0]
@@ -321,8 +321,8 @@ def test_plot_titles_say_when_they_show_a_subset(tmp_path, monkeypatch):
 
 
 def test_compile_groups_cover_what_a_command_needs():
-    from launcher import compile as kernels
-    from launcher.config import RunConfig
+    from launcher.experiment import compile as kernels
+    from launcher.experiment.config import RunConfig
 
     cfg = RunConfig(strategy="mainline", workload="phased").resolved()
     assert kernels.groups_for([cfg]) == ["allocator", "random/phased", "mainline"]
@@ -335,11 +335,11 @@ def test_compile_groups_cover_what_a_command_needs():
 
 @pytest.mark.timeout(300)
 def test_compare_prepare_leaves_nothing_to_compile():
-    """compare's prepare() has launcher.compile compile the unit-cost
+    """compare's prepare() has launcher.experiment.compile compile the unit-cost
     kernels with the rest: measuring the unit costs afterwards compiles
     nothing (a fresh process, compiling forbidden once prepare is done)."""
-    code = ("from launcher.compare import Variant, config_for, prepare\n"
-            "from launcher.config import RunConfig\n"
+    code = ("from launcher.comparison.compare import Variant, config_for, prepare\n"
+            "from launcher.experiment.config import RunConfig\n"
             "from shmalloc import bench, config\n"
             "measure = bench.unit_costs\n"
             "def forbidden_then_measured(*args, **kw):\n"
@@ -359,7 +359,7 @@ def test_sample_signatures_match_a_machine(make_machine):
     the types of a real machine's arrays, or the run would compile again."""
     import numba
 
-    from launcher.compile import _sample_values
+    from launcher.experiment.compile import _sample_values
 
     m = make_machine()
     f, z, mem = _sample_values("fzm")
@@ -369,7 +369,7 @@ def test_sample_signatures_match_a_machine(make_machine):
 
 
 def test_bench_compile_table_formats():
-    from launcher.compile import format_measure
+    from launcher.experiment.compile import format_measure
     res = {"serial": {"import_s": 0.5, "kernels": [
         {"group": "allocator", "kernel": "page_alloc.alloc_pages", "s": 4.8, "cpu_s": 4.0},
         {"group": "hog", "kernel": "workload.hog_alloc", "s": 1.0, "cpu_s": 0.9}]},

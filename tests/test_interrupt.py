@@ -1,7 +1,7 @@
 """Ctrl-C (SIGINT) and SIGTERM at every phase of a command (issue 17).
 
 Each case waits for its phase by an event: the launcher's test checkpoint
-(``SHMALLOC_TEST_PHASE``, :mod:`launcher.interrupt`) creates a file when the
+(``SHMALLOC_TEST_PHASE``, :mod:`launcher.experiment.interrupt`) creates a file when the
 phase is reached and, for the short phases, pauses there until the signal
 comes.  Then it checks what a user sees: the command exits within a second,
 with 128 + the signal, one line on stderr naming the phase and no traceback,
@@ -21,9 +21,9 @@ import pytest
 from cli import ROOT
 from conftest import ipc_objects
 
-from launcher import results
-from launcher.config import RunConfig
-from launcher.proc import process_state
+from launcher.experiment.config import RunConfig
+from launcher.experiment.proc import process_state
+from launcher.output import results
 
 EXIT_WITHIN_S = 1.0
 RUN = ["run", "--duration", "60", "--memory", "64M", "--strategy", "mainline"]

@@ -7,9 +7,9 @@ agent calling one compiled entry point, in this process: a worker's
 ``alloc_pages`` or ``free_pages`` (wrong ones too: double frees, wrong
 orders, foreign owners, random pfns), a pcp drain or a posted drain request
 (served on the agent's next pcp call), or one of the kernels the design's
-reporter or the hypervisor stub calls (the functions
-``launcher.run.design_kernels`` lists, with the arguments a pass would give
-them): mainline's cycle step (drain, walk, take, rotate), leftover drain,
+reporter or the hypervisor stub calls (the functions the design's group in
+``launcher.experiment.compile.GROUPS`` lists, with the arguments a pass would
+give them): mainline's cycle step (drain, walk, take, rotate), leftover drain,
 request and pass edges; boundary's cycle step and zone requests; the callback
 walk; isolate's per-pageblock isolation (through the design's
 ``start_isolate_page_range``) and undo; bitmap's scan, return and pass end;
@@ -50,7 +50,7 @@ from hypothesis import strategies as st
 from reporting_helpers import design
 
 from hypervisor_stub.hostscan import host_scan_mark, host_scan_take
-from launcher.designs import DESIGNS
+from launcher.experiment.designs import DESIGNS
 from reporter.bitmap import bitmap_pass_done, bitmap_return, bitmap_scan
 from reporter.boundary import boundary_cycle_step, boundary_request_all
 from reporter.callback import walk_free_mem_block
@@ -599,10 +599,10 @@ for _name in DESIGNS:
 
 def test_the_model_drives_every_design_kernel():
     """Every compiled entry point a design's processes call
-    (its group in launcher.compile, the layout and free-list helpers it
+    (its group in launcher.experiment.compile, the layout and free-list helpers it
     reads from Python aside) is called by some step of its model test: a
     design that gains a kernel fails here until the model drives it."""
-    from launcher.compile import GROUPS, Kernel
+    from launcher.experiment.compile import GROUPS, Kernel
     assert set(DESIGN_OPS) == set(DESIGNS)
     for name in DESIGNS:
         kinds = sorted(set(DESIGN_OPS[name]))

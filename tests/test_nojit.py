@@ -26,7 +26,7 @@ import sys
 import pytest
 from cli import ROOT
 
-from launcher.designs import DESIGNS
+from launcher.experiment.designs import DESIGNS
 
 FILES = ["tests/test_model.py", "tests/test_invariants.py", "tests/test_workload.py",
          "tests/test_mainline.py", "tests/test_boundary.py", "tests/test_designs.py",

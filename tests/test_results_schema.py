@@ -1,4 +1,4 @@
-"""The results file's contract, checked once: every key the README documents
+"""The results file's contract, checked once: every key docs/run.md documents
 (section "Results file"), each with a value check where the value can be
 derived from the rest of the file or from the machine; ``compare --repeat``
 interleaving the designs in rounds; ``report`` over several files."""
@@ -15,17 +15,18 @@ import numpy
 import pytest
 from cli import ROOT, shmalloc
 
-from launcher import results
-from launcher.cli import build_parser, run_config
-from launcher.compare import run_label
-from launcher.metrics import GIB
+from launcher.cli.flags import run_config
+from launcher.cli.main import build_parser
+from launcher.experiment.metrics import GIB
+from launcher.output import results
+from launcher.output.report import run_label
 from shmalloc.layout import REPORT_FIELDS, WORKER_COUNTERS
 
 PAGE = 4096
 MEMORY = 256 << 20
 SAMPLE_S = 0.1
 
-# the README's words, key by key
+# docs/run.md's words, key by key
 METADATA_KEYS = ["python", "numpy", "numba", "posix_ipc", "multiprocess", "cpu_model",
                  "cpu_count", "kernel", "thp_enabled", "thp_shmem_enabled", "shm_dir",
                  "mqueue_msg_max", "mqueue_msgsize_max", "git_commit", "start_method",
@@ -75,7 +76,7 @@ def footprint(timeline: dict) -> float:
 
 def half_back(timeline: dict, freed_at: float, freed: int) -> float | None:
     """Seconds after ``freed_at`` until the host held ``freed / 2`` less than
-    at the last sample before it (the README's "half back")."""
+    at the last sample before it (the "half back" of the tables)."""
     t, r = timeline["t_s"], timeline["host_resident_bytes"]
     at_free = [x for x, ts in zip(r, t) if ts <= freed_at][-1]
     return next((ts - freed_at for x, ts in zip(r, t)

@@ -18,7 +18,7 @@ from cli import (
 )
 from conftest import ipc_objects
 
-from launcher import results
+from launcher.output import results
 from shmalloc.layout import AG_PID, Z_LOCK_PID
 
 RUN_KEYS = ["config", "outcome", "abort_reason", "throughput", "latency_ns", "locks", "memory",

@@ -17,7 +17,7 @@ from cli import (
 from conftest import ipc_objects
 from runs import all_freed, host_gave_back, run_until
 
-from launcher import results
+from launcher.output import results
 from shmalloc.layout import AG_PID, PS_INFLIGHT
 
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 from cli import ROOT
 
-from launcher import results
+from launcher.output import results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CSV_COLUMNS = {"file", "design", "outcome", "pages_per_sec", "alloc_p99_ns",

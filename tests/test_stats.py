@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from launcher import compare, stats
+from launcher.comparison import compare, stats
 
 
 def lognormal(median: float, sd: float, n: int, seed: int) -> list[float]:

@@ -12,8 +12,9 @@ from dataclasses import asdict
 import pytest
 from cli import ROOT, assert_usage_error, shmalloc
 
-from launcher import results
-from launcher.cli import build_parser, run_config
+from launcher.cli.flags import run_config
+from launcher.cli.main import build_parser
+from launcher.output import results
 
 GRID = ["--grid", "workers=1,2", "--grid", "strategy=none,mainline", "--duration", "0.5",
         "--memory", "64M", "--seed", "7"]

@@ -51,7 +51,7 @@ for advice in (mmap.MADV_NOHUGEPAGE, mmap.MADV_HUGEPAGE):
 @pytest.fixture
 def tracefs_root():
     """The tracefs mount, or a skip saying what is missing."""
-    from launcher import tracefs
+    from launcher.capture import tracefs
     if os.geteuid() != 0:
         pytest.skip("recording needs root (tracefs and the kmem tracepoints are root-only)")
     try:
@@ -64,7 +64,7 @@ def tracefs_root():
 
 
 def _state():
-    from launcher import tracefs
+    from launcher.capture import tracefs
     return tracefs.global_state()
 
 
@@ -165,7 +165,7 @@ def test_record_refuses_what_it_cannot_do(tmp_path, monkeypatch, capsys):
         res = shmalloc("trace", "record", "--out", str(out), "--", "true",
                        env={"SHMALLOC_TRACEFS": str(fake)})
         assert_usage_error(res, "shmalloc trace record:", "no kmem:mm_page_alloc tracepoint")
-    from launcher.cli import main
+    from launcher.cli.main import main
     monkeypatch.setattr(os, "geteuid", lambda: 1000)      # an ordinary user
     assert main(["trace", "record", "--out", str(out), "--", "true"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -188,8 +188,8 @@ def test_record_refuses_what_it_cannot_do(tmp_path, monkeypatch, capsys):
 # ---------------------------------------------------------------------------
 
 def test_ring_buffer_pages_decode_with_extends_padding_and_lost_events():
-    from launcher.tracefs import OP_ALLOC as A
-    from launcher.tracefs import parse_pages
+    from launcher.capture.tracefs import OP_ALLOC as A
+    from launcher.capture.tracefs import parse_pages
     # ids 10 alloc, 11 free, 12 batched; pid at 4; alloc pfn 8 order 16 mt 32;
     # free pfn 8 order 16; batched pfn 8; commit at 8, data at 16; 8-byte pfn
     lay = np.array([10, 11, 12, 4, 8, 16, 32, 8, 16, 8, 8, 16, 8], np.int64)

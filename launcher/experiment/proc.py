@@ -1,7 +1,7 @@
 """What the launcher reads about a process: its state and how it ended.
 
-A module of its own so that :mod:`launcher.run` and :mod:`launcher.faults`
-(which :mod:`launcher.run` imports) both import it without a cycle.
+A module of its own so that :mod:`launcher.experiment.run` and
+:mod:`launcher.experiment.faults` (which the run imports) both use it.
 """
 
 from __future__ import annotations
@@ -33,10 +33,3 @@ def describe_exit(code: int | None) -> str:
         return f"was killed by signal {-code} ({name})"
     return f"exited with status {code}"
 
-
-class RunAborted(Exception):
-    """The run had to stop: a process died or stalled."""
-
-    def __init__(self, reason: str, exit_status: int = 3):
-        super().__init__(reason)
-        self.exit_status = exit_status

@@ -20,7 +20,7 @@ from shmalloc.config import (
 from shmalloc.machine import ConfigError, MachineConfig
 from shmalloc.workload import THP_ORDER, WORKLOADS
 
-from . import designs, faults, trace
+from . import designs, faults, replay
 from .worker import WorkerPlan
 
 GIB = 1 << 30
@@ -68,7 +68,7 @@ class RunConfig:
     @property
     def trace(self) -> str | None:
         """The trace file of a ``trace:FILE`` workload, else None."""
-        return trace.trace_path(self.workload)
+        return replay.trace_path(self.workload)
 
     @property
     def design(self) -> designs.Design:
@@ -87,7 +87,7 @@ class RunConfig:
         if cfg.strategy in designs.DESIGNS and cfg.design.walks and cfg.walk_order is None:
             cfg = replace(cfg, walk_order=0)
         if cfg.memory is None:
-            cfg = replace(cfg, memory=trace.default_memory(cfg) if cfg.trace else GIB)
+            cfg = replace(cfg, memory=replay.default_memory(cfg) if cfg.trace else GIB)
         if cfg.duration is None:
             cfg = replace(cfg, duration=0.0 if cfg.ops or cfg.trace else 5.0)
         if cfg.working_set is None:
@@ -105,7 +105,7 @@ class RunConfig:
             raise ConfigError("--workload", f"unknown workload {self.workload!r}; choose from "
                               f"{', '.join(WORKLOADS)} or trace:FILE")
         if self.trace:
-            trace.check_config(self)
+            replay.check_config(self)
         self.machine_config().validate()
         self.machine_config().check_space()
         if self.duration is not None and (self.duration < 0 or

@@ -12,15 +12,15 @@ so nobody can miss it.
 
 How sure it is: ``--repeat N`` runs N rounds, each round every variant once
 in a fresh random order drawn from ``--order-seed`` (recorded); every kernel
-is compiled (:mod:`launcher.compile`) and the unit costs are measured once,
+is compiled (:mod:`launcher.experiment.compile`) and the unit costs are measured once,
 before the first round.  Ctrl-C or SIGTERM between two runs stops at once
 and names the phase ("between rounds", "between designs"); during a run, the
 runs so far are reported.
 With N >= 2 the first table pairs every variant with the baseline (the first
 variant) round by round: the median ratio and its 95 % bootstrap interval
-(:mod:`launcher.stats`) for throughput over the steady window, alloc p99 and
+(:mod:`launcher.comparison.stats`) for throughput over the steady window, alloc p99 and
 total zone-lock wait, and a verdict; then where the cost went
-(:mod:`launcher.cost`), then the noise (steal, fixed cost, the baseline's
+(:mod:`launcher.comparison.cost`), then the noise (steal, fixed cost, the baseline's
 spread) and its warnings.
 """
 
@@ -32,17 +32,22 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import compile as kernels
-from . import designs, interrupt, stats, trace
-from .config import RunConfig
+from shmalloc.bench import unit_costs
+
+from ..experiment import compile as kernels
+from ..experiment import designs, interrupt
+from ..experiment.config import RunConfig
+from ..experiment.run import execute
+from ..output.report import run_label
+from ..output.summary import describe, replay_notes
+from ..units import fmt_bytes
+from . import stats
 from .cost import COST_KEYS, SERVICE_CALLERS, WORKER_CALLERS, attributed_cost, pct
-from .run import execute
-from .summary import describe, fmt_bytes
 
 #: the default line-up: every design, callback in both modes
 DEFAULT_LINEUP = ("none", "mainline", "boundary", "callback/hint", "callback/discard",
                   "isolate", "bitmap", "hostscan")
-#: the kernel group of the unit costs prepare() measures (launcher.compile)
+#: the kernel group of the unit costs prepare() measures (launcher.experiment.compile)
 UNIT_COSTS = "unit costs"
 
 #: the built-in default experiment (``shmalloc compare`` with no flags)
@@ -136,11 +141,10 @@ def round_orders(n_variants: int, rounds: int, order_seed: int) -> list[list[int
 def prepare(variants: list[Variant], command: str = "shmalloc compare", stream=None,
             progress: bool = True) -> tuple[bool, dict]:
     """Before round 1: compile (or load) every kernel any variant's
-    processes call and the unit-cost kernels (:mod:`launcher.compile`, which
+    processes call and the unit-cost kernels (:mod:`launcher.experiment.compile`, which
     says so on ``stream`` when it compiles), so no run pays for it, then
     measure the unit costs the attributed cost charges (about 0.1 s).
     Returns (numba cache was warm, unit costs)."""
-    from shmalloc.bench import unit_costs
 
     groups = kernels.groups_for([v.config for v in variants]) + [UNIT_COSTS]
     warm = kernels.prepare(groups, command=command, stream=stream, progress=progress)
@@ -166,7 +170,7 @@ def run_rounds(variants: list[Variant], rounds: int, order_seed: int, unit: dict
     in the round (from 1) and ``cost``.  Stops at the first aborted run (its
     record is the last one; a run cut short by a signal keeps its
     ``interrupted``).  A signal between two runs raises
-    :class:`launcher.interrupt.Interrupted` naming the phase ("between
+    :class:`launcher.experiment.interrupt.Interrupted` naming the phase ("between
     rounds", "between designs").  ``progress``: a progress bar during each
     run (a terminal); ``progress`` or ``lines``: a line on stderr as each
     run ends."""
@@ -300,7 +304,7 @@ def build_analysis(runs: list[dict], variants: list[Variant], order_seed: int,
         "ci": {"method": f"{stats.METHOD} bootstrap of the median per-round ratio",
                "confidence": stats.CONFIDENCE, "resamples": stats.N_RESAMPLES,
                "seed": order_seed},
-        "throughput": "pages per second over the steady window (see README)",
+        "throughput": "pages per second over the steady window (see docs/measuring.md)",
         "round_order": [[r["label"] for r in sorted((x for x in runs if x.get("round") == k),
                                                     key=lambda x: x["position"])]
                         for k in sorted({x.get("round", 1) for x in runs})],
@@ -413,14 +417,6 @@ def lock_split(run: dict) -> dict:
         acq = out[who]["acquisitions"]
         out[who]["hold_avg_ns"] = 1e6 * out[who]["hold_total_ms"] / acq if acq else 0.0
     return out
-
-
-def run_label(run: dict) -> str:
-    """A run's name in tables and plots: its design, with callback's mode."""
-    if run.get("label"):
-        return run["label"]
-    c = run["config"]
-    return f"callback/{c['callback_mode']}" if c["strategy"] == "callback" else c["strategy"]
 
 
 def flat_metrics(run: dict) -> dict:
@@ -579,5 +575,5 @@ def format_compare(runs: list[dict], labels: list[str] | None = None) -> list[st
         for why in dict.fromkeys(f["unsafe"]):
             lines.append(f"UNSAFE: {label}: {why}")
     lines += [f"NOTE: {n}" for n in dict.fromkeys(f"{run_label(r)}: {n}" for r in runs
-                                                  for n in trace.notes(r))]
+                                                  for n in replay_notes(r))]
     return lines

@@ -3,7 +3,7 @@
 The launcher is the watchdog (there is no EOWNERDEAD for a semaphore):
 
 1. validate every value (done before this module is reached); have the
-   kernels compiled in this process (:mod:`launcher.compile`: ``compare``
+   kernels compiled in this process (:mod:`launcher.experiment.compile`: ``compare``
    and ``sweep`` did it for all their runs already) so forked children start
    at once and nothing compiles while a run is measured;
 2. create the machine, fork the workers (and a design's processes), wait
@@ -20,7 +20,7 @@ The launcher is the watchdog (there is no EOWNERDEAD for a semaphore):
 5. on success, error, fault, Ctrl-C or SIGTERM alike: kill what still runs
    and remove every IPC object of the run.
 
-A signal raises :class:`launcher.interrupt.Interrupted` wherever the
+A signal raises :class:`launcher.experiment.interrupt.Interrupted` wherever the
 launcher is; this module only makes sure that what it creates is recorded
 before the signal is honoured, so the cleanup finds it.
 
@@ -37,12 +37,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
+import multiprocess as mp
 import numpy as np
 
 from hypervisor_stub import hypervisor_main
 from reporter import reporter_main
 from shmalloc import invariants, lockstat, procstat, snapshot, virtqueue
-from shmalloc.config import PAGE_SIZE
+from shmalloc.config import PAGE_SIZE, forbid_compile
 from shmalloc.layout import (
     AG_PID,
     H_GO,
@@ -67,8 +68,9 @@ from shmalloc.layout import (
 from shmalloc.lock import now_ticks
 from shmalloc.machine import Machine
 
+from ..errors import RunAborted
 from . import compile as kernels
-from . import faults, interrupt, measure, trace
+from . import faults, interrupt, measure, replay
 from .config import RunConfig
 from .metrics import (
     footprint_gib_s,
@@ -77,10 +79,8 @@ from .metrics import (
     launcher_rss_bytes,
     percentiles,
 )
-from .proc import RunAborted, describe_exit, process_state
+from .proc import describe_exit, process_state
 from .worker import worker_main
-
-__all__ = ["Run", "RunAborted", "execute", "process_state", "describe_exit"]
 
 SAMPLE_S = 0.1
 BIND_TIMEOUT_S = 60.0        # forked children bind their agent within this
@@ -140,7 +140,6 @@ class Run:
 
     # -- process management ------------------------------------------------
     def _start(self, name: str, role: str, agent: int, target, *args) -> None:
-        import multiprocess as mp
         proc = mp.get_context("fork").Process(target=_child_main, args=(target, *args),
                                               name=name, daemon=True)
         with interrupt.deferred():          # a started child is always in the list
@@ -250,7 +249,7 @@ class Run:
         return sum(int(m.zs[m.layout.wstats(c.agent) + idx]) for c in self.workers())
 
     def _maybe_open_window(self) -> None:
-        """The steady window (:mod:`launcher.measure`) opens once every
+        """The steady window (:mod:`launcher.experiment.measure`) opens once every
         worker has written its working set once; a replay has no working
         set, and its own first touches are part of the recorded program."""
         if self.window_open is None and not self.cfg.ops and not self.cfg.trace:
@@ -371,7 +370,7 @@ class Run:
     def execute(self) -> dict:
         """Run the experiment; returns the RUN record (``outcome`` says how it
         ended).  Every IPC object is removed and every child is gone before
-        this returns or raises (:class:`launcher.interrupt.Interrupted` on a
+        this returns or raises (:class:`launcher.experiment.interrupt.Interrupted` on a
         signal: then the children are killed at once)."""
         cfg = self.cfg
         outcome, reason, status = "ok", None, 0
@@ -436,7 +435,7 @@ class Run:
             with interrupt.deferred():
                 self.queues = virtqueue.create_queues(m.run_id, cfg.capacity)
         if cfg.trace:                       # an anonymous mapping: nothing to clean up
-            self.replay = trace.prepare(cfg, m)
+            self.replay = replay.prepare(cfg, m)
         self.host_start = m.host_resident_bytes()
         interrupt.checkpoint("machine")
 
@@ -568,7 +567,7 @@ class Run:
             "numba_cache_warm": self.cache_warm,
         }
         if self.replay is not None:
-            record["trace"] = trace.replay_results(self.replay, cfg, elapsed)
+            record["trace"] = replay.replay_results(self.replay, cfg, elapsed)
         if outcome != "ok":
             record["page_accounting"] = [{"where": w, "pages": n}
                                          for w, n in snapshot.page_accounting(m)]
@@ -590,7 +589,6 @@ def _child_main(target, *args) -> None:
     every run, so it leaves with ``os._exit``.  An exception still ends the
     child the usual way (traceback, status 1)."""
     if os.environ.get("SHMALLOC_FORBID_CHILD_COMPILE"):
-        from shmalloc import config
-        config.forbid_compile()
+        forbid_compile()
     target(*args)
     os._exit(0)

@@ -9,6 +9,12 @@ import sys
 import time
 from importlib import metadata as importlib_metadata
 
+import numba
+import numpy
+
+from shmalloc import __version__
+from shmalloc.shm import SHM_DIR, shm_free_bytes
+
 
 def _read(path: str) -> str | None:
     try:
@@ -47,12 +53,6 @@ def _git_commit() -> str | None:
 
 
 def collect(numba_cache_warm: bool | None = None, start_method: str = "fork") -> dict:
-    import numba
-    import numpy
-
-    from shmalloc import __version__
-    from shmalloc.shm import SHM_DIR, shm_free_bytes
-
     return {
         "shmalloc_version": __version__,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

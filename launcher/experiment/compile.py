@@ -4,7 +4,7 @@ Every compiled entry point a process of a run calls from Python is listed
 here, in groups: the allocator (what the launcher and every worker call),
 one group per workload and one per reporting design (what its reporter or
 hypervisor stub calls), the engine bench, and the unit costs ``compare``
-measures before its first round (:func:`launcher.compare.prepare`).
+measures before its first round (:func:`launcher.comparison.compare.prepare`).
 :func:`prepare` is called once per command, before the first machine is
 created: ``run`` prepares its design and workload, ``compare`` its whole
 line-up and the unit costs, ``sweep`` every point, so nothing compiles
@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import resource
 import select
 import shutil
 import signal
@@ -38,6 +39,14 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from shmalloc import jitcache
+from shmalloc._libc import die_with_parent
+from shmalloc.config import JIT_DISABLED
+from shmalloc.layout import FRAME_DTYPE
 
 from . import interrupt
 
@@ -143,14 +152,10 @@ class Kernel:
         return getattr(importlib.import_module(module), func)
 
     def signature(self) -> tuple:
-        import numba
         return tuple(numba.typeof(v) for v in _sample_values(self.args))
 
 
 def _sample_values(codes: str) -> list:
-    import numpy as np
-
-    from shmalloc.layout import FRAME_DTYPE
     make = {"f": lambda: np.zeros(1, FRAME_DTYPE), "z": lambda: np.zeros(1, np.int64),
             "m": lambda: np.zeros(1, np.int64), "a": lambda: np.zeros(1, np.int64),
             "B": lambda: np.zeros(1, np.bool_), "i": lambda: 0, "d": lambda: 1.0,
@@ -181,7 +186,6 @@ def groups_for(cfgs) -> list[str]:
 
 
 def jit_disabled() -> bool:
-    from shmalloc.config import JIT_DISABLED
     return JIT_DISABLED
 
 
@@ -233,8 +237,6 @@ def prepare(groups: list[str], command: str = "shmalloc", stream=None,
     when every kernel came from the cache."""
     if jit_disabled():
         return False
-    from shmalloc import jitcache
-
     interrupt.enter("while compiling kernels")
     kernels = group_kernels(groups)
     todo = [(g, k) for g, k in kernels if not in_memory(k)]
@@ -327,7 +329,6 @@ def _child_compile(part, wfd: int) -> None:
     per kernel on ``wfd``; never returns."""
     status = 0
     try:
-        from shmalloc._libc import die_with_parent
         die_with_parent()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -465,12 +466,9 @@ class Display:
 # shmalloc bench --compile
 # ---------------------------------------------------------------------------
 
-def _breakdown() -> dict:
+def _breakdown(import_s: float) -> dict:
     """In a fresh process with an empty cache: compile every group in order,
     one kernel at a time, timing each (wall and CPU seconds)."""
-    t0 = time.perf_counter()
-    import shmalloc.config  # noqa: F401  (numba and the kernel modules)
-    import_s = time.perf_counter() - t0
     rows = []
     for g, k in group_kernels(GROUPS):
         k.dispatcher()                   # import the module outside the timing
@@ -481,9 +479,7 @@ def _breakdown() -> dict:
     return {"import_s": round(import_s, 3), "kernels": rows}
 
 
-def _prepare_all() -> dict:
-    import resource
-    t0 = time.perf_counter()
+def _prepare_all(t0: float) -> dict:
     prepare(list(GROUPS), stream=None)
     cpu = sum(getattr(resource.getrusage(who), f)
               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
@@ -491,9 +487,23 @@ def _prepare_all() -> dict:
     return {"s": round(time.perf_counter() - t0, 3), "cpu_s": round(cpu, 3), "jobs": jobs()}
 
 
+def child_main(what: str, t0: float, import_s: float) -> dict:
+    """The measurement ``what`` in the fresh process :data:`_CHILD` starts."""
+    return _breakdown(import_s) if what == "breakdown" else _prepare_all(t0)
+
+
+#: the fresh process of a measurement: it times the import of numba and the
+#: kernel modules itself, before this module (which imports them) loads; a
+#: prepare's time counts from its start, imports included, as a command's does
+_CHILD = ("import time; t0 = time.perf_counter(); import shmalloc.config; "
+          "import_s = time.perf_counter() - t0; import json, sys; "
+          "from launcher.experiment.compile import child_main; "
+          "print(json.dumps(child_main(sys.argv[1], t0, import_s)))")
+
+
 def _fresh_process(what: str, cache_dir: str, **env_extra) -> dict:
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, **env_extra)
-    res = subprocess.run([sys.executable, "-m", "launcher.compile", what], env=env,
+    res = subprocess.run([sys.executable, "-c", _CHILD, what], env=env,
                          capture_output=True, text=True, timeout=1800)
     if res.returncode != 0:
         raise RuntimeError(f"compile measurement failed: {res.stderr.strip()[-500:]}")
@@ -536,12 +546,3 @@ def format_measure(res: dict) -> list[str]:
               f"loading every kernel from the filled cache: {res['warm']['s']:.2f} s"]
     return lines
 
-
-if __name__ == "__main__":
-    what = sys.argv[1] if len(sys.argv) > 1 else ""
-    if what == "breakdown":
-        print(json.dumps(_breakdown()))
-    elif what == "prepare":
-        print(json.dumps(_prepare_all()))
-    else:
-        sys.exit("usage: python -m launcher.compile breakdown|prepare")

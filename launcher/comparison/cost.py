@@ -29,7 +29,7 @@ time, every variant alike, and a cost measured while it ran (a hook spin, a
 refault) is a share of the time it ran; against wall time the same cost
 would look smaller the busier the machine.  What is not charged: a design's bookkeeping inside the
 list primitives (Duyck's boundary, measured below the bench's resolution,
-see README), cache misses its reporter causes, and the wait of a worker
+see docs/measuring.md), cache misses its reporter causes, and the wait of a worker
 queued behind another worker that waited for the reporter (charged to the
 reporter only when the reporter was the holder first seen).
 """

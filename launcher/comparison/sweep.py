@@ -24,12 +24,15 @@ import re
 import shlex
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, fields
 
-from . import compile as kernels
-from . import interrupt, results
-from .config import RunConfig
-from .run import execute
+from ..experiment import compile as kernels
+from ..experiment import interrupt
+from ..experiment.config import RunConfig
+from ..experiment.run import execute
+from ..output import results
+from .compare import flat_metrics
 
 CSV_NAME = "sweep.csv"
 
@@ -66,7 +69,6 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
 
 def load_grid_file(path: str) -> tuple[dict[str, list[str]], dict[str, str]]:
     """A TOML file: ``[grid]`` key = [values], optional ``[base]`` key = value."""
-    import tomllib
     try:
         with open(path, "rb") as f:
             doc = tomllib.load(f)
@@ -171,7 +173,6 @@ def run_points(points: list[Point], out_dir: str, metadata, progress: bool = Fal
 
 def merge(out_dir: str, csv_path: str | None = None) -> tuple[str, int]:
     """All results files of ``out_dir`` as one CSV; returns (path, rows)."""
-    from .compare import flat_metrics
 
     files = sorted(f for f in os.listdir(out_dir) if f.endswith(".json"))
     rows, keys = [], []

@@ -33,7 +33,7 @@ type 29 padding, 30 time extend, 31 absolute time stamp, 0 a data event whose
 length is in the next word, 1..28 a data event of type_len * 4 bytes).  This
 layout is what tools/lib/traceevent/kbuffer-parse.c (trace-cmd) decodes; the
 page parser below follows it.  Measured on this machine against
-``trace_pipe`` (text): see the README section on recording.
+``trace_pipe`` (text): see docs/real-programs.md, "Recording".
 """
 
 from __future__ import annotations

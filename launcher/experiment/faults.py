@@ -37,7 +37,7 @@ import numpy as np
 
 from shmalloc.layout import MIGRATE_ISOLATE, PS_INFLIGHT, RS_HV_EXTRA_LATENCY_MS, Z_LOCK_PID
 
-from .options import parse_duration
+from ..units import parse_duration
 from .proc import process_state
 
 KINDS = ("kill-worker", "stop-worker", "kill-reporter", "kill-hypervisor", "slow-hypervisor")

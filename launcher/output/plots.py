@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
-from .summary import fmt_bytes
+from ..units import fmt_bytes
+from .report import differing
 
 FIGURES = ("throughput_vs_workers.png", "lock_wait_by_caller.png", "memory_over_time.png",
            "alloc_latency_cdf.png")
@@ -31,13 +32,16 @@ class PlotError(Exception):
     """matplotlib missing, or nothing to draw."""
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot, drawing to files (the Agg backend)."""
     try:
+        # imported here, not at the top: matplotlib is an optional dependency
+        # (the plot extra), needed only to draw
         import matplotlib
     except ImportError:
         raise PlotError("matplotlib is not installed: pip install 'shmalloc[plot]'") from None
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the optional dependency, after its backend is set
     return plt
 
 
@@ -69,7 +73,6 @@ def _series(runs):
     """Throughput lines: one per design and configuration other than the
     worker count (e.g. ``mainline capacity=64``); each point the mean of
     the runs of exactly that configuration."""
-    from .report import differing
     groups = defaultdict(list)
     for design, group in _by_design(runs).items():
         keys = [k for k in differing(group) if k != "workers"]
@@ -186,7 +189,7 @@ def draw_all(runs: list[dict], out_dir: str) -> list[str]:
     """Draw every figure into ``out_dir`` (created if missing's parent exists)."""
     if not runs:
         raise PlotError("no runs to plot")
-    plt = _pyplot()
+    plt = pyplot()
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for name, draw in zip(FIGURES, (throughput_vs_workers, lock_wait_by_caller,

@@ -53,6 +53,8 @@ def median_ci(values, seed: int) -> tuple[float | None, float | None, float | No
         return med, None, None
     if np.all(x == x[0]):
         return med, med, med
+    # imported here, not at the top, for start-up: scipy.stats takes over a
+    # second to import, and only a run of two rounds or more gets this far
     from scipy.stats import bootstrap
     res = bootstrap((x,), np.median, confidence_level=CONFIDENCE, n_resamples=N_RESAMPLES,
                     method=METHOD, rng=np.random.default_rng(seed))

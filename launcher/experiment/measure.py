@@ -1,7 +1,7 @@
 """What a run measures beyond its counters' totals: the steady window, the
 counts cost is attributed from, the noise, and where the wall time went.
 
-:class:`launcher.run.Run` takes the readings (a :func:`snapshot` when the
+:class:`launcher.experiment.run.Run` takes the readings (a :func:`snapshot` when the
 steady window opens and when the stop flag is set, ``/proc/stat`` at the
 start and the stop, each child's ``/proc/<pid>/schedstat`` at the stop, the
 time of each phase); the functions here turn them into the RUN record's
@@ -108,7 +108,7 @@ def steady_window(t0: dict | None, t1: dict | None, elapsed: float, total: dict,
 
 def attribution(m, t0: dict | None, t1: dict | None, per_worker: list[dict],
                 total: dict) -> dict:
-    """The counts compare attributes cost from (:mod:`launcher.cost`), over
+    """The counts compare attributes cost from (:mod:`launcher.comparison.cost`), over
     the steady window when it opened, else over the whole run; ``whole_run``
     keeps the latter in either case."""
     tps = m.ticks_per_sec
@@ -180,7 +180,7 @@ def timing(marks: dict, t_go: float, t_stop: float, end: float) -> dict:
     run costs beyond its --duration: creating the machine and the queues,
     forking and binding the children, stopping them, checking and collecting,
     tearing down.  Compiling the kernels comes first and is ``compile_s``,
-    apart (:mod:`launcher.compile`; compare, sweep and run do it before
+    apart (:mod:`launcher.experiment.compile`; compare, sweep and run do it before
     their first run, so within a run it is only a check that they are
     loaded)."""
     compiled = marks.get("compiled", end)

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import json
 
-from .compare import run_label
-from .summary import fmt_bytes
+from ..units import fmt_bytes
 
 #: flags that name the design (its label says them already)
 DESIGN_KEYS = ("strategy", "callback_mode")
@@ -25,6 +24,14 @@ DESIGN_KEYS = ("strategy", "callback_mode")
 #: without being different experiments
 DESIGN_DEPENDENT = DESIGN_KEYS + ("delay", "capacity", "putback", "walk_order", "callback_ns")
 IGNORED = ("inject",)
+
+
+def run_label(run: dict) -> str:
+    """A run's name in tables and plots: its design, with callback's mode."""
+    if run.get("label"):
+        return run["label"]
+    c = run["config"]
+    return f"callback/{c['callback_mode']}" if c["strategy"] == "callback" else c["strategy"]
 
 
 def config_key(run: dict) -> str:
@@ -47,7 +54,7 @@ def _value(v, key: str = "") -> str:
 
 def label_runs(runs: list[dict]) -> None:
     """Set each run's ``label``: compare's label for it if it has one, else
-    its design (:func:`launcher.compare.run_label`); plus ``key=value`` for
+    its design (:func:`run_label`); plus ``key=value`` for
     every flag in which runs under the same name differ."""
     by_name: dict[str, list[dict]] = {}
     for r in runs:

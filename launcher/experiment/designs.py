@@ -57,7 +57,7 @@ DESIGNS: dict[str, Design] = {d.name: d for d in (
 )}
 
 
-#: what --putback means where it does not apply (README's design table)
+#: what --putback means where it does not apply (docs/designs.md's table)
 FIXED_PUTBACK = {"boundary": "it puts blocks back at the tail by construction (v9's Reported run)",
                  "bitmap": "it returns blocks through __free_one_page, as v12 did",
                  "hostscan": "the host puts reclaimed blocks back at the tail"}

@@ -1,8 +1,10 @@
-"""Command-line value types: every flag validated before anything is created.
+"""Sizes and durations, read and written: the command line's value types
+(every flag validated before anything is created) and the formats the
+tables print.  At the bottom of the launcher with :mod:`launcher.errors`.
 
 Each type function raises ``argparse.ArgumentTypeError`` with a message that
 names the accepted range; argparse prefixes the flag name, and
-:func:`launcher.cli.main` prints the result as one line and exits 2.
+:func:`launcher.cli.main.main` prints the result as one line and exits 2.
 """
 
 from __future__ import annotations
@@ -55,6 +57,23 @@ def format_size(n: int) -> str:
         if n >= scale and n % scale == 0:
             return f"{n // scale}{unit}"
     return str(n)
+
+
+def fmt_bytes(n: float) -> str:
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+def fmt_rate(n: float, unit: str) -> str:
+    if n >= 1e6:
+        return f"{n / 1e6:.3f} M {unit}"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f} K {unit}"
+    return f"{n:.0f} {unit}"
 
 
 def int_range(lo: int, hi: int | None = None):

@@ -3,27 +3,12 @@ the same way).  Functions return lines; the caller prints."""
 
 from __future__ import annotations
 
+import shlex
+
 from shmalloc import lockstat
 
-from . import trace
-from .designs import DESIGNS
-
-
-def fmt_bytes(n: float) -> str:
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} TiB"
-
-
-def fmt_rate(n: float, unit: str) -> str:
-    if n >= 1e6:
-        return f"{n / 1e6:.3f} M {unit}"
-    if n >= 1e3:
-        return f"{n / 1e3:.1f} K {unit}"
-    return f"{n:.0f} {unit}"
+from ..experiment.designs import DESIGNS
+from ..units import fmt_bytes, fmt_rate
 
 
 def describe(c: dict, strategy: bool = True) -> str:
@@ -114,7 +99,7 @@ def format_run(run: dict, lock_table: bool = True) -> list[str]:
         lines.append(f"  workers freed        {fmt_bytes(mem.get('released_bytes', 0))} at "
                      f"{mem['freed_at_s']:.2f} s; half of it back on the host "
                      + (f"{half:.2f} s later" if half is not None else "never"))
-    lines += trace.summary_lines(run)
+    lines += replay_lines(run)
     lines += ["", "safety",
               f"  use-after-discard    {safety['use_after_discard']}",
               f"  double allocations   {safety['double_allocations']}",
@@ -126,3 +111,52 @@ def format_run(run: dict, lock_table: bool = True) -> list[str]:
         lines += ["", "where every page was"]
         lines += [f"  {row['where']:<40} {row['pages']:>10}" for row in run["page_accounting"]]
     return lines
+
+
+#: a replay that skips more than this share of its events says so
+SKIP_NOTE_SHARE = 0.05
+
+
+def replay_lines(run: dict) -> list[str]:
+    """The summary's trace section, and its notes."""
+    t = run.get("trace")
+    if not t:
+        return []
+    k = t["kinds"]
+    speed = "as fast as possible" if not t["speed"] else f"at {t['speed']:g}x the recorded pace"
+    cmd = shlex.join(t["command"]) if t.get("command") else "?"
+    pace = f"{t['pace']:.2f}x the recorded pace" if t.get("pace") is not None else "-"
+    lines = ["", f"trace replay: {t['file']} ({cmd}; {t['recorded_s']:.2f} s recorded"
+             f"{', --pid-tree' if t.get('pid_tree') else ''})",
+             f"  events       {t['replayed']} replayed ({t['events']} per pass, {t['passes']} "
+             f"whole pass{'es' if t['passes'] != 1 else ''}), {speed}: {pace}"
+             + (" (stopped before the end)" if t["loops"] and not t["complete"] else ""),
+             f"  not replayed {k['duplicate']} mm_page_free_batched (each repeats a free), "
+             f"{k['failed_in_trace']} allocations the kernel failed",
+             f"  allocations  {t['allocs']} satisfied, {t['failed']} failed (the guest could "
+             "not satisfy them)",
+             f"  frees        {t['frees']}: {t['cross_frees']} on another worker than the "
+             f"allocation's, {t['implicit_frees']} implicit (pfn allocated again), "
+             f"{t['late_frees']} late; {t['pieces']} pieces of split blocks",
+             f"  skipped      {t['skipped']} ({100 * t['skipped_share']:.1f} %): "
+             f"{t['skipped_before']} frees of pages allocated before the recording, "
+             f"{t['skipped_failed']} of failed allocations, {t['skipped_other']} other",
+             f"  waits        {t['waits']} frees waited {t['wait_s']:.3f} s for another "
+             f"worker's allocation; {t['gave_up']} gave up"]
+    lines += [f"  NOTE: {n}" for n in replay_notes(run)]
+    return lines
+
+
+def replay_notes(run: dict) -> list[str]:
+    """What a reader of a replay's results must not miss."""
+    t = run.get("trace")
+    if not t:
+        return []
+    out = []
+    if t["skipped_share"] > SKIP_NOTE_SHARE:
+        out.append(f"{t['file']}: {100 * t['skipped_share']:.1f} % of the events were skipped "
+                   "(more than 5 %): the replay differs from the recording")
+    if t["lossy"]:
+        out.append(f"{t['file']} is lossy: {t['lost_events']} events were lost while it was "
+                   "recorded")
+    return out

@@ -1,0 +1,63 @@
+"""``shmalloc report``: saved results printed again, and drawn."""
+
+from __future__ import annotations
+
+import os
+
+from ..comparison.compare import format_compare, format_comparison, format_costs, format_noise
+from ..errors import UsageError
+from ..output import results
+from ..output.plots import PlotError, draw_all
+from ..output.report import heading, label_runs
+from ..output.summary import format_run
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("report", help="print saved results again, and draw them",
+                       description="Print the tables of saved results files again (one summary "
+                       "per run, and a side-by-side table when there are several) and, with "
+                       "--plot DIR, draw PNG figures.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="results files (--json output)")
+    p.add_argument("--plot", metavar="DIR", help="draw the figures into this folder")
+    p.add_argument("--quiet", action="store_true", help="print only the paths of the figures")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+
+    for path in args.files:
+        if path.lower().endswith(".csv"):
+            raise UsageError(f"shmalloc report: {path}: report reads results files (JSON, "
+                             "written by --json or into a sweep's --out folder); the CSV is "
+                             "what shmalloc sweep --merge makes of them")
+    try:
+        docs = [results.load(path) for path in args.files]
+    except results.ResultsError as e:
+        raise UsageError(f"shmalloc report: {e}") from None
+    runs = [run for doc in docs for run in doc["runs"]]
+    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        raise UsageError(f"shmalloc report: --plot {args.plot}: its folder does not exist")
+    label_runs(runs)
+    if not args.quiet:
+        for run in runs:
+            print("\n".join(format_run(run)))
+            print()
+        for doc in docs:                     # version 2 compare files: the paired tables
+            if doc.get("comparison") and doc["comparison"]["rounds"] >= 2:
+                analysis = doc.get("analysis") or {}
+                lines = format_comparison(doc["comparison"])
+                if analysis:
+                    lines += [""] + format_costs(analysis) + [""] + format_noise(
+                        analysis, doc["comparison"]["baseline"])
+                print("\n".join(lines + [""]))
+        if len(runs) > 1:
+            lines = format_compare(runs)
+            lines[0] = heading(runs) or lines[0]    # compare's own, for one configuration
+            print("\n".join(lines))
+    if args.plot:
+        try:
+            for path in draw_all(runs, args.plot):
+                print(f"wrote {path}")
+        except PlotError as e:
+            raise UsageError(f"shmalloc report: {e}") from None
+    return 0
