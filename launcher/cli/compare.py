@@ -81,8 +81,6 @@ def _variants(args) -> list:
     ``args`` holds the common flags, with those of :data:`ONLY_SOME` moved
     to ``args.only_some``."""
 
-
-
     def takes(strategy: str, key: str) -> bool:
         design = DESIGNS[strategy]
         return design.putback is not None if key == "putback" else design.walks
