@@ -13,11 +13,16 @@ All functions here expect the zone lock held (``zone_lock`` in the callers in
 Where a freed block goes (5.7's ``__free_one_page`` after ``done_merging``):
 to the tail of its list if the caller forces it (5.10's ``FPI_TO_TAIL``, here
 the ``tail`` argument) or if ``buddy_merge_likely()`` holds, else to the
-head.  ``buddy_merge_likely`` (mm/page_alloc.c, 5.4-5.7) returns false for
-order >= MAX_ORDER - 2 and otherwise checks whether the buddy of the block
-one order up is free: then this block's own buddy is likely to be freed soon
-and the three would merge, so the block should not be handed out first.  In
-5.7 that is the only reason a block goes to the tail, including for
+head.  ``buddy_merge_likely`` returns false for order >= MAX_ORDER - 2 and
+otherwise checks whether the buddy of the block one order up is free: then
+this block's own buddy is likely to be freed soon and the three would merge,
+so the block should not be handed out first.  The helper is Alexander
+Duyck's: "[PATCH v14 1/6] mm: Adjust shuffle code to allow for future
+coalescing" (19 November 2019; first posted with his series in August 2019,
+v17 of 11 February 2020 merged with it in 5.7) moved the test out of
+``__free_one_page`` into it; before, ``__free_one_page`` made the same test
+inline, after ``done_merging`` (the lines that patch removes).  In 5.7 that
+is the only reason a block goes to the tail, including for
 ``__putback_isolated_page``: reported order-9 and order-10 blocks went back to
 the head (Hildenbrand's "mm/page_alloc: place pages to tail in
 __putback_isolated_page()", 5.10, says so and fixed it).
