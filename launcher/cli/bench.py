@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
                    help="alloc/free rounds per repetition (default 20)")
     p.add_argument("--init-memory", type=units.size_range(4 << 20), default=16 << 30,
                    metavar="SIZE", help="guest size for the create-and-initialise timing "
-                   "(default 16G; the figure is reported as init_16gib_s)")
+                   "(default 16G; reported as init_s, the size as init_memory_bytes)")
     p.add_argument("--compile", action="store_true",
                    help="instead: where a cold numba compile goes, kernel by kernel, each "
                    "measurement in a fresh process with an empty temporary NUMBA_CACHE_DIR "
