@@ -73,6 +73,30 @@ def test_buddy_merge_likely_sends_a_block_to_the_tail(make_machine):
 
 
 @pytest.mark.nojit
+def test_buddy_merge_likely_at_the_three_highest_orders(make_machine):
+    """5.7's guard, held directly in the engine and in the reference, each
+    against the answer rather than against the other: at MAX_ORDER - 3 a
+    block whose parent's buddy is a free head is likely to merge; at
+    MAX_ORDER - 2 and MAX_ORDER - 1 never, although at MAX_ORDER - 2 the
+    parent's buddy is a free head too."""
+    from shmalloc.buddy import buddy_merge_likely
+    m = make_machine(memory=16 << 20, pcp_batch=0)   # four order-10 blocks
+    top = m.max_order
+    a = m.control_agent
+    ref = ReferenceAllocator(m.nr_pages, 1, top, a + 1, 0, 1)
+    assert m.alloc(top - 3) == ref.alloc(a, top - 3) == 0
+    # the first order-10 block split: 0 held (order 8), 256 free (8), 512 free (9);
+    # the parents' buddies: of (0, 8) the free order-9 block at 512, of (0, 9) the
+    # free order-10 block at 1024, of (0, 10) pfn 2048, a free head but of order 10
+    assert free_list(m, top - 2) == [512] and free_list(m, top - 1) == [1024, 2048, 3072]
+    for order, likely in ((top - 3, True), (top - 2, False), (top - 1, False)):
+        assert bool(buddy_merge_likely(m.frames, 0, order, top)) is likely, order
+        assert ref.merge_likely(0, order) is likely, order
+    m.free(0, top - 3)
+    assert invariants.check(m) == []
+
+
+@pytest.mark.nojit
 @pytest.mark.parametrize("putback", ["head", "tail"])
 def test_mainline_puts_reported_blocks_back_where_putback_says(make_machine, putback):
     """Blocks freed while a report is out are unreported and still backed by
