@@ -11,8 +11,10 @@ from shmalloc.layout import PG_REPORTED, ROLE_REPORTER
 
 class RecordingDevice:
     """Stands behind report(): records the ranges, lets a test act while the
-    batch is with the "host" (``on_report``), then optionally discards them
-    as the hypervisor stub would (``hypervisor``), and acknowledges."""
+    batch is with the "host" (``on_report``), then either hands them to a
+    hypervisor stub (``hypervisor``: ``Hypervisor.handle`` discards them and
+    its status is what report() returns, as QueueDevice returns the
+    acknowledgement's) or acknowledges with ``status``."""
 
     def __init__(self, status: int = 0, hypervisor=None):
         self.reports: list[list[tuple[int, int]]] = []
@@ -27,7 +29,7 @@ class RecordingDevice:
             self.on_report()
         if self.hypervisor is not None:
             from shmalloc import virtqueue
-            self.hypervisor.handle(virtqueue.KIND_REPORT, ranges)
+            return self.hypervisor.handle(virtqueue.KIND_REPORT, ranges)
         return self.status
 
     def ranges(self) -> list[tuple[int, int]]:

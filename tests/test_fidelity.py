@@ -29,6 +29,7 @@ from shmalloc.layout import (
     RS_HV_PAGES_DISCARDED,
     RS_PCP_DRAINS,
     RS_REFCNT,
+    RS_REPORT_ERRORS,
     RS_REPORTED_SKIPPED,
     Z_BITMAP_COUNT,
     zone_base,
@@ -392,6 +393,9 @@ def test_mainline_marks_blocks_reported_after_a_failed_discard(make_machine):
     d = design(m, "mainline", device=RecordingDevice(hypervisor=hv))
     d.process()
     got = d.device.ranges()
+    st = m.layout.off_report
+    assert m.zs[st + RS_HV_ERRORS] == len(got)           # every discard failed ...
+    assert m.zs[st + RS_REPORT_ERRORS] == 0              # ... and each report was acknowledged
     assert got and all(m.frames[p]["flags"] & PG_REPORTED for p, _ in got)
 
 
