@@ -212,6 +212,25 @@ def test_callback_walks_down_to_walk_order_and_reports_from_report_order(make_ma
 
 
 @pytest.mark.nojit
+def test_callback_walks_every_order_by_default(make_machine):
+    """v14's driver calls walk_free_mem_block(vb, 0, ...): with no
+    --walk-order, the run's configuration, the reporter's options and the
+    design all walk down to order 0."""
+    from launcher.config import RunConfig
+    from reporter import ReporterOptions
+    assert RunConfig(strategy="callback").resolved().walk_order == 0
+    assert RunConfig(strategy="callback").resolved().reporter_options().walk_order == 0
+    assert ReporterOptions(design="callback", delay=0.0, capacity=4, report_order=9).walk_order == 0
+    m = fragmented(make_machine, 0)
+    free = snapshot.free_areas(m)
+    d = design(m, "callback", callback_ns=0)       # walk_order not given
+    d.start()
+    d.process()
+    assert reporter_locks(m)[0] == m.max_order * 2             # every order, both lists
+    assert int(m.zs[m.layout.off_report + RS_BLOCKS_WALKED]) == sum(map(len, free.values()))
+
+
+@pytest.mark.nojit
 def test_callback_pays_its_per_block_cost_inside_the_hold(make_machine):
     m = fragmented(make_machine, 0)
     d = design(m, "callback", walk_order=0, callback_ns=20_000)
