@@ -6,7 +6,11 @@ The free path (:func:`shmalloc.reporting.bitmap_notify_free`,
 freed, after merging, and counts newly set bits in the zone's
 ``free_pages``; once a zone has at least ``max_pages`` set bits (16,
 ``--capacity``) and no pass is queued or running (``refcnt`` 0 -> 1), it
-wakes the reporter at once, with no delay.  The reporter
+wakes the reporter at once, with no delay.  It pays v12's locked
+instructions: ``test_and_set_bit`` on every free of a report-order block,
+``atomic_inc`` when the bit was clear, and at the threshold
+``atomic_cmpxchg(&refcnt, 0, 1)`` on every free, also while a pass is queued
+and the exchange fails.  The reporter
 (``page_reporting_wq``) *scans* only zones whose count is at least
 ``max_pages`` (``free_pages >= max_pages``); for each set bit
 (``scan_zone_bitmap``) it takes the zone lock, and if the block is still a
@@ -29,7 +33,8 @@ zones, one int64 word per 64 blocks, rather than a kmalloc'ed per-zone
 bitmap; blocks above the report order are tracked by the bit of their first
 report-order block (v12 the same: the bit of the freed block's head); the
 bit is cleared before the lock is dropped rather than just after with an
-atomic ``clear_bit`` (the free path sets bits under the same lock here).
+atomic ``clear_bit`` and ``atomic_dec``: plain stores, since the free path
+sets bits under the same lock here.
 """
 
 from __future__ import annotations

@@ -128,6 +128,11 @@ if JIT_DISABLED:
         arr[idx] = new
         return prev
 
+    def atomic_or(arr, idx, bits):
+        prev = int(arr[idx])
+        arr[idx] = prev | bits
+        return prev
+
 else:
     from llvmlite import ir
     from numba import types
@@ -259,6 +264,8 @@ else:
 
     atomic_xchg = _atomic_rmw("xchg", "Atomic exchange of ``arr[idx]``; returns the old value.")
     atomic_add = _atomic_rmw("add", "Atomic ``arr[idx] += value``; returns the old value.")
+    atomic_or = _atomic_rmw("or", "Atomic ``arr[idx] |= value`` (a ``lock or``, or a ``lock "
+                            "bts`` for one bit whose old value is used); returns the old value.")
 
 
 def measure_ticks_per_sec(ticks_fn, interval_s: float = 0.02) -> int:

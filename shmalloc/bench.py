@@ -24,7 +24,10 @@ punched out of guest memory, against the same write to a resident page, and
 ``free_path_hooks``, ns per call of a design's free-path hook past its order
 check (mainline and boundary in their requested state, in which a reporting
 delay leaves them most of a run; bitmap setting a bit, which it does for
-every block it sees), over the same call with no design.  And, for
+every block it sees, in a zone at its threshold with a pass queued, so that
+the call also takes v12's failing ``atomic_cmpxchg``: its cost on every
+free while the reporter works, and one locked instruction more than a free
+below the threshold pays), over the same call with no design.  And, for
 ``scripts/calibrate``'s prediction, ``free_hook``: what ``--free-hook-ns N``
 costs a free all told (the spin and what surrounds it), against the spin's
 own measured time.
@@ -53,6 +56,7 @@ from .config import PAGE_SIZE, WORDS_PER_PAGE, jit
 from .layout import (
     FRAME_DTYPE,
     H_BITMAP_WORDS,
+    H_CAPACITY,
     H_LOCK_STATS,
     H_OFF_STRAT,
     HOOK_BITMAP,
@@ -62,6 +66,7 @@ from .layout import (
     MIGRATE_MOVABLE,
     PG_REPORTED,
     PS_BUDDY,
+    RS_REFCNT,
     Z_BITMAP_COUNT,
     Z_BOUNDARY,
     Z_FREE_HEAD,
@@ -71,6 +76,7 @@ from .layout import (
     Z_REPORTED,
     ZRF_ACTIVE,
     free_list_slot,
+    report_slot,
     zone_base,
 )
 from .machine import Machine, MachineConfig
@@ -238,13 +244,17 @@ def measure_refault(pages: int = 4096, reps: int = 5) -> dict:
 @jit
 def _time_hook(zs, agent, pfns, order, passes, clear_bitmap):
     """Ticks for ``passes`` x {call the free-path hook once per pfn}; with
-    ``clear_bitmap`` the zone's bitmap is cleared, untimed, before each pass."""
+    ``clear_bitmap`` the zone's bitmap is cleared, untimed, before each pass,
+    and its count left at the threshold with a pass queued (``refcnt`` 1):
+    every call sets a bit and counts it, and then takes the failing
+    ``atomic_cmpxchg`` that v12 pays on each free while the reporter works."""
     total = 0
     for _ in range(passes):
         if clear_bitmap:
             for w in range(zs[H_BITMAP_WORDS]):
                 zs[zs[H_OFF_STRAT] + w] = 0
-            zs[zone_base(0) + Z_BITMAP_COUNT] = 0
+            zs[zone_base(0) + Z_BITMAP_COUNT] = zs[H_CAPACITY]
+            zs[report_slot(zs, RS_REFCNT)] = 1
         t0 = ticks()
         for i in range(len(pfns)):
             page_reporting_free_hook(zs, agent, 0, pfns[i], order)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._libc import atomic_add, atomic_cas, atomic_xchg, sem_post
+from ._libc import atomic_add, atomic_cas, atomic_or, atomic_xchg, sem_post
 from .config import PAGE_REPORTING_HWM, inline, jit
 from .layout import (
     AG_SEM_AUX,
@@ -99,17 +99,21 @@ def bitmap_notify_free(zs, agent, zone, pfn):
     in the zone's ``free_pages``; when the zone has at least ``max_pages``
     (``--capacity``, 16) set bits and no pass is queued or running
     (``atomic_cmpxchg(&refcnt, 0, 1)``), wake the reporter at once.  Zone
-    lock held."""
+    lock held.
+
+    With v12's atomics, each a locked instruction: ``bitmap_set_bit``'s
+    ``test_and_set_bit`` on every such free and its ``atomic_inc`` of
+    ``free_pages`` when the bit was clear; then, once the zone is at the
+    threshold, the ``atomic_cmpxchg`` on every free, whether or not a pass
+    is already queued (v12 reads only ``free_pages`` first): while the
+    reporter works, each free past the threshold pays a failing locked
+    cmpxchg on the one ``refcnt`` every cpu shares."""
     zb = zone_base(zone)
     word, bit = frame_bit(zs, zone, pfn)
-    if (zs[word] & bit) == 0:
-        zs[word] |= bit
-        zs[zb + Z_BITMAP_COUNT] += 1
-    if zs[zb + Z_BITMAP_COUNT] >= zs[H_CAPACITY]:
-        refcnt = report_slot(zs, RS_REFCNT)
-        # a plain read first: while a pass is queued or running (refcnt 1)
-        # every such free would otherwise take the locked cmpxchg
-        if zs[refcnt] == 0 and atomic_cas(zs, refcnt, 0, 1) == 0:
+    if (atomic_or(zs, word, bit) & bit) == 0:          # test_and_set_bit
+        atomic_add(zs, zb + Z_BITMAP_COUNT, 1)          # atomic_inc(&zone->free_pages)
+    if zs[zb + Z_BITMAP_COUNT] >= zs[H_CAPACITY]:      # atomic_read(&zone->free_pages)
+        if atomic_cas(zs, report_slot(zs, RS_REFCNT), 0, 1) == 0:
             wake_reporter(zs, agent)             # schedule_work(&reporting_work)
 
 

@@ -341,6 +341,60 @@ def test_bitmap_wakes_once_at_the_threshold_and_again_after_the_pass(make_machin
 
 
 @pytest.mark.nojit
+def test_bitmap_free_hook_takes_v12s_locked_instructions_on_every_free(make_machine,
+                                                                     monkeypatch):
+    """v12's bitmap_set_bit and __page_reporting_enqueue: test_and_set_bit
+    on every free of a report-order block, atomic_inc when the bit was
+    clear, and past the threshold the atomic_cmpxchg on refcnt on every
+    free, also when a pass is already queued and it fails (no plain read of
+    refcnt first).  Counted through the hook's atomics as plain Python."""
+    from shmalloc import reporting
+    from shmalloc.config import JIT_DISABLED
+    if not JIT_DISABLED:
+        pytest.skip("counts the hook's atomics as plain Python: runs in tests/test_nojit.py")
+    m = make_machine(memory=64 << 20, pcp_batch=0, capacity=4, strategy=HOOK_BITMAP)
+    count_slot = zone_base(0) + Z_BITMAP_COUNT
+    refcnt = m.layout.off_report + RS_REFCNT
+    calls = {"test_and_set_bit": 0, "atomic_inc": 0, "cmpxchg": 0}
+
+    def atomic_or(arr, idx, bits):
+        calls["test_and_set_bit"] += 1
+        prev = int(arr[idx])
+        arr[idx] = prev | bits
+        return prev
+
+    def atomic_add(arr, idx, delta):
+        calls["atomic_inc"] += idx == count_slot
+        prev = int(arr[idx])
+        arr[idx] = prev + delta
+        return prev
+
+    def atomic_cas(arr, idx, old, new):
+        calls["cmpxchg"] += idx == refcnt
+        prev = int(arr[idx])
+        if prev == old:
+            arr[idx] = new
+        return prev
+
+    for name, fn in (("atomic_or", atomic_or), ("atomic_add", atomic_add),
+                     ("atomic_cas", atomic_cas)):
+        monkeypatch.setattr(reporting, name, fn)
+    held = [m.alloc(0) for _ in range(64)]         # keeps order-9 frees from merging up
+    blocks = [m.alloc(9) for _ in range(12)]
+    for b in blocks[0:12:2]:                       # six frees, none merges
+        m.free(b, 9)
+    # six bits set and counted; frees 4, 5 and 6 find the zone at the threshold: the
+    # first queues the pass (refcnt 0 -> 1, one wake-up), the next two fail the cmpxchg
+    assert calls == {"test_and_set_bit": 6, "atomic_inc": 6, "cmpxchg": 3}
+    assert m.zs[count_slot] == 6 and m.zs[refcnt] == 1 and m.wake.value == 1
+    for p in held:
+        m.free(p, 0)
+    for b in blocks[1:12:2]:
+        m.free(b, 9)
+    assert invariants.check(m) == []
+
+
+@pytest.mark.nojit
 def test_bitmap_scans_only_zones_at_the_threshold(make_machine):
     m = make_machine(memory=64 << 20, zones=2, pcp_batch=0, capacity=4, strategy=HOOK_BITMAP)
     count = [zone_base(z) + Z_BITMAP_COUNT for z in range(2)]

@@ -46,6 +46,7 @@ GROUND = {
     "reporters": ["tests/test_mainline.py::", "tests/test_boundary.py::",
                   "tests/test_designs.py::test_design_reports_only_free_blocks_of_report_order",
                   "tests/test_fidelity.py::test_bitmap_wakes_once_at_the_threshold",
+                  "tests/test_fidelity.py::test_bitmap_free_hook_takes_v12s_locked_instructions",
                   "tests/test_fidelity.py::test_callback_walks_down_to_walk_order"],
     "hostscan": ["tests/test_hostscan.py::test_scan_marks_every_free_frame_and_discards_it",
                  "tests/test_fidelity.py::test_hostscan_takes_unmarked_blocks"],
