@@ -14,9 +14,12 @@ scan    every ``--scan-interval`` seconds (HyperAlloc's timer, 5 s), per zone
         marked, take up to ``--capacity`` unmarked blocks off the list, and
         rotate the list so that the next hold resumes where this one
         stopped;
-discard drop the lock and punch the blocks out of guest memory;
-mark    retake the lock, put the blocks back at the tail of their lists and
-        mark their frames host-reclaimed; next batch.
+discard drop the lock and punch out of guest memory the frames of each block
+        that are not marked yet (a block a merge put together from a
+        reclaimed half and a half the guest wrote since is only partly
+        marked: the marked half is not punched, nor counted, again);
+mark    retake the lock, mark the frames just discarded host-reclaimed and
+        put the blocks back at the tail of their lists; next batch.
 
 How the allocator avoids a block that is being discarded: it never sees it.
 During the discard the block is off the free lists (PS_INFLIGHT, owned by the
@@ -55,6 +58,8 @@ from shmalloc.config import jit
 from shmalloc.freelist import free_list_first, rotate_free_list_to_front
 from shmalloc.layout import (
     CALLER_HOST,
+    H_BITMAP_WORDS,
+    H_OFF_STRAT,
     H_REPORT_ORDER,
     H_STOP,
     MIGRATE_MOVABLE,
@@ -65,6 +70,9 @@ from shmalloc.layout import (
     RS_SCANS,
     STOP_HYPERVISOR,
     Z_NR_FREE,
+    Z_START_PFN,
+    ZONE_STRIDE,
+    ZONES_OFF,
     free_list_slot,
     get_pageblock_migratetype,
     zone_base,
@@ -102,19 +110,40 @@ def host_scan_take(frames, zs, agent, zone, order, batch_pfn, batch_order, budge
 
 
 @jit
-def host_scan_mark(frames, zs, agent, zone, batch_pfn, batch_order, n, discarded):
-    """Put a discarded batch back at the tails, its frames marked."""
+def host_scan_mark(frames, zs, agent, zone, batch_pfn, batch_order, n, mark_pfn, nmarks):
+    """Mark the ``nmarks`` frames of ``mark_pfn`` host-reclaimed (those the
+    discard punched out) and put the batch back at the tails."""
     zone_lock(zs, agent, zone, CALLER_HOST)
+    for j in range(nmarks):
+        word, bit = frame_bit(zs, zone, mark_pfn[j])
+        zs[word] |= bit
     for i in range(n):
-        pfn, order = batch_pfn[i], batch_order[i]
-        if discarded[i]:
-            frame = 1 << zs[H_REPORT_ORDER]
-            for p in range(pfn, pfn + max(1 << order, frame), frame):
-                word, bit = frame_bit(zs, zone, p)
-                zs[word] |= bit
-        free_one_page(frames, zs, agent, zone, pfn, order, get_pageblock_migratetype(zs, pfn),
-                      True, False)
+        pfn = batch_pfn[i]
+        free_one_page(frames, zs, agent, zone, pfn, batch_order[i],
+                      get_pageblock_migratetype(zs, pfn), True, False)
     zone_unlock(zs, agent, zone, CALLER_HOST)
+
+
+def unreclaimed_runs(zs, zone: int, pfn: int, order: int) -> list[tuple[int, int]]:
+    """The runs ``(first pfn, frames)`` of the block's report-order frames
+    not marked host-reclaimed.  Read without the zone lock, as plain Python
+    (the stub compiles nothing): the block is in the batch, off the free
+    lists, so no allocation can install its frames, and only this scanner
+    marks them."""
+    shift = int(zs[H_REPORT_ORDER])
+    words = int(zs[H_BITMAP_WORDS])
+    base = int(zs[H_OFF_STRAT]) + zone * words
+    start = int(zs[ZONES_OFF + zone * ZONE_STRIDE + Z_START_PFN])
+    runs: list[tuple[int, int]] = []
+    for p in range(pfn, pfn + (1 << order), 1 << shift):
+        index = (p - start) >> shift
+        if (int(zs[base + (index >> 6)]) >> (index & 63)) & 1:
+            continue
+        if runs and runs[-1][0] + (runs[-1][1] << shift) == p:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((p, 1))
+    return runs
 
 
 class HostScanner:
@@ -127,7 +156,8 @@ class HostScanner:
         self.interval = interval
         self.batch_pfn = np.zeros(capacity, np.int64)
         self.batch_order = np.zeros(capacity, np.int64)
-        self.discarded = np.zeros(capacity, np.bool_)
+        frames = 1 << max(0, self.m.max_order - 1 - int(self.m.zs[H_REPORT_ORDER]))
+        self.mark_pfn = np.zeros(capacity * frames, np.int64)
 
     def stopping(self) -> bool:
         return self.m.zs[H_STOP] >= STOP_HYPERVISOR
@@ -151,17 +181,21 @@ class HostScanner:
             if n == 0:
                 break
             t0 = now_ticks()                       # the zone lock is not held here
+            nmarks = 0
+            shift = int(zs[H_REPORT_ORDER])
             for i in range(n):
-                err = self.hv.discard(int(self.batch_pfn[i]), order)
-                self.discarded[i] = err == 0
-                if err:
-                    zs[st + RS_HV_ERRORS] += 1
-                else:
-                    zs[st + RS_HV_PAGES_DISCARDED] += 1 << order
+                for first, count in unreclaimed_runs(zs, zone, int(self.batch_pfn[i]), order):
+                    if self.hv.discard_pages(first, count << shift):
+                        zs[st + RS_HV_ERRORS] += 1
+                        continue
+                    zs[st + RS_HV_PAGES_DISCARDED] += count << shift
+                    for k in range(count):
+                        self.mark_pfn[nmarks] = first + (k << shift)
+                        nmarks += 1
             zs[st + RS_HV_DISCARD_TICKS] += now_ticks() - t0
             zs[st + RS_HV_RANGES] += n
             host_scan_mark(self.m.frames, zs, self.agent, zone, self.batch_pfn,
-                           self.batch_order, n, self.discarded)
+                           self.batch_order, n, self.mark_pfn, nmarks)
 
     def serve(self) -> None:
         next_scan = time.monotonic() + self.interval

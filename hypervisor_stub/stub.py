@@ -104,7 +104,11 @@ class Hypervisor:
             time.sleep(min(POLL_S, max(0.0, end - time.monotonic())))
 
     def discard(self, pfn: int, order: int) -> int:
-        offset, length = pfn << PAGE_SHIFT, 1 << (order + PAGE_SHIFT)
+        return self.discard_pages(pfn, 1 << order)
+
+    def discard_pages(self, pfn: int, pages: int) -> int:
+        """Give ``pages`` pages from ``pfn`` back to the host: 0 or -errno."""
+        offset, length = pfn << PAGE_SHIFT, pages << PAGE_SHIFT
         if self.opts.discard == "punch":
             return punch_hole(self.m.guest_fd, offset, length)
         return madvise_remove(self.m.guest_mmap, offset, length)

@@ -672,12 +672,12 @@ class ReferenceAllocator:
         self.rotate_to_front(zone, order, MIGRATE_MOVABLE, stop)
         return len(batch), visited
 
-    def host_scan_mark(self, agent: int, zone: int, batch: list, discarded: list) -> None:
-        """Mark the frames of every discarded block, put each back at the tail."""
+    def host_scan_mark(self, agent: int, zone: int, batch: list, marks: list) -> None:
+        """Mark the frames the host discarded (``marks``), put every block of
+        the batch back at the tail."""
         self.lock(agent, zone, CALLER_HOST)
-        for (pfn, order), gone in zip(batch, discarded):
-            if gone:
-                self.marked.update(self.frames_of(pfn, order))
+        self.marked.update(marks)
+        for pfn, order in batch:
             del self.heads[pfn]
             self.free_one_page(agent, zone, pfn, order, self.migratetype(pfn), True, False)
         batch.clear()

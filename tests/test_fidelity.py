@@ -443,6 +443,47 @@ def test_hostscan_takes_unmarked_blocks_behind_a_marked_remainder(make_machine):
     assert invariants.check(m, held={m.control_agent: [(a[1], 9), (a[3], 9), (q, 9)]}) == []
 
 
+@pytest.mark.nojit
+def test_hostscan_discards_and_counts_only_the_unmarked_half_of_a_merged_block(make_machine):
+    """A merge puts a reclaimed frame and one the guest wrote since into one
+    free block, partly marked: the next scan punches out only the unmarked
+    frame, counts only its pages, and then both frames are marked."""
+    m = make_machine(memory=64 << 20, pcp_batch=0, strategy=HOOK_HOSTSCAN)
+    acting = m.agent
+    m.bind(m.hypervisor_agent, ROLE_HYPERVISOR)
+    m.agent = acting
+    hv = Hypervisor(m, StubOptions(discard="punch"))
+    punched = []
+    real = hv.discard_pages
+
+    def discard_pages(pfn, pages):
+        punched.append((pfn, pages))
+        return real(pfn, pages)
+
+    hv.discard_pages = discard_pages
+    scanner = HostScanner(hv, m.hypervisor_agent, 4, 1.0)
+    y = m.alloc(9)                                 # its buddy x stays free, on list 9
+    x = y ^ 512
+    assert free_list(m, 9) == [x]
+    scanner.scan()                                 # x and every order-10 block reclaimed
+    discarded = m.layout.off_report + RS_HV_PAGES_DISCARDED
+    first = int(m.zs[discarded])
+    assert first == m.nr_pages - 512 and (x, 512) in punched
+    m.mem[y * 512:(y + 512) * 512:512] = 1         # the guest writes y, then frees it:
+    m.free(y, 9)                                   # merged with x, one frame of two marked
+    head = min(x, y)
+    assert free_list(m, 9) == [] and head in free_list(m, 10)
+    assert [bool(m.zs[w] & b) for w, b in (frame_bit(m.zs, 0, x), frame_bit(m.zs, 0, y))] \
+        == [True, False]
+    del punched[:]
+    scanner.scan()
+    assert punched == [(y, 512)]                   # only the frame not yet reclaimed
+    assert int(m.zs[discarded]) - first == 512     # counted once
+    assert all(m.zs[w] & b for w, b in (frame_bit(m.zs, 0, x), frame_bit(m.zs, 0, y)))
+    assert m.resident_pages(head, 1024) == 0
+    assert invariants.check(m) == []
+
+
 # -- item 6: the stub acknowledges as QEMU does ---------------------------------------------
 
 

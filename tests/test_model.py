@@ -49,7 +49,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reporting_helpers import design
 
-from hypervisor_stub.hostscan import host_scan_mark, host_scan_take
+from hypervisor_stub.hostscan import host_scan_mark, host_scan_take, unreclaimed_runs
 from launcher.experiment.designs import DESIGNS
 from reporter.bitmap import bitmap_pass_done, bitmap_return, bitmap_scan
 from reporter.boundary import boundary_cycle_step, boundary_request_all
@@ -523,10 +523,18 @@ class Model:
         if not self.batch:
             return self.op_hs_take(agent, order, choice)
         n = len(self.batch)
-        discarded = np.array([(choice >> i) & 1 for i in range(self.cfg.capacity)], np.bool_)
+        # the frames the stub found unmarked (unreclaimed_runs, as it reads them) and
+        # punched out: each one that ``choice`` says succeeded
+        unmarked = [p for pfn, o in self.engine_batch(n)
+                    for first, count in unreclaimed_runs(self.m.zs, self.batch_zone, pfn, o)
+                    for p in range(first, first + (count << self.ro), 1 << self.ro)]
+        assert unmarked == [p for pfn, o in self.batch for p in self.ref.frames_of(pfn, o)
+                            if p not in self.ref.marked], f"{self.what}: unreclaimed frames"
+        marks = [p for i, p in enumerate(unmarked) if (choice >> (i % 60)) & 1]
+        mark_pfn = np.array(marks + [0], np.int64)
         self.call(host_scan_mark, self.m.frames, self.m.zs, self.rep, self.batch_zone, self.bp,
-                  self.bo, n, discarded)
-        self.ref.host_scan_mark(self.rep, self.batch_zone, self.batch, list(discarded[:n]))
+                  self.bo, n, mark_pfn, len(marks))
+        self.ref.host_scan_mark(self.rep, self.batch_zone, self.batch, marks)
         self.batch_zone = -1
         return None, None
 

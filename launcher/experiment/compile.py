@@ -90,7 +90,7 @@ GROUPS: dict[str, list[tuple[str, str]]] = {
                ("reporter.bitmap.bitmap_pass_done", "z"),
                ("shmalloc.layout.zone_base", "i")],
     "hostscan": [("hypervisor_stub.hostscan.host_scan_take", "fziiiaai"),
-                 ("hypervisor_stub.hostscan.host_scan_mark", "fziiaaiB"),
+                 ("hypervisor_stub.hostscan.host_scan_mark", "fziiaaiai"),
                  ("shmalloc.layout.zone_base", "i"),
                  ("shmalloc.layout.free_list_slot", "ii")],
     # --workload trace:FILE: pairing the events (while the flags are
