@@ -1,18 +1,32 @@
 """Michal Hocko's alternative (September 2019): no new page flag and no hook
 in the allocator; take the ranges a free-list walk finds and isolate them
-with the existing page isolation machinery while the hypervisor works.
+with the existing page isolation machinery while the hypervisor works.  The
+proposal, in the thread (``../shared/seed-thread.txt``, lines 63-66)::
+
+    What prevents to use the callback to get a list of pfn ranges to work on
+    and then use something like start_isolate_page_range on the collected
+    pfn ranges to make sure nobody steals pages from under your feet, do
+    your thing and drop the isolated state afterwards.
+
+and (lines 68-73) not a generic ``has_unmovable_pages`` but the subset that
+steps over free (``PageBuddy``) blocks.  It answers David Hildenbrand's
+objection to Wang's walk just above it (lines 58-61): "While a page is
+getting processed by the hypervisor (e.g. MADV_DONTNEED), it must not get
+reused."
 
 Every ``--delay`` seconds, per zone: *collect* the free blocks of at least
-the report order with the callback walk (:mod:`reporter.callback`); for each
-range *isolate* it (``start_isolate_page_range``, mm/page_isolation.c 5.7:
-per pageblock, ``set_migratetype_isolate`` takes the zone lock once and then
+the report order with the callback walk (:mod:`reporter.callback`; here the
+callback only records the range); for each range *isolate* it
+(``start_isolate_page_range``, mm/page_isolation.c 5.7: per pageblock,
+``set_migratetype_isolate`` takes the zone lock once and, when it succeeded,
 ``drain_all_pages(zone)`` asks every worker holding pcp pages of the zone to
 drain them and waits); once ``--capacity`` ranges are isolated *report*
-them and wait; then *undo* (``undo_isolate_page_range``: restore MOVABLE
-and put the range back with ``__putback_isolated_page``, merging with
-non-isolated buddies).  Isolated pages sit on the ISOLATE free list, where
-allocations never look, and a free into an isolated pageblock would land
-there too.
+them and wait; then *undo* each range (``undo_isolate_page_range``: per
+pageblock, ``unset_migratetype_isolate`` takes the zone lock once, restores
+MOVABLE and, in the hold of the block's head, puts the block back with
+``__putback_isolated_page``, merging with non-isolated buddies).  Isolated
+pages sit on the ISOLATE free list, where allocations never look, and a free
+into an isolated pageblock would land there too.
 
 Where the undo puts a block is ``--putback``: ``head`` (default) as in 5.7,
 where ``unset_migratetype_isolate`` hands blocks of pageblock order and up
@@ -41,8 +55,17 @@ Deviations, each for a reason:
   (5.7's ``cpus_with_pcps``), and a drain waits for a worker's next pass
   through its pcp path (an idle worker polls every 10 ms) rather than for a
   per-CPU work item;
-* the undo takes one zone-lock hold per reported batch, where
-  ``undo_isolate_page_range`` takes one per pageblock (without a drain);
+* the undo takes the block's pageblocks from the last to the first, where
+  ``undo_isolate_page_range`` goes from the first: the same holds doing the
+  same work, but in 5.7's order the first hold puts the whole block on the
+  MOVABLE list while its later pageblocks are still isolated, and an
+  allocation between two holds can split it and leave a free piece of an
+  isolated pageblock on the MOVABLE list.  The kernel's lists do not mind
+  (``list_del`` does not ask which list); this model's lists are kept per
+  migratetype, with their counts, and the invariant checker holds every
+  free block to the list its pageblock names.  Backwards, the block stays
+  on the ISOLATE list until its head's hold, as isolation put it there
+  (forwards, head first);
 * nothing remembers what was reported: every pass reports every free block
   again (counted as re-reports once their memory is gone from the host).
 """
@@ -51,8 +74,10 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from shmalloc.config import jit
-from shmalloc.isolation import set_migratetype_isolate, undo_isolate_free_block
+from shmalloc.isolation import set_migratetype_isolate, unset_migratetype_isolate
 from shmalloc.layout import (
     AG_DRAIN_DONE,
     AG_DRAIN_REQ,
@@ -60,12 +85,14 @@ from shmalloc.layout import (
     AG_ROLE,
     CALLER_REPORTER,
     H_PAGEBLOCK_ORDER,
+    MIGRATE_ISOLATE,
     PCP_COUNT,
     ROLE_WORKER,
     RS_CYCLES,
     RS_DRAIN_REQUESTS,
     RS_PAGES_NOT_TAKEN,
     RS_PCP_DRAINS,
+    get_pageblock_migratetype,
 )
 from shmalloc.lock import zone_lock, zone_unlock
 
@@ -86,12 +113,21 @@ def isolate_pageblock(frames, zs, agent, zone, pfn, order, pageblock):
 
 
 @jit
-def undo_isolate_batch(frames, zs, agent, zone, batch_pfn, batch_order, n, to_tail):
-    """``undo_isolate_page_range`` on a reported batch, one lock hold."""
-    zone_lock(zs, agent, zone, CALLER_REPORTER)
-    for i in range(n):
-        undo_isolate_free_block(frames, zs, agent, zone, batch_pfn[i], batch_order[i], to_tail)
-    zone_unlock(zs, agent, zone, CALLER_REPORTER)
+def undo_isolate_page_range(frames, zs, agent, zone, pfn, order, to_tail):
+    """``undo_isolate_page_range`` on the isolated free block at ``pfn``:
+    ``unset_migratetype_isolate`` on each pageblock still isolated, one
+    zone-lock hold each, from the last pageblock back to the block's head
+    (see the module docstring)."""
+    step = np.int64(1) << zs[H_PAGEBLOCK_ORDER]
+    pageblock = pfn + (np.int64(1) << order) - step
+    while pageblock >= pfn:
+        # 5.7 checks is_migrate_isolate_page before taking the lock, and again inside
+        if get_pageblock_migratetype(zs, pageblock) == MIGRATE_ISOLATE:
+            zone_lock(zs, agent, zone, CALLER_REPORTER)
+            unset_migratetype_isolate(frames, zs, agent, zone, pageblock, to_tail)
+            zone_unlock(zs, agent, zone, CALLER_REPORTER)
+            # the lock is dropped between pageblocks: workers allocate and free here
+        pageblock -= step
 
 
 @register("isolate")
@@ -157,5 +193,7 @@ class Isolate(WalkingDesign):
 
     def report_and_undo(self, zone: int, k: int) -> None:
         self.report(k)                               # the lock is not held here
-        undo_isolate_batch(self.frames, self.zs, self.agent, zone, self.batch_pfn,
-                           self.batch_order, k, self.to_tail)
+        for i in range(k):
+            undo_isolate_page_range(self.frames, self.zs, self.agent, zone,
+                                    int(self.batch_pfn[i]), int(self.batch_order[i]),
+                                    self.to_tail)

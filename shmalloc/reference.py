@@ -51,8 +51,11 @@ reporter or the hypervisor stub calls, named after it):
   a free does, at the tail only when asked, without calling the hook;
 * the isolation of whole free blocks: per pageblock, refused if it is
   isolated already or, on the block's first pageblock, if the block is no
-  longer a free block of that order; the block moves to the ISOLATE list,
-  and undoing it restores MOVABLE and puts it back, merging.
+  longer a free block of that order; the block moves to the ISOLATE list.
+  Undoing it goes pageblock by pageblock, the last first: each is restored
+  to MOVABLE, and at the block's head the block goes back through the free
+  path, merging, unless its buddy is isolated too: then it only moves to
+  the MOVABLE list (``move_freepages_block``).
 """
 
 from __future__ import annotations
@@ -606,13 +609,38 @@ class ReferenceAllocator:
             self.stats["pcp_drains"] += 1
         return True
 
-    def undo_isolate_batch(self, agent: int, zone: int, batch: list, to_tail: bool) -> None:
-        self.lock(agent, zone, CALLER_REPORTER)
-        for pfn, order in batch:
-            self.del_page_from_free_list(zone, pfn, order, self.migratetype(pfn))
-            for pageblock in range(pfn, pfn + (1 << order), 1 << self.pageblock_order):
-                self.pageblock_mt[pageblock >> self.pageblock_order] = MIGRATE_MOVABLE
-            self.free_one_page(agent, zone, pfn, order, MIGRATE_MOVABLE, to_tail, False)
+    def unset_migratetype_isolate(self, agent: int, zone: int, pageblock: int,
+                                  to_tail: bool) -> None:
+        """One isolated pageblock back to MOVABLE: a free block of at least
+        pageblock order headed here goes back through the free path (merging)
+        unless its buddy is isolated too; else the free blocks headed in the
+        pageblock move to the MOVABLE list, unmerged."""
+        pbo = self.pageblock_order
+        if self.migratetype(pageblock) != MIGRATE_ISOLATE:
+            return
+        state, order = self.head(pageblock)
+        if state == PS_BUDDY and order >= pbo and (
+                order >= self.max_order - 1
+                or self.migratetype(pageblock ^ (1 << order)) != MIGRATE_ISOLATE):
+            self.del_page_from_free_list(zone, pageblock, order, MIGRATE_ISOLATE)
+            self.pageblock_mt[pageblock >> pbo] = MIGRATE_MOVABLE
+            self.free_one_page(agent, zone, pageblock, order, MIGRATE_MOVABLE, to_tail, False)
+            return
+        for pfn in range(pageblock, pageblock + (1 << pbo)):
+            state, order = self.head(pfn)
+            if state == PS_BUDDY:
+                self.del_page_from_free_list(zone, pfn, order, MIGRATE_ISOLATE)
+                self.add_to_free_list(zone, pfn, order, MIGRATE_MOVABLE, to_tail)
+        self.pageblock_mt[pageblock >> pbo] = MIGRATE_MOVABLE
+
+    def undo_isolate_page_range(self, agent: int, zone: int, pfn: int, order: int,
+                                to_tail: bool) -> None:
+        """The block's isolated pageblocks, last first, a lock hold each."""
+        step = 1 << self.pageblock_order
+        for pageblock in range(pfn + (1 << order) - step, pfn - 1, -step):
+            if self.migratetype(pageblock) == MIGRATE_ISOLATE:
+                self.lock(agent, zone, CALLER_REPORTER)
+                self.unset_migratetype_isolate(agent, zone, pageblock, to_tail)
 
     # -- bitmap (reporter/bitmap.py) --------------------------------------------------------
     def bitmap_scan(self, agent: int, zone: int, batch: list, index: int) -> tuple[int, int]:

@@ -15,6 +15,8 @@ from launcher.output import results
 from shmalloc import invariants, snapshot, virtqueue
 from shmalloc.freelist import rotate_free_list_to_front
 from shmalloc.layout import (
+    AG_DRAIN_DONE,
+    AG_DRAIN_REQ,
     CALLER_REPORTER,
     HOOK_BITMAP,
     HOOK_HOSTSCAN,
@@ -22,9 +24,12 @@ from shmalloc.layout import (
     LS_ACQUISITIONS,
     LS_HOLD_TOTAL,
     MIGRATE_MOVABLE,
+    PCP_COUNT,
     PG_REPORTED,
     ROLE_HYPERVISOR,
+    ROLE_WORKER,
     RS_BLOCKS_WALKED,
+    RS_DRAIN_REQUESTS,
     RS_HV_ERRORS,
     RS_HV_PAGES_DISCARDED,
     RS_PCP_DRAINS,
@@ -254,19 +259,79 @@ def test_callback_cost_is_calibrated_when_not_given(make_machine):
 
 @pytest.mark.nojit
 def test_isolate_takes_the_lock_and_drains_once_per_pageblock(make_machine):
-    m = make_machine(memory=64 << 20, pcp_batch=0, capacity=4)
-    held = m.alloc(9)                              # one order-9 block, 15 order-10 blocks
-    d = design(m, "isolate", capacity=4)
-    d.process()
+    """5.7: set_migratetype_isolate and unset_migratetype_isolate take the
+    zone lock once per pageblock, and each pageblock isolated is followed by
+    drain_all_pages, which asks every worker holding pcp pages of the zone
+    (cpus_with_pcps), once.  Workers 0 and 1 hold pcp pages and keep them
+    (they acknowledge each request, as a worker that refills its lists at
+    once would); worker 2 holds none and is never asked."""
+    import threading
+    import time
+
+    m = make_machine(memory=64 << 20, pcp_batch=8, pcp_high=48, capacity=4, workers=3)
+    acting = m.agent
+    for w in range(3):
+        m.bind(w, ROLE_WORKER)
+    m.agent = acting
+    held = {w: m.alloc(0, agent=w) for w in (0, 1)}   # each refills its pcp list
+    pcp = [int(m.zs[m.layout.pcp(w, 0) + PCP_COUNT]) for w in range(3)]
+    assert pcp[0] > 0 and pcp[1] > 0 and pcp[2] == 0
+    stop = threading.Event()
+
+    def acknowledge():                             # the workers' pcp path, but keeping pages
+        while not stop.is_set():
+            for w in range(3):
+                base = m.layout.agent(w)
+                m.zs[base + AG_DRAIN_DONE] = m.zs[base + AG_DRAIN_REQ]
+            time.sleep(1e-4)
+
+    server = threading.Thread(target=acknowledge, daemon=True)
+    server.start()
+    try:
+        d = design(m, "isolate", capacity=4)
+        d.process()
+    finally:
+        stop.set()
+        server.join()
     got = d.device.ranges()
     pageblocks = sum(1 << (o - 9) for _, o in got)
-    assert pageblocks == 15 * 2 + 1
-    batches = len(d.device.reports)
+    assert pageblocks == 15 * 2 + 1               # 15 order-10 blocks, one order-9
     walk_holds = 2 * 2                             # orders 10 and 9, two migratetypes
-    assert reporter_locks(m)[0] == walk_holds + pageblocks + batches
-    assert m.zs[m.layout.off_report + RS_PCP_DRAINS] == pageblocks
-    m.free(held, 9)
-    assert invariants.check(m) == []
+    st = m.layout.off_report
+    assert reporter_locks(m)[0] == walk_holds + pageblocks + pageblocks   # isolate, undo
+    assert m.zs[st + RS_PCP_DRAINS] == pageblocks
+    assert m.zs[st + RS_DRAIN_REQUESTS] == 2 * pageblocks
+    assert [int(m.zs[m.layout.agent(w) + AG_DRAIN_REQ]) for w in range(3)] \
+        == [pageblocks, pageblocks, 0]
+    assert invariants.check(m, held={w: [(p, 0)] for w, p in held.items()}) == []
+
+
+@pytest.mark.nojit
+def test_isolate_undo_restores_each_pageblock_and_merges_at_the_head(make_machine):
+    """undo_isolate_page_range: one hold per isolated pageblock; the block
+    goes back through the free path in its head's hold, merging with the
+    buddy freed while it was isolated; a block not isolated costs no hold."""
+    from reporter.isolate import isolate_pageblock, undo_isolate_page_range
+    m = make_machine(memory=32 << 20, max_order=12, pcp_batch=0)   # four order-11 blocks
+    d = design(m, "isolate", capacity=4)          # binds the reporter agent
+    rep, zone = m.reporter_agent, 0
+    a = m.alloc(10)                                # splits the first: a held, b free
+    b = a ^ 1024
+    assert free_list(m, 10) == [b]
+    for pageblock in (b, b + 512):
+        assert isolate_pageblock(m.frames, m.zs, rep, zone, b, 10, pageblock)
+    m.free(a, 10)                                  # cannot merge with the isolated b
+    assert free_list(m, 10) == [a] and m.frames[a]["order"] == 10
+    acq = reporter_locks(m)[0]
+    undo_isolate_page_range(m.frames, m.zs, rep, zone, b, 10, False)
+    assert reporter_locks(m)[0] - acq == 2         # a hold per pageblock
+    assert free_list(m, 10) == [] and free_list(m, 11)[0] == min(a, b)   # merged
+    assert all(m.zs[m.layout.off_pageblock + (p >> 9)] == MIGRATE_MOVABLE
+               for p in range(0, 2048, 512))
+    acq = reporter_locks(m)[0]
+    undo_isolate_page_range(m.frames, m.zs, rep, zone, b, 10, False)
+    assert reporter_locks(m)[0] == acq             # nothing isolated: no hold
+    assert d.name == "isolate" and invariants.check(m) == []
 
 
 @pytest.mark.timeout(300)
@@ -279,7 +344,11 @@ def test_isolate_drains_idle_workers_pcp_lists(tmp_path):
     assert res.returncode == 0, res.stderr
     run = results.load(str(out))["runs"][0]
     rep = run["reporting"]
-    assert rep["pcp_drains"] > 0 and rep["drain_requests"] > 0
+    workers = run["config"]["workers"]
+    assert rep["pcp_drains"] > 0
+    # each drain asks each worker holding pcp pages once: idle hogs keep the pages
+    # their last frees left, until the first drain takes them
+    assert 0 < rep["drain_requests"] <= workers * rep["pcp_drains"]
     assert rep["cycles"] >= 3                      # a pass every 0.5 s: no drain hung
     assert run["safety"]["invariant_errors"] == []
 

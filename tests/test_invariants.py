@@ -11,7 +11,7 @@ import pytest
 
 from shmalloc import invariants
 from shmalloc.freelist import add_to_free_list
-from shmalloc.isolation import set_migratetype_isolate, undo_isolate_free_block
+from shmalloc.isolation import set_migratetype_isolate, unset_migratetype_isolate
 from shmalloc.layout import MIGRATE_MOVABLE, PCP_COUNT, PG_REPORTED, PS_ALLOC, Z_LOCK_PID, Z_NR_FREE
 
 pytestmark = pytest.mark.nojit
@@ -75,9 +75,10 @@ def test_isolated_buddies_may_stand_apart(m):
     assert invariants.check(m) == []
     assert set_migratetype_isolate(m.frames, m.zs, zone, b, 9, b)
     assert invariants.check(m) == []      # both isolated, apart
-    undo_isolate_free_block(m.frames, m.zs, m.control_agent, zone, a, 9, False)
+    unset_migratetype_isolate(m.frames, m.zs, m.control_agent, zone, a, False)
+    assert m.frames[a]["order"] == 9      # its buddy isolated: moved, not merged
     assert invariants.check(m) == []      # movable beside isolated
-    undo_isolate_free_block(m.frames, m.zs, m.control_agent, zone, b, 9, False)
+    unset_migratetype_isolate(m.frames, m.zs, m.control_agent, zone, b, False)
     assert m.frames[min(a, b)]["order"] == 10       # merged on the way back
     assert invariants.check(m) == []
 

@@ -54,7 +54,7 @@ from launcher.experiment.designs import DESIGNS
 from reporter.bitmap import bitmap_pass_done, bitmap_return, bitmap_scan
 from reporter.boundary import boundary_cycle_step, boundary_request_all
 from reporter.callback import walk_free_mem_block
-from reporter.isolate import isolate_pageblock, undo_isolate_batch
+from reporter.isolate import isolate_pageblock, undo_isolate_page_range
 from reporter.mainline import drain_batch, reporting_cycle_step
 from shmalloc import invariants, snapshot
 from shmalloc.config import PAGEBLOCK_ORDER
@@ -468,16 +468,12 @@ class Model:
     def op_iso_undo(self, agent, order, choice):
         if not self.isolated:
             return self.op_iso_start(agent, order, choice)
-        zone = self.ref.zone_of(self.isolated[0][0])
-        in_zone = [b for b in self.isolated if self.ref.zone_of(b[0]) == zone]
-        undo = [b for i, b in enumerate(in_zone) if (choice >> i) & 1][:self.cfg.capacity]
-        undo = undo or in_zone[:1]
-        n = self.load_batch(undo)
-        self.call(undo_isolate_batch, self.m.frames, self.m.zs, self.rep, zone, self.bp,
-                  self.bo, n, self.to_tail)
-        self.ref.undo_isolate_batch(self.rep, zone, undo, self.to_tail)
-        for b in undo:
-            self.isolated.remove(b)
+        pfn, order = self.isolated[choice % len(self.isolated)]
+        zone = self.ref.zone_of(pfn)
+        self.call(undo_isolate_page_range, self.m.frames, self.m.zs, self.rep, zone, pfn, order,
+                  self.to_tail)
+        self.ref.undo_isolate_page_range(self.rep, zone, pfn, order, self.to_tail)
+        self.isolated.remove((pfn, order))
         return None, None
 
     # -- bitmap ---------------------------------------------------------------------------
