@@ -23,6 +23,14 @@ as a busy host would.  The stub never reads guest memory.
 
 With ``--strategy hostscan`` the stub receives no reports: it scans the
 guest's free lists itself (:mod:`hypervisor_stub.hostscan`).
+
+With ``--strategy callback`` (Wang's v14) it serves the free page virtqueue
+instead (:mod:`shmalloc.freepagevq`): it sleeps until a kick, takes every
+block the walk has put on the ring since (after ``--hv-latency``), returns
+the buffers, and records or discards the blocks, while the walk goes on.
+Nothing is acknowledged: v14's driver waited for nothing.  A block it has
+received before and of which it holds no page any more is counted as a
+re-report.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import posix_ipc
 from shmalloc import virtqueue
 from shmalloc._libc import die_with_parent
 from shmalloc.config import PAGE_SHIFT
+from shmalloc.freepagevq import free_page_vq_kind, free_page_vq_take, free_page_vq_wait
 from shmalloc.layout import (
     H_STOP,
     ROLE_HYPERVISOR,
@@ -48,6 +57,7 @@ from shmalloc.layout import (
     RS_HV_PAGES_DISCARDED,
     RS_HV_RANGES,
     RS_HV_REQUESTS,
+    RS_RE_REPORTS,
     STOP_HYPERVISOR,
 )
 from shmalloc.lock import now_ticks
@@ -70,6 +80,7 @@ class StubOptions:
     discard: str = "punch"
     hv_latency: float = 0.0
     host_scan: bool = False       # hostscan: scan the guest's free lists, no reports
+    free_page_vq: bool = False    # callback: serve the free page virtqueue, no reports
     scan_interval: float = 5.0
     capacity: int = 32            # hostscan: blocks per zone-lock hold
 
@@ -96,6 +107,7 @@ class Hypervisor:
         self.m = machine
         self.opts = opts
         self.stats = machine.layout.off_report
+        self.received: set[tuple[int, int]] = set()   # free page virtqueue: blocks taken
 
     def wait(self, seconds: float) -> None:
         """A busy host: sleep before acting, waking up to stop."""
@@ -113,13 +125,15 @@ class Hypervisor:
             return punch_hole(self.m.guest_fd, offset, length)
         return madvise_remove(self.m.guest_mmap, offset, length)
 
-    def handle(self, kind: int, ranges) -> int:
-        """Act on one report; returns the status to acknowledge: always 0, as
-        QEMU's (a failed discard is counted in ``hv_errors``, not sent)."""
+    def handle(self, kind: int, ranges, wait: bool = True) -> int:
+        """Act on one report (with ``wait``, after ``--hv-latency``); returns
+        the status to acknowledge: always 0, as QEMU's (a failed discard is
+        counted in ``hv_errors``, not sent)."""
         zs, st = self.m.zs, self.stats
         zs[st + RS_HV_REQUESTS] += 1
         zs[st + RS_HV_RANGES] += len(ranges)
-        self.wait(self.opts.hv_latency + zs[st + RS_HV_EXTRA_LATENCY_MS] / 1000)
+        if wait:
+            self.wait(self.opts.hv_latency + zs[st + RS_HV_EXTRA_LATENCY_MS] / 1000)
         if kind != virtqueue.KIND_REPORT or self.opts.discard == "none":
             return 0                                   # a hint: record only
         t0 = now_ticks()
@@ -130,6 +144,38 @@ class Hypervisor:
                 zs[st + RS_HV_PAGES_DISCARDED] += 1 << order
         zs[st + RS_HV_DISCARD_TICKS] += now_ticks() - t0
         return 0
+
+    def take_free_page_vq(self) -> list[tuple[int, int]]:
+        """Take every block on the free page virtqueue, count the re-reports
+        among them (received before, no page of it held any more), and act
+        on them (record or discard).  Returns them."""
+        zs = self.m.zs
+        ranges = free_page_vq_take(zs)
+        if not ranges:
+            return ranges
+        re_reports = 0
+        for block in ranges:
+            if block in self.received:
+                re_reports += self.m.resident_pages(block[0], 1 << block[1]) == 0
+            else:
+                self.received.add(block)
+        zs[self.stats + RS_RE_REPORTS] += re_reports
+        self.handle(free_page_vq_kind(zs), ranges, wait=False)
+        return ranges
+
+    def serve_free_page_vq(self) -> None:
+        """Take the blocks callback's walk puts on the free page virtqueue,
+        as the kicks come, until the launcher says stop."""
+        zs, st = self.m.zs, self.stats
+        while zs[H_STOP] < STOP_HYPERVISOR:
+            if free_page_vq_wait(zs) == 0:             # notifications on, nothing there
+                try:
+                    self.m.wake.acquire(POLL_S)        # until a kick
+                except posix_ipc.BusyError:
+                    pass
+                continue
+            self.wait(self.opts.hv_latency + zs[st + RS_HV_EXTRA_LATENCY_MS] / 1000)
+            self.take_free_page_vq()
 
     def serve(self) -> None:
         """Answer reports until the launcher says stop."""
@@ -156,6 +202,8 @@ def hypervisor_main(machine, agent: int, opts: StubOptions) -> None:
     hv = Hypervisor(machine, opts)
     if opts.host_scan:
         HostScanner(hv, agent, opts.capacity, opts.scan_interval).serve()
+    elif opts.free_page_vq:
+        hv.serve_free_page_vq()
     else:
         hv.serve()
     record_rusage(machine.zs, machine.layout.wstats(agent))     # CPU time, switches

@@ -113,6 +113,9 @@ PAGE_REPORTING_CAPACITY = 32
 PAGE_REPORTING_DELAY_S = 2.0
 PAGE_REPORTING_HWM = 32        # Duyck v9: request at nr_free >= reported + HWM
 BITMAP_MAX_PAGES = 16          # Nitesh v12: PAGE_REPORTING_MAX_PAGES, batch and wake-up
+#: callback's free page virtqueue, in entries: QEMU's size for it
+#: (virtio_add_queue(vdev, VIRTQUEUE_MAX_SIZE, ...) in hw/virtio/virtio-balloon.c)
+FREE_PAGE_VQ_SIZE = 1024
 
 #: sem_trywait retries before sleeping in sem_wait on a contended zone lock
 #: (measured: see docs/engine.md, "How long to spin").

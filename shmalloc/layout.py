@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import MAX_ORDER_LIMIT, MAX_ZONES, inline
+from .config import FREE_PAGE_VQ_SIZE, MAX_ORDER_LIMIT, MAX_ZONES, inline
 
 FRAME_DTYPE = np.dtype(
     [("next", "<i4"), ("prev", "<i4"), ("gen", "<u2"), ("owner", "<i2"),
@@ -187,7 +187,8 @@ REPORT_FIELDS = (
     "state",             # REPORTING_IDLE / _REQUESTED / _ACTIVE
     "requests",          # IDLE -> REQUESTED edges: the reporter was woken
     "cycles",            # passes over all zones (page_reporting_process)
-    "reports",           # report() calls: messages to the hypervisor
+    "reports",           # report() calls: messages to the hypervisor (callback: blocks
+                         # put on the free page virtqueue, each with its kick)
     "ranges_reported",   # blocks in those reports
     "pages_reported",    # pages in those reports
     "re_reports",        # blocks reported again, unchanged since (bitmap)
@@ -210,28 +211,37 @@ REPORT_FIELDS = (
     "blocks_walked",     # callback: free blocks the walk visited under the zone lock
     "callback_ns",       # callback: the per-block cost paid under the lock, ns
     "reported_skipped",  # mainline: PageReported blocks a walk stepped over under the lock
+    "vq_full",           # callback: blocks not sent, the free page virtqueue being full
 )
 (RS_STATE, RS_REQUESTS, RS_CYCLES, RS_REPORTS, RS_RANGES_REPORTED, RS_PAGES_REPORTED,
  RS_RE_REPORTS, RS_ACK_WAIT_TICKS, RS_PAGES_NOT_TAKEN, RS_REPORT_ERRORS, RS_BUDGET_EXHAUSTED,
  RS_HV_REQUESTS, RS_HV_RANGES, RS_HV_PAGES_DISCARDED, RS_HV_DISCARD_TICKS, RS_HV_ERRORS,
  RS_INSTALLS, RS_SCANS, RS_REFCNT, RS_ACK_PENDING_SINCE, RS_HV_EXTRA_LATENCY_MS,
  RS_PCP_DRAINS, RS_DRAIN_REQUESTS, RS_BLOCKS_WALKED, RS_CALLBACK_NS,
- RS_REPORTED_SKIPPED) = range(26)
+ RS_REPORTED_SKIPPED, RS_VQ_FULL) = range(27)
 REPORT_SLOTS = 64
 
 # ---------------------------------------------------------------------------
 # zs: header slots
 # ---------------------------------------------------------------------------
 ZS_MAGIC = 0x53484D414C4C4F43          # "SHMALLOC"
-ZS_VERSION = 1
+ZS_VERSION = 2                         # 2: the free page virtqueue (H_OFF_VQ, H_VQ_SIZE)
 (H_MAGIC, H_VERSION, H_NR_PAGES, H_NR_ZONES, H_ZONE_PAGES, H_MAX_ORDER,
  H_PAGEBLOCK_ORDER, H_NR_AGENTS, H_NR_WORKERS, H_PCP_BATCH, H_PCP_HIGH, H_LOCK_SPIN,
  H_LOCK_STATS, H_TICKS_PER_SEC, H_STRATEGY, H_REPORT_ORDER, H_CAPACITY, H_STOP,
  H_GO, H_OFF_AGENTS, H_OFF_PCP, H_OFF_PAGEBLOCK, H_OFF_WSTATS, H_OFF_STRAT,
  H_STRAT_SLOTS, H_SIZE, H_NR_PAGEBLOCKS, H_ZONE_SHIFT, H_OFF_REPORT, H_BITMAP_WORDS,
- H_FREE_HOOK_TICKS) = range(31)
+ H_FREE_HOOK_TICKS, H_OFF_VQ, H_VQ_SIZE) = range(33)
 # H_FREE_HOOK_TICKS: --free-hook-ns converted to ticks once, at creation
 HEADER_SLOTS = 64
+
+# zs: the free page virtqueue from H_OFF_VQ (callback: :mod:`shmalloc.freepagevq`),
+# a ring of H_VQ_SIZE entries after a header
+VQ_AVAIL = 0          # entries the guest has added, ever (the avail index)
+VQ_USED = 1           # entries the host has taken, ever (the used index)
+VQ_NOTIFY = 2         # 1 while the host waits for a kick (notifications enabled)
+VQ_KIND = 3           # virtqueue.KIND_HINT or KIND_REPORT: what the host does with them
+VQ_RING = 8           # [H_VQ_SIZE] entries, pfn << 8 | order
 
 # H_STOP: the launcher stops the run in stages, so that the reporter can put
 # its batch back before the hypervisor stub goes away.
@@ -375,7 +385,7 @@ class Layout:
     """Offsets of a machine's ``zs`` array, computed from its geometry."""
 
     def __init__(self, nr_pages: int, nr_zones: int, max_order: int, pageblock_order: int,
-                 nr_agents: int, strat_slots: int = 0):
+                 nr_agents: int, strat_slots: int = 0, vq_size: int = FREE_PAGE_VQ_SIZE):
         self.nr_pages = nr_pages
         self.nr_zones = nr_zones
         self.zone_pages = nr_pages // nr_zones
@@ -397,6 +407,9 @@ class Layout:
         self.off_strat = off
         self.strat_slots = ((strat_slots + 7) // 8) * 8
         off += self.strat_slots
+        self.off_vq = off
+        self.vq_size = vq_size
+        off += VQ_RING + ((vq_size + 7) // 8) * 8
         self.size = off
 
     def write_header(self, zs: np.ndarray) -> None:
@@ -419,12 +432,15 @@ class Layout:
         zs[H_OFF_STRAT] = self.off_strat
         zs[H_OFF_REPORT] = self.off_report
         zs[H_STRAT_SLOTS] = self.strat_slots
+        zs[H_OFF_VQ] = self.off_vq
+        zs[H_VQ_SIZE] = self.vq_size
         zs[H_SIZE] = self.size
 
     @classmethod
     def from_header(cls, zs: np.ndarray) -> Layout:
         return cls(int(zs[H_NR_PAGES]), int(zs[H_NR_ZONES]), int(zs[H_MAX_ORDER]),
-                   int(zs[H_PAGEBLOCK_ORDER]), int(zs[H_NR_AGENTS]), int(zs[H_STRAT_SLOTS]))
+                   int(zs[H_PAGEBLOCK_ORDER]), int(zs[H_NR_AGENTS]), int(zs[H_STRAT_SLOTS]),
+                   int(zs[H_VQ_SIZE]))
 
     # Python-side index helpers mirroring the compiled ones
     @staticmethod

@@ -36,6 +36,7 @@ from .config import (
     DEFAULT_MAX_ORDER,
     DEFAULT_PCP_BATCH,
     DEFAULT_PCP_HIGH,
+    FREE_PAGE_VQ_SIZE,
     MAX_ORDER_LIMIT,
     MAX_WORKERS,
     MAX_ZONES,
@@ -147,6 +148,7 @@ class MachineConfig:
     capacity: int = PAGE_REPORTING_CAPACITY
     strategy: int = 0          # free-path hook id (HOOK_*), chosen by the reporting design
     free_hook_ns: int = 0      # --free-hook-ns: spin this long on every free to the buddy lists
+    free_page_vq: int = FREE_PAGE_VQ_SIZE   # entries of callback's free page virtqueue
 
     @property
     def pageblock_order(self) -> int:
@@ -200,6 +202,9 @@ class MachineConfig:
         if not 0 <= self.free_hook_ns <= MAX_FREE_HOOK_NS:
             raise ConfigError("--free-hook-ns", f"must be in 0..{MAX_FREE_HOOK_NS}, "
                               f"got {self.free_hook_ns}")
+        if not 1 <= self.free_page_vq <= 1 << 16:
+            raise ConfigError("free_page_vq", f"must be in 1..65536 entries, "
+                              f"got {self.free_page_vq}")
 
     def check_space(self) -> None:
         """The guest and its metadata must fit in /dev/shm: a tmpfs that runs
@@ -275,7 +280,7 @@ class Machine:
         cfg.check_space()
         run_id = run_id or shm.new_run_id()
         layout = Layout(cfg.nr_pages, cfg.zones, cfg.max_order, cfg.pageblock_order,
-                        nr_agents(cfg), cfg.zones * cfg.bitmap_words)
+                        nr_agents(cfg), cfg.zones * cfg.bitmap_words, cfg.free_page_vq)
         created: list = []
         try:
             zones_obj = shm.SharedObject.create(shm.object_name(run_id, "zones"),

@@ -49,6 +49,10 @@ reporter or the hypervisor stub calls, named after it):
   ``__isolate_free_page``, which refuses a block that would leave the zone's
   MOVABLE free pages below its min watermark; putting a batch back merges as
   a free does, at the tail only when asked, without calling the hook;
+* Wang v14's free page virtqueue: the callback walk puts each block on a
+  ring as it reaches it, counted as reported, and wakes the host when it
+  waits for a kick; a full ring drops the block; the host takes everything
+  added since it last took;
 * the isolation of whole free blocks: per pageblock, refused if it is
   isolated already or, on the block's first pageblock, if the block is no
   longer a free block of that order; the block moves to the ISOLATE list.
@@ -62,7 +66,12 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .config import PAGE_REPORTING_CAPACITY, PAGE_REPORTING_HWM, PAGEBLOCK_ORDER
+from .config import (
+    FREE_PAGE_VQ_SIZE,
+    PAGE_REPORTING_CAPACITY,
+    PAGE_REPORTING_HWM,
+    PAGEBLOCK_ORDER,
+)
 from .layout import (
     CALLER_ALLOC,
     CALLER_FREE,
@@ -97,7 +106,8 @@ STEP_DONE, STEP_FULL, STEP_STOP = 0, 1, 2
 
 #: the reporting statistics the reference keeps (names of layout.REPORT_FIELDS)
 REFERENCE_STATS = ("state", "requests", "refcnt", "installs", "pages_not_taken",
-                   "reported_skipped", "budget_exhausted", "pcp_drains")
+                   "reported_skipped", "budget_exhausted", "pcp_drains", "reports",
+                   "ranges_reported", "pages_reported", "vq_full")
 
 
 class ReferenceError(AssertionError):
@@ -115,7 +125,8 @@ class ReferenceAllocator:
     def __init__(self, nr_pages: int, zones: int, max_order: int, nr_agents: int,
                  pcp_batch: int, pcp_high: int, *, hook: int = HOOK_NONE,
                  report_order: int = PAGEBLOCK_ORDER, capacity: int = PAGE_REPORTING_CAPACITY,
-                 wmark_min: int | list[int] = 0, pageblock_order: int = PAGEBLOCK_ORDER):
+                 wmark_min: int | list[int] = 0, pageblock_order: int = PAGEBLOCK_ORDER,
+                 vq_size: int = FREE_PAGE_VQ_SIZE):
         self.nr_pages = nr_pages
         self.nr_zones = zones
         self.zone_pages = nr_pages // zones
@@ -148,6 +159,13 @@ class ReferenceAllocator:
         self.zone_active = [False] * zones
         self.reported_count = [[0] * max_order for _ in range(zones)]
         self.boundary: dict[tuple[int, int, int], int] = {}    # (zone, order, mt); absent: -1
+        # Wang v14's free page virtqueue: every entry ever added, the host's
+        # used index, whether the host waits for a kick, the kicks that woke it
+        self.vq_size = vq_size
+        self.vq: list[tuple[int, int]] = []
+        self.vq_used = 0
+        self.vq_notify = False
+        self.vq_posts = 0
         # a bit per report-order frame: Nitesh's bitmap, hostscan's marks
         self.marked: set[int] = set()
         self.bitmap_count = [0] * zones
@@ -577,14 +595,44 @@ class ReferenceAllocator:
 
     # -- callback and isolate (reporter/callback.py, reporter/isolate.py) -------------------
     def walk_free_mem_block(self, agent: int, zone: int, order: int, mt: int, room: int,
-                            record: bool) -> tuple[list[int], int]:
+                            record: bool, send: bool = False) -> tuple[list[int], int]:
         """The list's blocks, head first: (recorded pfns, blocks visited);
-        with ``record`` the walk stops when ``room`` pfns are recorded."""
+        with ``record`` the walk stops when ``room`` pfns are recorded; with
+        ``send`` each block goes on the free page virtqueue."""
         self.lock(agent, zone, CALLER_REPORTER)
         lst = self.free_area[zone][order][mt]
         if record:
             return list(lst[:room]), min(len(lst), room)
+        if send:
+            for pfn in lst:
+                self.free_page_vq_add(pfn, order)
         return [], len(lst)
+
+    def free_page_vq_add(self, pfn: int, order: int) -> None:
+        """A block on the ring, counted as reported; a kick wakes a waiting
+        host; a full ring drops the block."""
+        if len(self.vq) - self.vq_used >= self.vq_size:
+            self.stats["vq_full"] += 1
+            return
+        self.vq.append((pfn, order))
+        self.stats["reports"] += 1
+        self.stats["ranges_reported"] += 1
+        self.stats["pages_reported"] += 1 << order
+        if self.vq_notify:
+            self.vq_notify = False
+            self.vq_posts += 1
+
+    def free_page_vq_wait(self) -> int:
+        """The host waits for a kick: how many entries are there already."""
+        self.vq_notify = True
+        return len(self.vq) - self.vq_used
+
+    def free_page_vq_take(self) -> list[tuple[int, int]]:
+        """The host takes every entry added since it last took."""
+        out = self.vq[self.vq_used:]
+        self.vq_used = len(self.vq)
+        self.vq_notify = False
+        return out
 
     def set_migratetype_isolate(self, zone: int, pfn: int, order: int, pageblock: int) -> bool:
         if self.migratetype(pageblock) == MIGRATE_ISOLATE:

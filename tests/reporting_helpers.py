@@ -50,6 +50,17 @@ def design(machine, name: str, device=None, capacity: int = 4, report_order: int
                                          device or RecordingDevice(), opts)
 
 
+def host_takes(machine, hypervisor=None) -> list[tuple[int, int]]:
+    """The stub's side of callback's free page virtqueue, in this process:
+    take every block sent since it last took; with ``hypervisor`` as the
+    stub does (``Hypervisor.take_free_page_vq``: re-reports counted, the
+    blocks recorded or discarded)."""
+    from shmalloc.freepagevq import free_page_vq_take
+    if hypervisor is not None:
+        return hypervisor.take_free_page_vq()
+    return free_page_vq_take(machine.zs)
+
+
 def free_blocks_at_least(machine, order: int) -> list[tuple[int, int]]:
     return sorted((p, o) for (z, o, mt), lst in snapshot.free_areas(machine).items()
                   for p in lst if o >= order and mt == 0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cli import assert_usage_error, shmalloc
-from reporting_helpers import RecordingDevice, design
+from reporting_helpers import RecordingDevice, design, host_takes
 
 from hypervisor_stub.hostscan import HostScanner
 from hypervisor_stub.stub import Hypervisor, StubOptions
@@ -28,14 +28,19 @@ from shmalloc.layout import (
     PG_REPORTED,
     ROLE_HYPERVISOR,
     ROLE_WORKER,
+    RS_ACK_WAIT_TICKS,
     RS_BLOCKS_WALKED,
     RS_DRAIN_REQUESTS,
     RS_HV_ERRORS,
     RS_HV_PAGES_DISCARDED,
+    RS_HV_RANGES,
     RS_PCP_DRAINS,
+    RS_RE_REPORTS,
     RS_REFCNT,
     RS_REPORT_ERRORS,
     RS_REPORTED_SKIPPED,
+    RS_REPORTS,
+    RS_VQ_FULL,
     Z_BITMAP_COUNT,
     zone_base,
 )
@@ -212,8 +217,76 @@ def test_callback_walks_down_to_walk_order_and_reports_from_report_order(make_ma
         assert reporter_locks(m)[0] - before == lists          # one hold per list
         visited = int(m.zs[m.layout.off_report + RS_BLOCKS_WALKED]) - walked
         assert visited == sum(blocks[o] for o in range(walk_order, m.max_order))
-        assert all(o >= 9 for _, o in d.device.ranges())       # reported: report order up
+        sent = host_takes(m)                                   # on the free page virtqueue
+        assert sent == [(p, o) for o in range(m.max_order - 1, 8, -1)
+                        for p in free.get((0, o, MIGRATE_MOVABLE), [])]   # walk order, 9 up
+        assert d.device.reports == []                          # nothing waits for the host
     assert blocks[0] >= 299                                     # the walk saw them all
+
+
+@pytest.mark.nojit
+def test_callback_sends_each_block_as_the_walk_reaches_it(make_machine, monkeypatch):
+    """v14's send_free_page_sg adds and kicks under the hold, per block: the
+    host has the first list's blocks, and discards them, before the walk
+    takes its next list (here the host takes between the two holds; the
+    stub takes at the kick, while the walk goes on)."""
+    from reporter import callback
+    m = make_machine(memory=64 << 20, pcp_batch=0)
+    held = m.alloc(9)                              # 15 order-10 blocks, one order-9
+    hv = Hypervisor(m, StubOptions(discard="punch"))
+    m.mem[::512] = 1                               # the guest touched everything
+    lists = {o: free_list(m, o) for o in (10, 9)}
+    assert lists[10] and lists[9]
+    taken = []
+    real = callback.walk_free_mem_block
+
+    def walk(frames, zs, agent, zone, order, mt, *rest):
+        out = real(frames, zs, agent, zone, order, mt, *rest)
+        taken.append((order, mt, host_takes(m, hv)))           # between two holds
+        return out
+
+    monkeypatch.setattr(callback, "walk_free_mem_block", walk)
+    d = design(m, "callback", callback_mode="discard", walk_order=9, callback_ns=0)
+    d.start()
+    d.process()
+    assert taken == [(10, MIGRATE_MOVABLE, [(p, 10) for p in lists[10]]), (10, 1, []),
+                     (9, MIGRATE_MOVABLE, [(p, 9) for p in lists[9]]), (9, 1, [])]
+    assert all(m.resident_pages(p, 1024) == 0 for p in lists[10])   # discarded by then
+    st = m.layout.off_report
+    n = len(lists[10]) + len(lists[9])
+    assert m.zs[st + RS_REPORTS] == n and m.zs[st + RS_HV_RANGES] == n
+    assert m.zs[st + RS_ACK_WAIT_TICKS] == 0 and d.device.reports == []
+    assert invariants.check(m, held={m.control_agent: [(held, 9)]}) == []
+
+
+@pytest.mark.nojit
+def test_callback_drops_blocks_the_full_free_page_virtqueue_cannot_take(make_machine):
+    """v14 ignored add_one_sg's error: with the ring full, a block is not
+    reported.  Counted in vq_full; the host takes what fits."""
+    m = make_machine(memory=64 << 20, pcp_batch=0, free_page_vq=4)   # 16 order-10 blocks
+    d = design(m, "callback", walk_order=9, callback_ns=0)
+    d.start()
+    d.process()
+    st = m.layout.off_report
+    assert (m.zs[st + RS_REPORTS], m.zs[st + RS_VQ_FULL]) == (4, 12)
+    assert host_takes(m) == [(p, 10) for p in free_list(m, 10)[:4]]
+    d.process()                                    # the host took them: four more fit
+    assert (m.zs[st + RS_REPORTS], m.zs[st + RS_VQ_FULL]) == (8, 24)
+
+
+@pytest.mark.nojit
+def test_callback_host_counts_a_block_received_again_with_no_page_held(make_machine):
+    m = make_machine(memory=16 << 20, pcp_batch=0)
+    hv = Hypervisor(m, StubOptions(discard="punch"))
+    d = design(m, "callback", callback_mode="discard", walk_order=9, callback_ns=0)
+    d.start()
+    m.mem[::512] = 1
+    d.process()
+    first = host_takes(m, hv)                      # discarded
+    assert first and m.zs[m.layout.off_report + RS_RE_REPORTS] == 0
+    d.process()
+    assert host_takes(m, hv) == first              # again, and the host holds none of it
+    assert m.zs[m.layout.off_report + RS_RE_REPORTS] == len(first)
 
 
 @pytest.mark.nojit

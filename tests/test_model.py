@@ -11,7 +11,8 @@ reporter or the hypervisor stub calls (the functions the design's group in
 ``launcher.experiment.compile.GROUPS`` lists, with the arguments a pass would
 give them): mainline's cycle step (drain, walk, take, rotate), leftover drain,
 request and pass edges; boundary's cycle step and zone requests; the callback
-walk; isolate's per-pageblock isolation (through the design's
+walk, sending to the free page virtqueue, and the stub's wait for a kick and
+taking from it; isolate's per-pageblock isolation (through the design's
 ``start_isolate_page_range``) and undo; bitmap's scan, return and pass end;
 hostscan's take and mark.  Batches stay out between steps, so workers
 allocate and free while a batch is off the lists, as when the reporter has
@@ -29,8 +30,9 @@ the same step.  After every step, allocations included:
   (mainline's request state, wake-ups and the wake semaphore's value,
   refcnt, installs, pages not taken, Reported blocks stepped over, budgets
   exhausted, pcp drains), Duyck's zone request and active flags, per-order
-  Reported counts and every boundary pointer, and the frame bits (Nitesh's
-  bitmap with its per-zone counts, hostscan's marks);
+  Reported counts and every boundary pointer, the frame bits (Nitesh's
+  bitmap with its per-zone counts, hostscan's marks), and the free page
+  virtqueue (its indexes, whether the host waits, the entries not taken);
 * the invariant checker finds nothing, given what each agent holds (blocks
   in a batch allowed while one is out).
 
@@ -58,6 +60,7 @@ from reporter.isolate import isolate_pageblock, undo_isolate_page_range
 from reporter.mainline import drain_batch, reporting_cycle_step
 from shmalloc import invariants, snapshot
 from shmalloc.config import PAGEBLOCK_ORDER
+from shmalloc.freepagevq import free_page_vq_take, free_page_vq_wait
 from shmalloc.layout import (
     AG_DRAIN_DONE,
     AG_DRAIN_REQ,
@@ -75,6 +78,10 @@ from shmalloc.layout import (
     PG_REPORTED,
     PS_INFLIGHT,
     REPORT_FIELDS,
+    VQ_AVAIL,
+    VQ_NOTIFY,
+    VQ_RING,
+    VQ_USED,
     WC_LOCK_ACQUISITIONS,
     Z_BITMAP_COUNT,
     Z_BOUNDARY,
@@ -110,7 +117,7 @@ DESIGN_OPS = {
     "mainline": ["ml_step", "ml_step", "ml_drain_step", "ml_drain_step", "ml_leftover",
                  "ml_pass", "ml_request"],
     "boundary": ["bd_step", "bd_step", "bd_step", "bd_request_all"],
-    "callback": ["cb_walk", "cb_walk"],
+    "callback": ["cb_walk", "cb_walk", "cb_host"],
     "isolate": ["iso_start", "iso_start", "iso_undo", "iso_undo", "cb_walk"],
     "bitmap": ["bm_scan", "bm_scan", "bm_return", "bm_return", "bm_done"],
     "hostscan": ["hs_take", "hs_take", "hs_mark", "hs_mark"],
@@ -137,7 +144,8 @@ def machines(draw, name: str):
                         zones=draw(st.sampled_from([1, 2])), workers=WORKERS,
                         max_order=max_order, pcp_batch=pcp_batch, pcp_high=pcp_high or 1,
                         report_order=draw(st.integers(lowest, max_order - 1)),
-                        capacity=draw(st.integers(1, 4)), strategy=DESIGNS[name].hook)
+                        capacity=draw(st.integers(1, 4)), strategy=DESIGNS[name].hook,
+                        free_page_vq=draw(st.integers(1, 6)))
     return cfg, draw(st.sampled_from(["head", "tail"]))
 
 
@@ -162,7 +170,8 @@ def reference_state(ref: ReferenceAllocator) -> dict:
         "locks": {k: v for k, v in ref.locks.items() if v},
         "agent_locks": {k: v for k, v in ref.agent_locks.items() if v},
         "stats": {k: ref.stats[k] for k in REFERENCE_STATS},
-        "wake_posts": ref.stats["requests"],
+        "wake_posts": ref.stats["requests"] + ref.vq_posts,
+        "free_page_vq": (len(ref.vq), ref.vq_used, ref.vq_notify, ref.vq[ref.vq_used:]),
         "zone_flags": [(ref.zone_requested[z], ref.zone_active[z]) for z in range(ref.nr_zones)],
         "reported_count": [list(c) for c in ref.reported_count],
         "boundary": {(z, o, mt): ref.boundary.get((z, o, mt), -1) for z in range(ref.nr_zones)
@@ -183,6 +192,14 @@ def frame_bits(m: Machine, report_order: int) -> list[int]:
         out += [start + (int(i) << report_order)
                 for i in np.flatnonzero(bits[:(end - start) >> report_order])]
     return out
+
+
+def free_page_vq(m: Machine) -> tuple:
+    """(avail, used, notifications on, the entries not taken) of the ring."""
+    zs, vq, size = m.zs, m.layout.off_vq, m.layout.vq_size
+    avail, used = int(zs[vq + VQ_AVAIL]), int(zs[vq + VQ_USED])
+    words = [int(zs[vq + VQ_RING + i % size]) for i in range(used, avail)]
+    return avail, used, bool(zs[vq + VQ_NOTIFY]), [(w >> 8, w & 0xFF) for w in words]
 
 
 def engine_state(m: Machine, report_order: int) -> dict:
@@ -212,6 +229,7 @@ def engine_state(m: Machine, report_order: int) -> dict:
         "agent_locks": {a: n for a, n in agent_locks.items() if n},
         "stats": {k: int(zs[lay.off_report + REPORT_FIELDS.index(k)]) for k in REFERENCE_STATS},
         "wake_posts": m.wake.value,
+        "free_page_vq": free_page_vq(m),
         "zone_flags": [(bool(zs[zb + Z_REPORT_FLAGS] & ZRF_REQUESTED),
                         bool(zs[zb + Z_REPORT_FLAGS] & ZRF_ACTIVE)) for zb in zones],
         "reported_count": [[int(zs[zb + Z_REPORTED + o]) for o in range(m.max_order)]
@@ -254,7 +272,7 @@ class Model:
         self.ref = ReferenceAllocator(cfg.nr_pages, cfg.zones, cfg.max_order, AGENTS,
                                       cfg.pcp_batch, cfg.pcp_high, hook=cfg.strategy,
                                       report_order=cfg.report_order, capacity=cfg.capacity,
-                                      wmark_min=wmark)
+                                      wmark_min=wmark, vq_size=cfg.free_page_vq)
         self.ro = cfg.report_order
         self.ctl = m.control_agent
         # the reporter's agent; hostscan's kernels run in the hypervisor stub
@@ -441,12 +459,22 @@ class Model:
         zone, order = choice % self.cfg.zones, order % self.cfg.max_order
         mt = (choice >> 2) % MIGRATE_TYPES
         record = bool((choice >> 4) & 1)
+        send = not record and self.name == "callback"    # isolate records, callback sends
         start = (choice >> 5) % (len(self.walk_pfn) + 1)
         n, visited = self.call(walk_free_mem_block, m.frames, m.zs, self.rep, zone, order, mt,
-                               self.walk_pfn, start, record, 0)
+                               self.walk_pfn, start, record, send, 0)
         got = ([int(p) for p in self.walk_pfn[start:n]], int(visited))
         return got, self.ref.walk_free_mem_block(self.rep, zone, order, mt,
-                                                 len(self.walk_pfn) - start, record)
+                                                 len(self.walk_pfn) - start, record, send)
+
+    def op_cb_host(self, agent, order, choice):
+        """The stub's side of the free page virtqueue: notifications on;
+        if entries wait, take them all."""
+        got = int(self.call(free_page_vq_wait, self.m.zs))
+        want = self.ref.free_page_vq_wait()
+        if got and choice & 1:
+            return (got, free_page_vq_take(self.m.zs)), (want, self.ref.free_page_vq_take())
+        return got, want
 
     def op_iso_start(self, agent, order, choice):
         ref, pbo = self.ref, PAGEBLOCK_ORDER
@@ -617,7 +645,8 @@ def test_the_model_drives_every_design_kernel():
                             strategy=DESIGNS[name].hook)
         model = run_sequence(name, cfg, "head", ops)
         want = {Kernel(k, a).dispatcher() for k, a in GROUPS.get(name, [])
-                if k.startswith(("reporter.", "hypervisor_stub.", "shmalloc.reporting."))}
+                if k.startswith(("reporter.", "hypervisor_stub.", "shmalloc.reporting.",
+                                 "shmalloc.freepagevq."))}
         assert want <= model.called, f"{name}: no step calls {want - model.called}"
 
 

@@ -104,9 +104,9 @@ def add_machine_flags(p, strategy: bool = True) -> None:
                    "the zone lock (default 0, as v14); blocks below --report-order are visited "
                    "and paid for, not reported")
     g.add_argument("--callback-ns", type=units.int_range(0, 10_000_000), default=None,
-                   metavar="NS", help="callback: cost of v14's per-block callback (add_one_sg, "
-                   "virtqueue_kick) under the zone lock (default: calibrated at start as one "
-                   "message on a POSIX queue, the virtqueue stand-in)")
+                   metavar="NS", help="callback: what each block's virtqueue_kick costs under "
+                   "the zone lock, standing in for its VM exit (default: calibrated at start as "
+                   "one message on a POSIX queue)")
     g.add_argument("--capacity", type=units.int_range(1, 1 << 20), default=None, metavar="N",
                    help="ranges per report (default 32, PAGE_REPORTING_CAPACITY; bitmap 16)")
     g.add_argument("--delay", type=units.duration_range(0, 3600), default=None, metavar="TIME",

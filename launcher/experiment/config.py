@@ -179,7 +179,7 @@ class RunConfig:
     def stub_options(self) -> StubOptions:
         return StubOptions(discard=self.discard, hv_latency=self.hv_latency,
                            host_scan=self.design.host_scan, scan_interval=self.scan_interval,
-                           capacity=self.capacity)
+                           capacity=self.capacity, free_page_vq=self.strategy == "callback")
 
     def plan(self, worker: int) -> WorkerPlan:
         hog_pages = int(self.hog_share * (self.memory // PAGE_SIZE)) // self.workers

@@ -70,7 +70,9 @@ def format_run(run: dict, lock_table: bool = True) -> list[str]:
         if strategy == "callback":
             lines.append(f"  walk: {rep.get('blocks_walked', 0)} free blocks visited under the "
                          f"zone lock from order {run['config'].get('walk_order', 0)} up, "
-                         f"{rep.get('callback_ns', 0)} ns each (the callback)")
+                         f"{rep.get('callback_ns', 0)} ns each (the kick); each report is one "
+                         f"block sent as the walk reached it, {rep.get('vq_full', 0)} not sent "
+                         "(the free page virtqueue full)")
         if strategy == "isolate":
             lines.append(f"  drain_all_pages {rep.get('pcp_drains', 0)}, pcp drains asked of "
                          f"workers {rep.get('drain_requests', 0)}")
