@@ -294,7 +294,7 @@ def test_callback_walks_every_order_by_default(make_machine):
     """v14's driver calls walk_free_mem_block(vb, 0, ...): with no
     --walk-order, the run's configuration, the reporter's options and the
     design all walk down to order 0."""
-    from launcher.config import RunConfig
+    from launcher.experiment.config import RunConfig
     from reporter import ReporterOptions
     assert RunConfig(strategy="callback").resolved().walk_order == 0
     assert RunConfig(strategy="callback").resolved().reporter_options().walk_order == 0
