@@ -29,8 +29,8 @@ instead (:mod:`shmalloc.freepagevq`): it sleeps until a kick, takes every
 block the walk has put on the ring since (after ``--hv-latency``), returns
 the buffers, and records or discards the blocks, while the walk goes on.
 Nothing is acknowledged: v14's driver waited for nothing.  A block it has
-received before and of which it holds no page any more is counted as a
-re-report.
+discarded before and of which it holds no page any more is counted as a
+re-report (hints, which it only records, never are).
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class Hypervisor:
         self.m = machine
         self.opts = opts
         self.stats = machine.layout.off_report
-        self.received: set[tuple[int, int]] = set()   # free page virtqueue: blocks taken
+        self.discarded: set[tuple[int, int]] = set()  # free page virtqueue: blocks discarded
 
     def wait(self, seconds: float) -> None:
         """A busy host: sleep before acting, waking up to stop."""
@@ -147,20 +147,23 @@ class Hypervisor:
 
     def take_free_page_vq(self) -> list[tuple[int, int]]:
         """Take every block on the free page virtqueue, count the re-reports
-        among them (received before, no page of it held any more), and act
-        on them (record or discard).  Returns them."""
+        among them (blocks it discarded before and of which it holds no page
+        any more: one ``mincore`` each, only for those), and act on them
+        (record or discard).  Returns them."""
         zs = self.m.zs
         ranges = free_page_vq_take(zs)
         if not ranges:
             return ranges
+        kind = free_page_vq_kind(zs)
+        discards = kind == virtqueue.KIND_REPORT and self.opts.discard != "none"
         re_reports = 0
         for block in ranges:
-            if block in self.received:
+            if block in self.discarded:
                 re_reports += self.m.resident_pages(block[0], 1 << block[1]) == 0
-            else:
-                self.received.add(block)
+            elif discards:
+                self.discarded.add(block)
         zs[self.stats + RS_RE_REPORTS] += re_reports
-        self.handle(free_page_vq_kind(zs), ranges, wait=False)
+        self.handle(kind, ranges, wait=False)
         return ranges
 
     def serve_free_page_vq(self) -> None:

@@ -82,7 +82,9 @@ Deviations, each for a reason:
 * the free page virtqueue holds 1024 entries, the size QEMU gives its free
   page hint virtqueue; ``--capacity`` does not apply (v14 had no batches);
 * re-reports are counted by the host, as it receives a block: one it
-  received before and no longer holds any page of;
+  discarded before and no longer holds any page of (a hint, which it only
+  records, is never one): the reporter sends from inside the hold, where
+  the ``mincore`` this check takes has no place;
 * a pass is driven by a timer (``--delay``); v14's host asked for a pass
   (live migration's start), and a pass walked all zones once.
 """

@@ -41,6 +41,8 @@ inside the hold.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ._libc import atomic_xchg, sem_post
 from .config import inline, jit
 from .layout import (
@@ -97,13 +99,10 @@ def free_page_vq_take(zs) -> list[tuple[int, int]]:
     vq = int(zs[H_OFF_VQ])
     size = int(zs[H_VQ_SIZE])
     used, avail = int(zs[vq + VQ_USED]), int(zs[vq + VQ_AVAIL])
-    out = []
-    for i in range(used, avail):
-        word = int(zs[vq + VQ_RING + i % size])
-        out.append((word >> 8, word & 0xFF))
+    words = zs[vq + VQ_RING + np.arange(used, avail) % size]
     zs[vq + VQ_NOTIFY] = 0                   # busy now: no kicks needed
     zs[vq + VQ_USED] = avail
-    return out
+    return list(zip((words >> 8).tolist(), (words & 0xFF).tolist()))
 
 
 def free_page_vq_kind(zs) -> int:

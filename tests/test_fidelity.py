@@ -172,6 +172,8 @@ def test_putback_is_recorded_shown_and_checked():
     (["run", "--strategy", "mainline", "--walk-order", "3"], "--walk-order", "callback only"),
     (["run", "--strategy", "callback", "--walk-order", "10"], "--walk-order", "--report-order"),
     (["run", "--strategy", "isolate", "--callback-ns", "5"], "--callback-ns", "callback only"),
+    (["run", "--strategy", "mainline", "--free-page-vq", "8"], "--free-page-vq", "callback only"),
+    (["run", "--strategy", "callback", "--free-page-vq", "0"], "--free-page-vq", "1..65536"),
 ])
 def test_fidelity_flags_refuse_bad_input(argv, flag, text):
     assert_usage_error(shmalloc(*argv), "shmalloc run:", flag, text)
@@ -272,6 +274,13 @@ def test_callback_drops_blocks_the_full_free_page_virtqueue_cannot_take(make_mac
     assert host_takes(m) == [(p, 10) for p in free_list(m, 10)[:4]]
     d.process()                                    # the host took them: four more fit
     assert (m.zs[st + RS_REPORTS], m.zs[st + RS_VQ_FULL]) == (8, 24)
+
+
+def test_free_page_vq_flag_sizes_the_ring():
+    from launcher.experiment.config import RunConfig
+    assert RunConfig(strategy="callback").resolved().machine_config().free_page_vq == 1024
+    cfg = RunConfig(strategy="callback", free_page_vq=8).resolved()
+    assert cfg.machine_config().free_page_vq == 8
 
 
 @pytest.mark.nojit

@@ -72,7 +72,7 @@ def add_parser(sub) -> None:
 
 #: run flags only some designs take (launcher.experiment.designs): on compare's command
 #: line they apply to the variants whose design takes them
-ONLY_SOME = ("putback", "walk_order", "callback_ns")
+ONLY_SOME = ("putback", "walk_order", "callback_ns", "free_page_vq")
 
 
 def _variants(args) -> list:

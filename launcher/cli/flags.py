@@ -107,6 +107,10 @@ def add_machine_flags(p, strategy: bool = True) -> None:
                    metavar="NS", help="callback: what each block's virtqueue_kick costs under "
                    "the zone lock, standing in for its VM exit (default: calibrated at start as "
                    "one message on a POSIX queue)")
+    g.add_argument("--free-page-vq", type=units.int_range(1, 1 << 16), default=None,
+                   metavar="N", help="callback: entries of the free page virtqueue the walk "
+                   "puts each block on (default 1024, QEMU's size for it); a block that finds "
+                   "it full is not reported, as in v14")
     g.add_argument("--capacity", type=units.int_range(1, 1 << 20), default=None, metavar="N",
                    help="ranges per report (default 32, PAGE_REPORTING_CAPACITY; bitmap 16)")
     g.add_argument("--delay", type=units.duration_range(0, 3600), default=None, metavar="TIME",

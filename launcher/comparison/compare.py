@@ -125,7 +125,7 @@ def config_for(base: RunConfig, item: str) -> RunConfig:
     if design.putback is None:
         cfg = replace(cfg, putback=None)
     if not design.walks:
-        cfg = replace(cfg, walk_order=None, callback_ns=None)
+        cfg = replace(cfg, walk_order=None, callback_ns=None, free_page_vq=None)
     if mode:
         cfg = replace(cfg, callback_mode=mode)
     return cfg.resolved()

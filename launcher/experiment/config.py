@@ -13,6 +13,7 @@ from shmalloc import virtqueue
 from shmalloc.config import (
     DEFAULT_LOCK_SPIN,
     DEFAULT_MAX_ORDER,
+    FREE_PAGE_VQ_SIZE,
     PAGE_REPORTING_CAPACITY,
     PAGE_SIZE,
     PAGEBLOCK_ORDER,
@@ -58,6 +59,7 @@ class RunConfig:
     putback: str | None = None          # None: the design's (head, as 5.7) where it applies
     walk_order: int | None = None       # callback: None: 0, as v14
     callback_ns: int | None = None      # callback: None: calibrated at start
+    free_page_vq: int | None = None     # callback: entries of the free page virtqueue
     scan_interval: float = 5.0
     free_hook_ns: int = 0               # spin this long on every free to the buddy lists
     inject: tuple = ()                  # --inject WHAT@SECONDS, as given
@@ -141,7 +143,8 @@ class RunConfig:
                 fixed = designs.FIXED_PUTBACK.get(self.strategy, "nothing is put back")
                 raise ConfigError("--putback", f"applies to mainline and isolate, not "
                                   f"{self.strategy} ({fixed})")
-        for flag, value in (("--walk-order", self.walk_order), ("--callback-ns", self.callback_ns)):
+        for flag, value in (("--walk-order", self.walk_order), ("--callback-ns", self.callback_ns),
+                            ("--free-page-vq", self.free_page_vq)):
             if value is not None and not self.design.walks:
                 raise ConfigError(flag, f"applies to callback only, not {self.strategy}")
         if self.walk_order is not None and not 0 <= self.walk_order <= self.report_order:
@@ -168,7 +171,8 @@ class RunConfig:
                              pcp_high=self.pcp_high, lock_spin=self.lock_spin,
                              lock_stats=self.lock_stats, report_order=self.report_order,
                              capacity=self.capacity or PAGE_REPORTING_CAPACITY,
-                             strategy=self.design.hook, free_hook_ns=self.free_hook_ns)
+                             strategy=self.design.hook, free_hook_ns=self.free_hook_ns,
+                             free_page_vq=self.free_page_vq or FREE_PAGE_VQ_SIZE)
 
     def reporter_options(self) -> ReporterOptions:
         return ReporterOptions(design=self.strategy, delay=self.delay, capacity=self.capacity,

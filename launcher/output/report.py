@@ -22,7 +22,8 @@ DESIGN_KEYS = ("strategy", "callback_mode")
 #: flags whose value follows from the design (its defaults, or set only for
 #: the designs that take them): runs of different designs differ in them
 #: without being different experiments
-DESIGN_DEPENDENT = DESIGN_KEYS + ("delay", "capacity", "putback", "walk_order", "callback_ns")
+DESIGN_DEPENDENT = DESIGN_KEYS + ("delay", "capacity", "putback", "walk_order", "callback_ns",
+                                  "free_page_vq")
 IGNORED = ("inject",)
 
 
