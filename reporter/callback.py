@@ -34,14 +34,16 @@ standing in for ``virtqueue_kick``: a write to the device's notify register,
 which traps to the host, a VM exit and entry.  By default the figure is
 calibrated when the reporter starts as the cost of one message of one range
 on a POSIX message queue (``mq_send``: a system call that makes a range
-visible to another process; about 1.2 µs on this machine's vCPUs).  For
+visible to another process; 0.4-0.9 µs on the project's Intel Xeon VM,
+1.15-1.2 µs on the AMD EPYC one it was first measured on).  For
 comparison, a VM exit in the literature: 1,344-1,376 cycles from VMRUN to
 the exit back in KVM, 2,528-2,576 cycles for a whole ``KVM_RUN`` round trip
 to user space (AMD, KVM, December 2020,
 https://lkml.iu.edu/hypermail/linux/kernel/2012.2/00527.html), about 0.45
 and 0.85 µs at 3 GHz; a kick through ``ioeventfd`` adds KVM's exit handling
 and the eventfd's wake-up of the host thread to the first, without the trip
-to user space.  The stand-in is of the same order, 1.4-2.7 times those.
+to user space.  The stand-in is of the same order: from about the first
+figure to 2.7 times it.
 (The real guest of ``shmalloc vm`` runs under TCG here, where a kick is no
 hardware exit; its figure, once measured, is not this one.)  Every block
 pays it, as if every kick exited: v14 kicked after every block, and only the
