@@ -17,6 +17,11 @@ returned and pushes the element back as used, and 5.7's
 stub acknowledges every report with success and counts failed discards
 separately (``hv_errors``); the guest marks the blocks Reported either way.
 
+With 2 MiB host pages (``--host-pages 2m``) the stub also marks each host
+page it punches out as discarded (:func:`shmalloc.hostpage.host_pages_discarded`),
+before the punch, so that a worker's first write into it counts one
+refault; a discard that fails is unmarked again.
+
 ``--discard none`` only records the ranges (free page *hints*, as for live
 migration); ``--hv-latency`` waits that long per report before discarding,
 as a busy host would.  The stub never reads guest memory.
@@ -48,6 +53,7 @@ from shmalloc import virtqueue
 from shmalloc._libc import die_with_parent
 from shmalloc.config import PAGE_SHIFT
 from shmalloc.freepagevq import free_page_vq_kind, free_page_vq_take, free_page_vq_wait
+from shmalloc.hostpage import host_pages_discarded, host_pages_restored
 from shmalloc.layout import (
     H_STOP,
     ROLE_HYPERVISOR,
@@ -119,11 +125,19 @@ class Hypervisor:
         return self.discard_pages(pfn, 1 << order)
 
     def discard_pages(self, pfn: int, pages: int) -> int:
-        """Give ``pages`` pages from ``pfn`` back to the host: 0 or -errno."""
+        """Give ``pages`` pages from ``pfn`` back to the host: 0 or -errno.
+        Host pages are marked discarded first: a worker that writes one
+        between the mark and the punch (only a design that discards what a
+        worker may own lets it) counts its refault early, never twice."""
         offset, length = pfn << PAGE_SHIFT, pages << PAGE_SHIFT
+        host_pages_discarded(self.m, pfn, pages)
         if self.opts.discard == "punch":
-            return punch_hole(self.m.guest_fd, offset, length)
-        return madvise_remove(self.m.guest_mmap, offset, length)
+            err = punch_hole(self.m.guest_fd, offset, length)
+        else:
+            err = madvise_remove(self.m.guest_mmap, offset, length)
+        if err:
+            host_pages_restored(self.m, pfn, pages)
+        return err
 
     def handle(self, kind: int, ranges, wait: bool = True) -> int:
         """Act on one report (with ``wait``, after ``--hv-latency``); returns

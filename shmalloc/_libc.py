@@ -67,11 +67,16 @@ _libc.mincore.restype = ctypes.c_int
 def mincore_resident(addr: int, length: int, page_size: int) -> int:
     """How many pages of the mapping at ``addr`` are resident (mincore(2)):
     for a shared tmpfs mapping, whether the host still backs them."""
+    return int(mincore_vector(addr, length, page_size).sum())
+
+
+def mincore_vector(addr: int, length: int, page_size: int) -> np.ndarray:
+    """mincore(2) of the mapping at ``addr``: 1 per resident page, else 0."""
     vec = np.zeros((length + page_size - 1) // page_size, np.uint8)
     if _libc.mincore(addr, length, vec.ctypes.data) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mincore: {os.strerror(err)}")
-    return int((vec & 1).sum())
+    return vec & 1
 
 
 def sem_pointer(name: str) -> int:

@@ -18,9 +18,10 @@ pass left Reported, with no reporting design, with mainline's flag, with
 Duyck's counters, and with his boundaries active as during a reporting
 cycle).  The unit costs
 ``shmalloc compare`` charges counted events with (:func:`unit_costs`):
-``refault``, ns per 4 KiB page for a worker's first write (read, then
-write, as :func:`shmalloc.workload.write_block` does) to a page the host
-punched out of guest memory, against the same write to a resident page, and
+``refault``, ns per refault (per host page, 4 KiB or 2 MiB) for a worker's
+first writes (read, then write, as :func:`shmalloc.workload.write_block`
+does) to pages the host punched out of guest memory, against the same
+writes to resident pages, and
 ``free_path_hooks``, ns per call of a design's free-path hook past its order
 check (mainline and boundary in their requested state, in which a reporting
 delay leaves them most of a run; bitmap setting a bit, which it does for
@@ -51,8 +52,10 @@ import time
 
 import numpy as np
 
+from . import shm
 from ._libc import ticks
 from .config import PAGE_SIZE, WORDS_PER_PAGE, jit
+from .hostpage import HOST_PAGES, shmem_pmd_mapped_bytes
 from .layout import (
     FRAME_DTYPE,
     H_BITMAP_WORDS,
@@ -219,13 +222,23 @@ def _cpu_ns_per_page(mem, pages: int, value: int) -> float:
     return (time.thread_time_ns() - t0) / pages
 
 
-def measure_refault(pages: int = 4096, reps: int = 5) -> dict:
-    """ns per 4 KiB page to first-touch a page the host discarded
-    (``madvise(MADV_REMOVE)``, as the stub's ``--discard remove``; a punched
-    hole is the same tmpfs hole) and to touch a resident one; the median of
-    ``reps`` rounds over ``pages`` pages of a fresh tmpfs guest, CPU time."""
+def measure_refault(host_pages: str = "4k", reps: int = 5, host_page_count: int | None = None
+                    ) -> dict:
+    """What a refault costs on host pages of ``host_pages`` (4k, 2m): ns to
+    first-touch, page by page as a worker writes, guest memory whose host
+    pages were discarded (``madvise(MADV_REMOVE)``, as the stub's
+    ``--discard remove``; a punched hole is the same tmpfs hole), less the
+    same touch of it resident, per host page: with 2 MiB host pages one
+    fault zeroes a whole host page and the other 511 writes are ordinary
+    ones.  The median of ``reps`` rounds over ``host_page_count`` host pages
+    (4096 of 4 KiB, 32 of 2 MiB) of a fresh guest, CPU time.  With 2 MiB
+    host pages the guest must really be on huge pages: what this process
+    maps PMD-sized after the touch is checked."""
+    order = HOST_PAGES[host_pages]
+    n = host_page_count or (4096 if order == 0 else 32)
+    pages = n << order
     memory = -(-pages * PAGE_SIZE // (4 << 20)) * (4 << 20)
-    with Machine.create(MachineConfig(memory=memory, workers=1)) as m:
+    with Machine.create(MachineConfig(memory=memory, workers=1, host_page_order=order)) as m:
         _touch_pages(m.mem, 0, 1, 0)                  # compile, and fault in one page
         refault, resident = [], []
         for r in range(reps):
@@ -236,9 +249,23 @@ def measure_refault(pages: int = 4096, reps: int = 5) -> dict:
             resident.append(_cpu_ns_per_page(m.mem, pages, r))
             if m.resident_pages(0, pages) != pages:
                 raise RuntimeError("bench refault: touched pages are not resident")
+            if order and shmem_pmd_mapped_bytes() < pages * PAGE_SIZE:
+                raise RuntimeError("bench refault: the host did not back the guest with "
+                                   "huge pages (ShmemPmdMapped)")
     r_ns, w_ns = statistics.median(refault), statistics.median(resident)
-    return {"refault_ns_per_page": round(r_ns, 1), "resident_ns_per_page": round(w_ns, 1),
-            "cost_ns_per_page": round(max(r_ns - w_ns, 0.0), 1), "pages": pages, "reps": reps}
+    return {"host_pages": host_pages, "host_page_bytes": PAGE_SIZE << order,
+            "refault_ns_per_page": round(r_ns, 1), "resident_ns_per_page": round(w_ns, 1),
+            "cost_ns": round(max(r_ns - w_ns, 0.0) * (1 << order), 1),
+            "host_page_count": n, "pages": pages, "reps": reps}
+
+
+def refault_cost_ns(refault: dict, host_pages: str = "4k") -> float:
+    """The cost of one refault on ``host_pages`` from a :func:`unit_costs`
+    ``refault`` entry: keyed by host page size, or (results written before
+    ``--host-pages``) one 4 KiB figure, ``cost_ns_per_page``."""
+    if "cost_ns_per_page" in refault:
+        return refault["cost_ns_per_page"]
+    return refault[host_pages]["cost_ns"]
 
 
 @jit
@@ -319,10 +346,13 @@ def measure_free_hook(ns_values=(50, 100, 200, 400), reps: int = 3, iters: int =
             for n in ns_values}
 
 
-def unit_costs(reps: int = 5) -> dict:
-    """What ``shmalloc compare`` charges a refault and a hook call, measured
-    here and now (about 0.1 s)."""
-    return {"refault": measure_refault(reps=reps), "free_path_hooks": measure_hooks(reps=reps)}
+def unit_costs(reps: int = 5, host_pages=("4k",)) -> dict:
+    """What ``shmalloc compare`` charges a refault (on each of the host page
+    sizes ``host_pages``: ``refault`` maps each to :func:`measure_refault`'s
+    figures) and a hook call, measured here and now (about 0.1 s, 0.3 s more
+    with 2m)."""
+    return {"refault": {hp: measure_refault(hp, reps=reps) for hp in host_pages},
+            "free_path_hooks": measure_hooks(reps=reps)}
 
 
 def _time_reference(order: int, batch: int, reps: int) -> float:
@@ -388,7 +418,7 @@ def run_bench(reps: int = 5, iters: int = 20, init_memory: int = 16 * GIB) -> di
         **init_figures(init_memory),
         "reported_order9": hooks,
         "reported_order9_counts": hook_counts,
-        "refault": measure_refault(reps=reps),
+        "refault": {hp: measure_refault(hp, reps=reps) for hp in bench_host_pages()},
         "free_path_hooks": measure_hooks(reps=reps),
         "free_hook": measure_free_hook(),
         "reps": reps,
@@ -440,10 +470,8 @@ def format_bench(res: dict) -> list[str]:
     ]
     rf = res.get("refault")
     if rf:
-        lines += ["", "refault: first write to a discarded 4 KiB page "
-                  f"{rf['refault_ns_per_page']:.0f} ns, to a resident one "
-                  f"{rf['resident_ns_per_page']:.1f} ns: "
-                  f"{rf['cost_ns_per_page']:.0f} ns per refault"]
+        lines.append("")
+        lines += refault_lines(rf)
     if res.get("free_path_hooks"):
         lines += ["free-path hook past its order check, ns per call over no design:",
                   "  " + "   ".join(f"{k} {v:.2f}" for k, v in res["free_path_hooks"].items())]
@@ -454,4 +482,30 @@ def format_bench(res: dict) -> list[str]:
                                     for n, v in res["free_hook"].items())]
     for figure, n in failures(res).items():
         lines.append(f"void: {figure}: {n} operations failed")
+    return lines
+
+
+def bench_host_pages() -> list[str]:
+    """The host page sizes ``shmalloc bench`` measures a refault on: both,
+    where this process may mount a huge tmpfs (else 4k alone)."""
+    return ["4k"] if shm.huge_tmpfs_problem() else ["4k", "2m"]
+
+
+def refault_lines(refault: dict) -> list[str]:
+    """The refault unit cost, a line per host page size measured."""
+    if "cost_ns_per_page" in refault:             # before --host-pages: 4 KiB
+        refault = {"4k": dict(refault, cost_ns=refault["cost_ns_per_page"])}
+    lines = []
+    for hp, rf in refault.items():
+        if hp == "4k":
+            lines.append(f"refault on 4 KiB host pages: first write to a discarded page "
+                         f"{rf['refault_ns_per_page']:.0f} ns, to a resident one "
+                         f"{rf['resident_ns_per_page']:.1f} ns: {rf['cost_ns']:.0f} ns per "
+                         "refault")
+        else:
+            lines.append(f"refault on {hp.upper()}iB host pages: first writes to the "
+                         f"{rf['host_page_bytes'] // PAGE_SIZE} pages of a discarded host page "
+                         f"{rf['refault_ns_per_page']:.0f} ns each, of a resident one "
+                         f"{rf['resident_ns_per_page']:.1f} ns: {rf['cost_ns']:.0f} ns per "
+                         "refault (one host fault, zeroing the host page)")
     return lines

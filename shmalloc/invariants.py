@@ -26,6 +26,10 @@ written above :data:`shmalloc.layout.FRAME_DTYPE`:
   :func:`check`), the
   bitmap design's count of set bits, and hostscan's host-reclaimed frames
   wholly free;
+* with 2 MiB host pages, the model's record of what the host backs holds
+  on the host (mincore): a host page never touched is not resident, nor is
+  one discarded since, unless a worker read pages discarded under it (a
+  use-after-discard, which faults the host page back in);
 * the zone lock is free (semaphore value 1) and no owner is recorded.
 
 Designs add their own checks through ``extra_checks`` (callables taking the
@@ -38,6 +42,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from .hostpage import unbacked_but_resident
 from .layout import (
     H_BITMAP_WORDS,
     H_REPORT_ORDER,
@@ -57,6 +62,7 @@ from .layout import (
     PS_INFLIGHT,
     PS_PCP,
     STATE_NAMES,
+    WC_USE_AFTER_DISCARD,
     Z_BITMAP_COUNT,
     Z_FREE_HEAD,
     Z_FREE_TAIL,
@@ -319,6 +325,13 @@ def check(machine, held: dict[int, Iterable[tuple[int, int]]] | None = None,
             have = int(zs[lay.zone(z) + Z_BITMAP_COUNT])
             if bits != have:
                 bad(f"zone {z}: the bitmap has {bits} bits set but its count says {have}")
+
+    # -- the host's pages (shmalloc.hostpage) ------------------------------------------
+    if lay.host_page_order:
+        uad = sum(int(zs[lay.wstats(a) + WC_USE_AFTER_DISCARD]) for a in range(n_agents))
+        for msg in unbacked_but_resident(machine)[:limit]:
+            if uad == 0 or "never touched" in msg:
+                bad(msg)
 
     # -- zone locks --------------------------------------------------------------------
     if check_locks:

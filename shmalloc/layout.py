@@ -225,7 +225,8 @@ REPORT_SLOTS = 64
 # zs: header slots
 # ---------------------------------------------------------------------------
 ZS_MAGIC = 0x53484D414C4C4F43          # "SHMALLOC"
-ZS_VERSION = 2                         # 2: the free page virtqueue (H_OFF_VQ, H_VQ_SIZE)
+ZS_VERSION = 3                         # 2: the free page virtqueue (H_OFF_VQ, H_VQ_SIZE);
+                                       # 3: the host's pages (H_HOST_PAGE_ORDER, H_OFF_HOST_PAGES)
 (H_MAGIC, H_VERSION, H_NR_PAGES, H_NR_ZONES, H_ZONE_PAGES, H_MAX_ORDER,
  H_PAGEBLOCK_ORDER, H_NR_AGENTS, H_NR_WORKERS, H_PCP_BATCH, H_PCP_HIGH, H_LOCK_SPIN,
  H_LOCK_STATS, H_TICKS_PER_SEC, H_STRATEGY, H_REPORT_ORDER, H_CAPACITY, H_STOP,
@@ -233,6 +234,11 @@ ZS_VERSION = 2                         # 2: the free page virtqueue (H_OFF_VQ, H
  H_STRAT_SLOTS, H_SIZE, H_NR_PAGEBLOCKS, H_ZONE_SHIFT, H_OFF_REPORT, H_BITMAP_WORDS,
  H_FREE_HOOK_TICKS, H_OFF_VQ, H_VQ_SIZE) = range(33)
 # H_FREE_HOOK_TICKS: --free-hook-ns converted to ticks once, at creation
+# The host's page size (--host-pages), in slots of their own: H_HOST_PAGE_ORDER
+# is 0 (4 KiB) or 9 (2 MiB, a PMD-sized transparent huge page); with 9 the
+# state of every host page is kept from H_OFF_HOST_PAGES on (HP_* below).
+H_HOST_PAGE_ORDER = 48
+H_OFF_HOST_PAGES = 49
 HEADER_SLOTS = 64
 
 # zs: the free page virtqueue from H_OFF_VQ (callback: :mod:`shmalloc.freepagevq`),
@@ -242,6 +248,13 @@ VQ_USED = 1           # entries the host has taken, ever (the used index)
 VQ_NOTIFY = 2         # 1 while the host waits for a kick (notifications enabled)
 VQ_KIND = 3           # virtqueue.KIND_HINT or KIND_REPORT: what the host does with them
 VQ_RING = 8           # [H_VQ_SIZE] entries, pfn << 8 | order
+
+# A host page's state, kept only when host pages are larger than guest pages
+# (shmalloc.workload.host_fault, the hypervisor stub's discard): with 4 KiB
+# host pages the page itself says it (PG_TOUCHED, and a zeroed canary).
+HP_NEVER = 0          # the host has never backed it: the next write is a first touch
+HP_RESIDENT = 1       # the host backs it
+HP_DISCARDED = 2      # backed once, discarded since: the next write refaults
 
 # H_STOP: the launcher stops the run in stages, so that the reporter can put
 # its batch back before the hypervisor stub goes away.
@@ -355,6 +368,13 @@ def bitmap_words(zone_pages: int, report_order: int) -> int:
 
 
 @inline
+def host_page_slot(zs, pfn):
+    """Slot of the state of the host page holding ``pfn`` (host pages
+    larger than guest pages only)."""
+    return zs[H_OFF_HOST_PAGES] + (pfn >> zs[H_HOST_PAGE_ORDER])
+
+
+@inline
 def pfn_to_zone(zs, pfn):
     shift = zs[H_ZONE_SHIFT]          # zones are usually a power of two pages
     if shift >= 0:
@@ -385,7 +405,8 @@ class Layout:
     """Offsets of a machine's ``zs`` array, computed from its geometry."""
 
     def __init__(self, nr_pages: int, nr_zones: int, max_order: int, pageblock_order: int,
-                 nr_agents: int, strat_slots: int = 0, vq_size: int = FREE_PAGE_VQ_SIZE):
+                 nr_agents: int, strat_slots: int = 0, vq_size: int = FREE_PAGE_VQ_SIZE,
+                 host_page_order: int = 0):
         self.nr_pages = nr_pages
         self.nr_zones = nr_zones
         self.zone_pages = nr_pages // nr_zones
@@ -410,6 +431,10 @@ class Layout:
         self.off_vq = off
         self.vq_size = vq_size
         off += VQ_RING + ((vq_size + 7) // 8) * 8
+        self.host_page_order = host_page_order
+        self.off_host_pages = off
+        self.nr_host_pages = nr_pages >> host_page_order if host_page_order else 0
+        off += ((self.nr_host_pages + 7) // 8) * 8
         self.size = off
 
     def write_header(self, zs: np.ndarray) -> None:
@@ -434,13 +459,16 @@ class Layout:
         zs[H_STRAT_SLOTS] = self.strat_slots
         zs[H_OFF_VQ] = self.off_vq
         zs[H_VQ_SIZE] = self.vq_size
+        zs[H_HOST_PAGE_ORDER] = self.host_page_order
+        zs[H_OFF_HOST_PAGES] = self.off_host_pages
         zs[H_SIZE] = self.size
 
     @classmethod
     def from_header(cls, zs: np.ndarray) -> Layout:
         return cls(int(zs[H_NR_PAGES]), int(zs[H_NR_ZONES]), int(zs[H_MAX_ORDER]),
                    int(zs[H_PAGEBLOCK_ORDER]), int(zs[H_NR_AGENTS]), int(zs[H_STRAT_SLOTS]),
-                   int(zs[H_VQ_SIZE]))
+                   int(zs[H_VQ_SIZE]),
+                   int(zs[H_HOST_PAGE_ORDER]))
 
     # Python-side index helpers mirroring the compiled ones
     @staticmethod

@@ -5,6 +5,10 @@ One :class:`Machine` is the guest's memory and its allocator state:
 ``/shmalloc-<run>-guest``
     the guest memory, ``memory`` bytes of 4 KiB pages, no header.  Workers
     write into pages they own; the hypervisor stub punches holes into it.
+    With ``host_page_order`` 9 (``--host-pages 2m``) the host backs it with
+    2 MiB transparent huge pages: a file on a tmpfs of its own, mounted
+    ``huge=always`` on a directory of that name (:mod:`shmalloc.shm`,
+    :mod:`shmalloc.hostpage`).
 ``/shmalloc-<run>-frames``
     header + one :data:`~shmalloc.layout.FRAME_DTYPE` record per pfn.
 ``/shmalloc-<run>-zones``
@@ -44,6 +48,7 @@ from .config import (
     PAGE_SIZE,
     PAGEBLOCK_ORDER,
 )
+from .hostpage import HOST_PAGE_NAMES, HOST_PAGES
 from .layout import (
     AG_DRAIN_DONE,
     AG_DRAIN_REQ,
@@ -58,6 +63,7 @@ from .layout import (
     H_BITMAP_WORDS,
     H_CAPACITY,
     H_FREE_HOOK_TICKS,
+    H_HOST_PAGE_ORDER,
     H_LOCK_SPIN,
     H_LOCK_STATS,
     H_MAGIC,
@@ -149,6 +155,8 @@ class MachineConfig:
     strategy: int = 0          # free-path hook id (HOOK_*), chosen by the reporting design
     free_hook_ns: int = 0      # --free-hook-ns: spin this long on every free to the buddy lists
     free_page_vq: int = FREE_PAGE_VQ_SIZE   # entries of callback's free page virtqueue
+    host_page_order: int = 0   # --host-pages: the host backs guest memory with 4 KiB (0) or
+                               # 2 MiB (9) pages (shmalloc.hostpage)
 
     @property
     def pageblock_order(self) -> int:
@@ -205,19 +213,57 @@ class MachineConfig:
         if not 1 <= self.free_page_vq <= 1 << 16:
             raise ConfigError("free_page_vq", f"must be in 1..65536 entries, "
                               f"got {self.free_page_vq}")
+        if self.host_page_order not in HOST_PAGE_NAMES:
+            raise ConfigError("--host-pages", f"must be {' or '.join(HOST_PAGES)}, got order "
+                              f"{self.host_page_order}")
+        if self.report_order < self.host_page_order:
+            raise ConfigError("--report-order", f"must be >= {self.host_page_order} with "
+                              f"--host-pages {HOST_PAGE_NAMES[self.host_page_order]}: a smaller "
+                              "discard would split a huge host page, which the model does not "
+                              f"follow; got {self.report_order}")
 
     def check_space(self) -> None:
-        """The guest and its metadata must fit in /dev/shm: a tmpfs that runs
-        full under a writing worker kills it with SIGBUS."""
-        need = self.memory + self.nr_pages * FRAME_DTYPE.itemsize
+        """The host can give this guest what it asks: the guest and its
+        metadata fit in /dev/shm (a tmpfs that runs full under a writing
+        worker kills it with SIGBUS), or with 2 MiB host pages the metadata
+        there and the guest in the host's available memory, which a huge
+        tmpfs can be mounted for; 4 KiB host pages are what /dev/shm gives."""
+        meta = self.nr_pages * FRAME_DTYPE.itemsize
         free = shm.shm_free_bytes()
+        if self.host_page_order:
+            problem = shm.huge_tmpfs_problem()
+            if problem:
+                raise ConfigError("--host-pages", f"2m: {problem}")
+            avail = mem_available_bytes()
+            if self.memory > avail:
+                raise ConfigError("--memory", f"{self.memory} bytes of guest on huge pages are "
+                                  f"more than this host has available ({avail} bytes)")
+            need = meta
+        else:
+            problem = shm.shm_gets_huge_pages()
+            if problem:
+                raise ConfigError("--host-pages", f"4k: {problem}, so guest memory there "
+                                  "would not be on 4 KiB pages; use --host-pages 2m")
+            need = self.memory + meta
         if need > free:
             raise ConfigError("--memory", f"{self.memory} bytes of guest and "
-                              f"{need - self.memory} of metadata do not fit in {shm.SHM_DIR} "
+                              f"{meta} of metadata do not fit in {shm.SHM_DIR} "
                               f"({free} bytes free)")
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def mem_available_bytes() -> int:
+    """MemAvailable of /proc/meminfo, in bytes (0 if unreadable)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 # Agent numbering: workers first, then the service roles.
@@ -280,7 +326,8 @@ class Machine:
         cfg.check_space()
         run_id = run_id or shm.new_run_id()
         layout = Layout(cfg.nr_pages, cfg.zones, cfg.max_order, cfg.pageblock_order,
-                        nr_agents(cfg), cfg.zones * cfg.bitmap_words, cfg.free_page_vq)
+                        nr_agents(cfg), cfg.zones * cfg.bitmap_words, cfg.free_page_vq,
+                        cfg.host_page_order)
         created: list = []
         try:
             zones_obj = shm.SharedObject.create(shm.object_name(run_id, "zones"),
@@ -289,8 +336,12 @@ class Machine:
             frames_obj = shm.SharedObject.create(shm.object_name(run_id, "frames"),
                                                  cfg.nr_pages * FRAME_DTYPE.itemsize, "frames")
             created.append(frames_obj)
-            guest_obj = shm.SharedObject.create(shm.object_name(run_id, "guest"), cfg.memory,
-                                                "guest", with_header=False)
+            guest_name = shm.object_name(run_id, "guest")
+            if cfg.host_page_order:
+                guest_obj = shm.SharedObject.create_huge(guest_name, cfg.memory)
+            else:
+                guest_obj = shm.SharedObject.create(guest_name, cfg.memory, "guest",
+                                                    with_header=False)
             created.append(guest_obj)
             sems = []
             for z in range(cfg.zones):
@@ -322,13 +373,17 @@ class Machine:
         """Map an existing machine by run id (checks owner, magic, version)."""
         objs = []
         try:
-            for role in cls.ROLES:
-                objs.append(shm.SharedObject.attach(shm.object_name(run_id, role),
-                                                    with_header=(role != "guest")))
+            for role in ("zones", "frames"):
+                objs.append(shm.SharedObject.attach(shm.object_name(run_id, role)))
             zs = objs[0].array(np.int64)
             if zs[H_MAGIC] != ZS_MAGIC:
                 raise shm.IPCError(f"{shm.object_name(run_id, 'zones')} is not initialised "
                                    "(yet)")
+            guest_name = shm.object_name(run_id, "guest")
+            if zs[H_HOST_PAGE_ORDER]:                  # on a huge tmpfs of its own
+                objs.append(shm.SharedObject.attach_huge(guest_name))
+            else:
+                objs.append(shm.SharedObject.attach(guest_name, with_header=False))
             sems = [shm.open_semaphore(shm.object_name(run_id, f"zone{z}"))
                     for z in range(int(zs[H_NR_ZONES]))]
             wake = shm.open_semaphore(shm.object_name(run_id, "wake"))
@@ -428,6 +483,11 @@ class Machine:
     @property
     def hypervisor_agent(self) -> int:
         return self.nr_workers + 1
+
+    @property
+    def host_page_order(self) -> int:
+        """The host's page, in guest pages: 0 (4 KiB) or 9 (2 MiB)."""
+        return self.layout.host_page_order
 
     @property
     def ticks_per_sec(self) -> int:
@@ -561,4 +621,6 @@ def _init_metadata(zs: np.ndarray, frames: np.ndarray, layout: Layout, cfg: Mach
             zs[pb + PCP_TAIL] = -1
     zs[layout.off_pageblock: layout.off_pageblock + layout.nr_pageblocks] = MIGRATE_MOVABLE
     init_free_lists(frames, zs)
+    # every host page starts HP_NEVER (0, from zs[:] = 0): nothing is backed yet
     zs[H_MAGIC] = ZS_MAGIC                       # ready: others may attach now
+

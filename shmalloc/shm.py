@@ -14,10 +14,28 @@ tracker unlinks what it thinks it owns.
 :func:`cleanup` removes the objects of runs whose creator is gone (pid not
 running, or running with another start time, i.e. a recycled pid) and never a
 live run's.
+
+**Guest memory on huge host pages** (``--host-pages 2m``).  POSIX shared
+memory lives in the ``/dev/shm`` tmpfs, which gets transparent huge pages
+only when it was mounted with ``huge=`` (it is not, here) or the kernel
+forces it (``shmem_enabled`` ``force``; ``always``/``advise`` there govern
+only the kernel's internal mount, behind ``MAP_SHARED | MAP_ANONYMOUS`` and
+memfd).  So such a guest gets a tmpfs of its own, mounted ``huge=always``
+(mount(2): root, or CAP_SYS_ADMIN), on a directory that carries the
+object's name: ``/dev/shm/shmalloc-<run id>-guest/`` holds one file,
+``memory``.  Everything the names promise still holds: the run id is in the
+directory's name, so :func:`list_runs` and :func:`cleanup` find it like any
+object (cleanup unmounts it, lazily, and removes the directory), a process
+attaches by the same name (:meth:`SharedObject.attach_huge`), ``mkdir`` is
+exclusive as ``O_CREAT | O_EXCL`` is, and a mount made inside a private
+mount namespace (the test suite's, ``tests/leaks.py``) goes with it.  The
+mount is sized to the guest and detached (``MNT_DETACH``) when the object is
+unlinked: its memory goes back to the host once the last process unmaps it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import re
@@ -45,6 +63,18 @@ HEADER_DTYPE = np.dtype([
     ("created_unix", "<f8"), ("role", "S16"),
 ])
 assert HEADER_DTYPE.itemsize <= HEADER_SIZE
+
+#: the file inside a huge guest's own tmpfs (see the module docstring)
+HUGE_FILE = "memory"
+#: the kernel's THP switches; "deny" keeps huge pages from every tmpfs,
+#: "force" gives them to every tmpfs (/dev/shm included)
+SHMEM_ENABLED = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MNT_DETACH = 0x2
+CAP_SYS_ADMIN = 21
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 _NAME_RE = re.compile(r"^(?P<sem>sem\.)?" + PREFIX
                       + r"-(?P<pid>\d+)-(?P<tag>[0-9a-f]{6})-(?P<role>[a-z0-9_]+)$")
@@ -131,6 +161,8 @@ class SharedObject:
             raise IPCError(f"{name} does not exist") from e
         except posix_ipc.PermissionsError as e:
             raise IPCError(f"{name}: permission denied") from e
+        except (posix_ipc.Error, OSError) as e:        # e.g. a huge guest's directory
+            raise IPCError(f"cannot open {name} as shared memory: {e}") from e
         fd = shm.fd
         try:
             st = os.fstat(fd)
@@ -155,6 +187,63 @@ class SharedObject:
             obj.header = hdr
         return obj
 
+    @classmethod
+    def create_huge(cls, name: str, size: int) -> SharedObject:
+        """A guest memory object of ``size`` bytes on a tmpfs of its own,
+        mounted ``huge=always`` (see the module docstring); no header.  On
+        any failure nothing is left: no directory, no mount."""
+        mnt = huge_mount_point(name)
+        try:
+            os.mkdir(mnt, 0o700)                         # exclusive, as O_CREX
+        except FileExistsError as e:
+            raise IPCError(f"{name} already exists") from e
+        except OSError as e:
+            raise IPCError(f"cannot create {mnt}: {e.strerror}") from e
+        mounted, fd = False, -1
+        try:
+            opts = f"huge=always,size={size},nr_inodes=8,mode=0700"
+            if _libc.mount(b"tmpfs", mnt.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
+                           opts.encode()) != 0:
+                err = ctypes.get_errno()
+                raise IPCError(f"cannot mount a huge tmpfs on {mnt}: {os.strerror(err)}")
+            mounted = True
+            fd = os.open(os.path.join(mnt, HUGE_FILE), os.O_RDWR | os.O_CREAT | os.O_EXCL,
+                         MODE)
+            os.ftruncate(fd, size)
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException as e:
+            if fd >= 0:
+                os.close(fd)
+            if mounted:
+                _libc.umount2(mnt.encode(), MNT_DETACH)
+            try:
+                os.rmdir(mnt)
+            except OSError:
+                pass                  # what cannot be removed, cleanup names later
+            if isinstance(e, OSError):
+                raise IPCError(f"cannot create {name} on a huge tmpfs: {e}") from e
+            raise
+        return cls(name, fd, size, mm, None, 0)
+
+    @classmethod
+    def attach_huge(cls, name: str) -> SharedObject:
+        """Map a guest memory object made by :meth:`create_huge`."""
+        path = os.path.join(huge_mount_point(name), HUGE_FILE)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError as e:
+            raise IPCError(f"{name} does not exist") from e
+        except OSError as e:
+            raise IPCError(f"cannot open {path}: {e.strerror}") from e
+        try:
+            st = os.fstat(fd)
+            _check_owner(st, name)
+            mm = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(name, fd, st.st_size, mm, None, 0)
+
     def array(self, dtype, count: int | None = None, offset: int = 0) -> np.ndarray:
         """A numpy view of the payload (shares the mapping)."""
         n = -1 if count is None else count
@@ -176,11 +265,95 @@ class SharedObject:
 
 
 def unlink_shm(name: str) -> bool:
+    """Remove a shared-memory object's name; a huge guest's directory is
+    unmounted (lazily: its memory goes once nobody maps it) and removed."""
+    if os.path.isdir(huge_mount_point(name)):
+        return unmount_huge(huge_mount_point(name))
     try:
         posix_ipc.unlink_shared_memory(name)
         return True
     except posix_ipc.ExistentialError:
         return False
+
+
+def huge_mount_point(name: str) -> str:
+    """Where the huge tmpfs of guest memory object ``name`` is mounted."""
+    return os.path.join(SHM_DIR, name.lstrip("/"))
+
+
+def mounted_at(path: str) -> bool:
+    """Is something mounted on ``path`` in this mount namespace?"""
+    path = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split()[4] == path for line in f)
+    except OSError:
+        return False
+
+
+def unmount_huge(mnt: str) -> bool:
+    """Detach the huge tmpfs on ``mnt`` (if any) and remove the directory."""
+    while mounted_at(mnt):                      # a run killed twice may have stacked two
+        if _libc.umount2(mnt.encode(), MNT_DETACH) != 0:
+            break
+    try:
+        os.rmdir(mnt)
+        return True
+    except OSError:                             # gone already, or still mounted (no root)
+        return False
+
+
+def huge_tmpfs_problem() -> str | None:
+    """Why guest memory cannot have 2 MiB huge pages here (one line), or
+    None: the kernel must have transparent huge pages for tmpfs, not
+    denied, and this process must be allowed to mount(2)."""
+    try:
+        with open(SHMEM_ENABLED) as f:
+            setting = f.read()
+    except OSError:
+        return "this kernel has no transparent huge pages for tmpfs (no " + SHMEM_ENABLED + ")"
+    if "[deny]" in setting:
+        return f"{SHMEM_ENABLED} is deny: no tmpfs gets huge pages"
+    if not has_cap_sys_admin():
+        return ("mounting a tmpfs with huge=always needs root (CAP_SYS_ADMIN); without it "
+                "use --host-pages 4k")
+    return None
+
+
+def shm_gets_huge_pages() -> str | None:
+    """Why objects in /dev/shm itself would get huge pages (so a 4 KiB host
+    page would be a fiction), or None: ``shmem_enabled`` ``force``, or
+    /dev/shm mounted with a ``huge=`` other than never."""
+    try:
+        with open(SHMEM_ENABLED) as f:
+            if "[force]" in f.read():
+                return f"{SHMEM_ENABLED} is force: every tmpfs gets huge pages"
+    except OSError:
+        return None
+    want = os.path.realpath(SHM_DIR)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = [line.split() for line in f]
+    except OSError:
+        return None
+    opts = [ln[ln.index("-") + 3] for ln in lines if ln[4] == want and "-" in ln]
+    if opts:                                    # the last mount on it is the one seen
+        huge = [o for o in opts[-1].split(",") if o.startswith("huge=")]
+        if huge and huge[0] != "huge=never":
+            return f"{SHM_DIR} is mounted with {huge[0]}"
+    return None
+
+
+def has_cap_sys_admin() -> bool:
+    """Does this process hold CAP_SYS_ADMIN (mount(2))?"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
+    except OSError:
+        pass
+    return os.geteuid() == 0
 
 
 def create_semaphore(name: str, value: int = 1) -> posix_ipc.Semaphore:

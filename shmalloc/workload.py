@@ -27,7 +27,10 @@ in a page that was written before (PG_TOUCHED) means the host discarded it
 since, and this write refaults.  Before freeing, every page's canary is
 checked: zero means the page was discarded while the worker owned it
 (use-after-discard); any other foreign value means the allocator gave the page
-to two owners.  Both are counted, never hidden.
+to two owners.  Both are counted, never hidden.  A refault is counted per
+host page (:func:`shmalloc.hostpage.host_fault`): with 2 MiB host pages
+(``--host-pages 2m``) the first write into a discarded host page refaults it
+whole, and the writes to its other pages are ordinary writes.
 
 Every kernel returns when the machine's stop flag is set or the agent's
 operation budget ``max_ops`` is spent (< 0: no budget), leaving the blocks it
@@ -40,6 +43,7 @@ import numpy as np
 
 from ._libc import bit_length, ticks
 from .config import WORDS_PER_PAGE, inline, jit
+from .hostpage import host_fault
 from .layout import (
     H_STOP,
     HIST_ALLOC,
@@ -126,7 +130,7 @@ def write_block(frames, zs, mem, agent, pfn, order, ws):
     refaults = 0
     for page in range(pfn, pfn + (1 << order)):
         word = page * WORDS_PER_PAGE
-        if mem[word] == 0 and (frames[page]['flags'] & PG_TOUCHED) != 0:
+        if host_fault(frames, zs, mem, page, word):
             refaults += 1
         mem[word] = canary(agent, gen, page)
         frames[page]['flags'] |= PG_TOUCHED

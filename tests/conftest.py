@@ -126,6 +126,12 @@ def _queue_paths(run_ids) -> set[str]:
 
 def _remove(path: str) -> None:
     import posix_ipc
+    if path.startswith("mount:"):                 # a huge guest's tmpfs, and its directory
+        shm.unmount_huge(path[len("mount:"):])
+        return
+    if os.path.isdir(path):
+        shm.unmount_huge(path)
+        return
     base = os.path.basename(path)
     try:
         if path.startswith(shm.MQUEUE_DIR):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import time
 
 import multiprocess as mp
@@ -55,3 +58,27 @@ class Children:
                 p.kill()
             p.join(5)
         self.queue.close()
+
+
+def killed_creator_run_id(config: str = "memory=16 << 20, zones=2", touch: bool = False) -> str:
+    """Create a machine (``MachineConfig(<config>)``) in a child process that
+    is then SIGKILLed, leaving its objects behind; return its run id.  With
+    ``touch`` the child writes one guest page first."""
+    code = textwrap.dedent(f"""
+        import sys
+        from shmalloc.machine import Machine, MachineConfig
+        m = Machine.create(MachineConfig({config}))
+        if {touch!r}:
+            m.mem[0] = 1
+        print(m.run_id, flush=True)
+        sys.stdin.read()          # wait to be killed
+    """)
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        run_id = p.stdout.readline().strip()
+    finally:
+        p.kill()
+        p.wait(30)
+    assert run_id, "child did not create a machine"
+    return run_id

@@ -34,7 +34,7 @@ BAD_INPUTS = [
     (["run", "--memory", "5M"], "--memory", "multiple of"),
     (["run", "--memory", "12M", "--zones", "2"], "--memory", "2 x 4096 KiB"),
     (["run", "--memory", "1X"], "--memory", "not a size"),
-    (["run", "--memory", "1T"], "--memory", "do not fit in /dev/shm"),
+    (["run", "--memory", "1T", "--host-pages", "4k"], "--memory", "do not fit in /dev/shm"),
     (["run", "--memory", "64T"], "--memory", "below 8 TiB"),
     (["run", "--working-set", "100"], "--working-set"),
     (["run", "--working-set", "1M", "--workload", "thp"], "--working-set", "2048 KiB"),
@@ -49,6 +49,10 @@ BAD_INPUTS = [
     (["run", "--strategy", "mainline", "--capacity", "5000"], "--capacity",
      "fs.mqueue.msgsize_max"),
     (["run", "--capacity", "0"], "--capacity"),
+    # the host's pages
+    (["run", "--host-pages", "1g"], "--host-pages", "must be 4k or 2m, got '1g'"),
+    (["run", "--host-pages", "2m", "--report-order", "8"], "--report-order",
+     "must be >= 9 with --host-pages 2m"),
     # unknown names
     (["run", "--strategy", "bogus"], "--strategy", "unknown design 'bogus'"),
     (["run", "--workload", "bogus"], "--workload", "unknown workload 'bogus'"),

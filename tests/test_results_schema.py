@@ -30,17 +30,19 @@ SAMPLE_S = 0.1
 METADATA_KEYS = ["python", "numpy", "numba", "posix_ipc", "multiprocess", "cpu_model",
                  "cpu_count", "kernel", "thp_enabled", "thp_shmem_enabled", "shm_dir",
                  "mqueue_msg_max", "mqueue_msgsize_max", "git_commit", "start_method",
-                 "numba_cache_warm"]
+                 "numba_cache_warm", "huge_tmpfs_problem"]
 RUN_KEYS = ["config", "outcome", "abort_reason", "stopped_at_s", "injected", "throughput",
-            "latency_ns", "locks", "memory", "reporting", "refaults", "safety", "workers"]
+            "latency_ns", "locks", "memory", "reporting", "refaults", "first_touches", "safety",
+            "workers"]
 THROUGHPUT_KEYS = ["pages_per_sec", "ops_per_sec", "elapsed_s", "per_worker"]
 LATENCY_KEYS = ["p50", "p99", "p99_9", "max", "histogram"]
 MEMORY_KEYS = ["guest_bytes", "host_resident_bytes_start", "host_resident_bytes_end",
                "host_resident_bytes_min", "host_resident_bytes_max", "reported_bytes",
                "discarded_bytes", "footprint_gib_s", "half_returned_s",
-               "free_unreportable_bytes_end", "timeline"]
+               "free_unreportable_bytes_end", "host_page_bytes", "refaulted_bytes",
+               "host_huge_share_at_max", "timeline"]
 TIMELINE_KEYS = ["t_s", "free_bytes", "host_resident_bytes", "reported_bytes",
-                 "discarded_bytes"]
+                 "discarded_bytes", "refaults", "first_touches"]
 # passes, reports, ranges, pages, re-reports, time waiting for the host, pages
 # not taken, the stub's discards, hostscan's scans and installs
 REPORTING_KEYS = ["cycles", "reports", "ranges_reported", "pages_reported", "re_reports",
@@ -187,9 +189,17 @@ def test_memory_record(hog_doc):
     assert mem["host_resident_bytes_start"] == 0                 # a fresh guest
     assert mem["host_resident_bytes_end"] == resident[-1]
     assert mem["host_resident_bytes_min"] == min(resident)
-    # the peak is the hog's pages, all written and held: nothing else writes
-    # the guest, and the hold spans many samples (see HOG_HOLD_S)
-    assert mem["host_resident_bytes_max"] == max(resident) == run["throughput"]["pages"] * PAGE
+    # the peak is the host pages of the hog's pages, all written and held:
+    # nothing else writes the guest, and the hold spans many samples (see
+    # HOG_HOLD_S); with 4 KiB host pages exactly the hog's pages
+    host_page = mem["host_page_bytes"]
+    assert host_page == {"4k": PAGE, "2m": 512 * PAGE}[run["config"]["host_pages"]]
+    assert mem["host_resident_bytes_max"] == max(resident) == run["first_touches"] * host_page
+    assert run["first_touches"] * host_page >= run["throughput"]["pages"] * PAGE
+    if host_page == PAGE:
+        assert run["first_touches"] == run["throughput"]["pages"]
+    assert tl["first_touches"][-1] == run["first_touches"]
+    assert tl["refaults"][-1] == run["refaults"] == mem["refaulted_bytes"] // host_page
     assert mem["reported_bytes"] == rep["pages_reported"] * PAGE == tl["reported_bytes"][-1]
     assert mem["discarded_bytes"] == rep["hv_pages_discarded"] * PAGE == \
         tl["discarded_bytes"][-1]

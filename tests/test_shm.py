@@ -11,6 +11,7 @@ import textwrap
 import numpy as np
 import posix_ipc
 import pytest
+from procs import killed_creator_run_id
 
 from shmalloc import invariants, shm
 from shmalloc.machine import Machine, MachineConfig
@@ -99,30 +100,10 @@ def test_attach_missing_run():
         Machine.attach(f"{os.getpid()}-000000")
 
 
-def _killed_creator_run_id() -> str:
-    """Create a machine in a child that is then SIGKILLed; return its run id."""
-    code = textwrap.dedent("""
-        import os, sys
-        from shmalloc.machine import Machine, MachineConfig
-        m = Machine.create(MachineConfig(memory=16 << 20, zones=2))
-        print(m.run_id, flush=True)
-        sys.stdin.read()          # wait to be killed
-    """)
-    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
-    try:
-        run_id = p.stdout.readline().strip()
-    finally:
-        p.kill()
-        p.wait(30)
-    assert run_id, "child did not create a machine"
-    return run_id
-
-
 @pytest.mark.timeout(120)
 def test_cleanup_removes_dead_runs_only(make_machine):
     live = make_machine()
-    dead = _killed_creator_run_id()
+    dead = killed_creator_run_id()
     runs = shm.list_runs()
     assert len(runs[dead].names) == 6           # zones, frames, guest, 2 zone locks, wake
     removed, live_ids = shm.cleanup(dry_run=True)

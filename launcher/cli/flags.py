@@ -84,6 +84,11 @@ def add_machine_flags(p, strategy: bool = True) -> None:
                    metavar="N", help="busy-wait N ns (of running time) inside the zone lock on "
                    "every free of a block to the buddy lists: a known cost for calibration "
                    "(default 0)")
+    g.add_argument("--host-pages", default=None, metavar="SIZE",
+                   help="the host's page behind guest memory: 4k, or 2m (transparent huge "
+                   "pages: a refault faults and zeroes 2 MiB; needs root to mount a huge "
+                   "tmpfs; needs --report-order >= 9) (default 2m, what QEMU's guest memory "
+                   "gets on a typical host; 4k where 2m cannot be had)")
     g.add_argument("--no-pin", dest="pin", action="store_false",
                    help="let the scheduler place the workers (default: worker i on cpu i mod "
                    "ncpus, as will-it-scale pins its tasks)")

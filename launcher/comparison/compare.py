@@ -155,8 +155,9 @@ def prepare(variants: list[Variant], command: str = "shmalloc compare", stream=N
         stream.write(f"{command}: measuring unit costs...\r")
         stream.flush()
         interrupt.partial_line(True)
+    host_pages = sorted({v.config.host_pages for v in variants})
     with interrupt.deferred():      # its machines are created and removed inside
-        unit = unit_costs()
+        unit = unit_costs(host_pages=host_pages)
     if tty:
         stream.write("\r\033[K")
         interrupt.partial_line(False)
@@ -373,9 +374,16 @@ def format_costs(analysis: dict) -> list[str]:
                      f"{cell(c['design_cpu_s'], 14, 3)}")
     u = analysis["unit_costs"]
     hooks = ", ".join(f"{k} {v:.1f}" for k, v in u["free_path_hooks"].items())
-    lines.append(f"charged: a refault {u['refault']['cost_ns_per_page']:.0f} ns, a hook call "
+    lines.append(f"charged: a refault {refault_charges(u['refault'])}, a hook call "
                  f"ns: {hooks} (measured before round 1); --free-hook-ns as spun")
     return lines
+
+
+def refault_charges(refault: dict) -> str:
+    """'3114 ns', or per host page size '3114 ns (4k), 98000 ns (2m)'."""
+    if "cost_ns_per_page" in refault:             # results from before --host-pages
+        return f"{refault['cost_ns_per_page']:.0f} ns"
+    return ", ".join(f"{rf['cost_ns']:.0f} ns ({hp} host pages)" for hp, rf in refault.items())
 
 
 def format_noise(analysis: dict, baseline: str) -> list[str]:
@@ -527,8 +535,10 @@ def format_compare(runs: list[dict], labels: list[str] | None = None) -> list[st
     base_rate = base["steady_pages_per_sec"] if base else None
     first = runs[0]
     putbacks = {r["config"].get("putback") for r in runs} - {None}
-    lines = [f"shmalloc compare: {describe(first['config'], strategy=False)}, "
-             f"{first['config']['duration']:g} s each"
+    hosts = sorted({r["config"].get("host_pages") or "4k" for r in runs})
+    host = f"host pages {hosts[0]}" if len(hosts) == 1 else "host pages per variant"
+    lines = [f"shmalloc compare: {describe(first['config'], strategy=False, host_pages=False)}, "
+             f"{first['config']['duration']:g} s each, {host}"
              + (f", putback {putbacks.pop()} (mainline, isolate)" if len(putbacks) == 1 else "")
              + (f", median of {repeats} runs" if repeats > 1 else ""), ""]
     w = max(len(label) for label, _, _ in rows) + 2

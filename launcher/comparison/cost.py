@@ -7,9 +7,11 @@ charges what the design made the workers do, each count times a cost:
     free paths) at acquisitions whose holder, when the worker's first
     ``sem_trywait`` failed, was the reporter or the host scanner
     (``Z_WAIT_BEHIND``, :mod:`shmalloc.lock`).  Measured, not estimated.
-(b) ``refault_ns``: refaults (first writes to pages the host discarded, counted
-    by the workers' canaries) times the cost of one, measured on this machine
-    by :func:`shmalloc.bench.measure_refault` at the start of the compare.
+(b) ``refault_ns``: refaults (first writes to host pages the host discarded,
+    counted by the workers, :func:`shmalloc.hostpage.host_fault`) times the
+    cost of one on the run's host pages (``--host-pages``: a 2 MiB refault
+    zeroes 2 MiB), measured on this machine by
+    :func:`shmalloc.bench.measure_refault` at the start of the compare.
 (c) ``hook_ns``: the design's free-path hook calls past its order check
     (``Z_DESIGN_HOOK_CALLS``) times the cost of one call
     (:func:`shmalloc.bench.measure_hooks`), plus the time ``--free-hook-ns``
@@ -36,7 +38,7 @@ reporter only when the reporter was the holder first seen).
 
 from __future__ import annotations
 
-from shmalloc.bench import HOOK_KINDS
+from shmalloc.bench import HOOK_KINDS, refault_cost_ns
 
 WORKER_CALLERS = ("alloc", "free")
 SERVICE_CALLERS = ("reporter", "host")
@@ -52,7 +54,8 @@ def attributed_cost(run: dict, unit: dict) -> dict | None:
         return None
     behind = a["wait_behind_ns"]
     lock = sum(behind[w][h] for w in WORKER_CALLERS for h in SERVICE_CALLERS)
-    refault = a["refaults"] * unit["refault"]["cost_ns_per_page"]
+    refault = a["refaults"] * refault_cost_ns(unit["refault"],
+                                              run["config"].get("host_pages") or "4k")
     per_call = unit["free_path_hooks"].get(run["config"]["strategy"], 0.0)
     if run["config"]["strategy"] not in HOOK_KINDS:
         per_call = 0.0

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 from hypervisor_stub import DISCARD_MODES, StubOptions
 from reporter import ReporterOptions
-from shmalloc import virtqueue
+from shmalloc import shm, virtqueue
 from shmalloc.config import (
     DEFAULT_LOCK_SPIN,
     DEFAULT_MAX_ORDER,
@@ -18,6 +18,7 @@ from shmalloc.config import (
     PAGE_SIZE,
     PAGEBLOCK_ORDER,
 )
+from shmalloc.hostpage import HOST_PAGES
 from shmalloc.machine import ConfigError, MachineConfig
 from shmalloc.workload import THP_ORDER, WORKLOADS
 
@@ -26,6 +27,21 @@ from .worker import WorkerPlan
 
 GIB = 1 << 30
 PAGE_FAULT1_BYTES = 128 << 20    # will-it-scale's page_fault1 maps 128 MiB per task
+#: --host-pages by default: what QEMU's guest memory gets on a typical host,
+#: transparent huge pages (docs/run.md says whose measurement)
+DEFAULT_HOST_PAGES = "2m"
+
+
+def default_host_pages(report_order: int = PAGEBLOCK_ORDER) -> str:
+    """:data:`DEFAULT_HOST_PAGES` where it can be had, else 4k: where this
+    process may not mount a huge tmpfs (``shm.huge_tmpfs_problem`` says
+    why), and below report order 9, whose discards would split huge host
+    pages (which the model does not follow; QEMU's host would give nothing
+    back until it split them)."""
+    if DEFAULT_HOST_PAGES == "2m" and (report_order < HOST_PAGES["2m"]
+                                       or shm.huge_tmpfs_problem()):
+        return "4k"
+    return DEFAULT_HOST_PAGES
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,7 @@ class RunConfig:
     trace_speed: float = 0.0            # trace:FILE: X times the recorded pace; 0: at once
     trace_wait: float = 1.0             # trace:FILE: a free waits this long for its allocation
     trace_loops: int = 1                # trace:FILE: passes over the trace; 0: until --duration
+    host_pages: str | None = None       # 4k or 2m; None: DEFAULT_HOST_PAGES where it can be had
 
     @property
     def trace(self) -> str | None:
@@ -88,6 +105,8 @@ class RunConfig:
             cfg = replace(cfg, putback=cfg.design.putback)
         if cfg.strategy in designs.DESIGNS and cfg.design.walks and cfg.walk_order is None:
             cfg = replace(cfg, walk_order=0)
+        if cfg.host_pages is None:
+            cfg = replace(cfg, host_pages=default_host_pages(cfg.report_order))
         if cfg.memory is None:
             cfg = replace(cfg, memory=replay.default_memory(cfg) if cfg.trace else GIB)
         if cfg.duration is None:
@@ -108,6 +127,9 @@ class RunConfig:
                               f"{', '.join(WORKLOADS)} or trace:FILE")
         if self.trace:
             replay.check_config(self)
+        if self.host_pages not in HOST_PAGES:
+            raise ConfigError("--host-pages", f"must be {' or '.join(HOST_PAGES)}, "
+                              f"got {self.host_pages!r}")
         self.machine_config().validate()
         self.machine_config().check_space()
         if self.duration is not None and (self.duration < 0 or
@@ -172,7 +194,8 @@ class RunConfig:
                              lock_stats=self.lock_stats, report_order=self.report_order,
                              capacity=self.capacity or PAGE_REPORTING_CAPACITY,
                              strategy=self.design.hook, free_hook_ns=self.free_hook_ns,
-                             free_page_vq=self.free_page_vq or FREE_PAGE_VQ_SIZE)
+                             free_page_vq=self.free_page_vq or FREE_PAGE_VQ_SIZE,
+                             host_page_order=HOST_PAGES.get(self.host_pages or "4k", -1))
 
     def reporter_options(self) -> ReporterOptions:
         return ReporterOptions(design=self.strategy, delay=self.delay, capacity=self.capacity,

@@ -13,7 +13,7 @@ import numba
 import numpy
 
 from shmalloc import __version__
-from shmalloc.shm import SHM_DIR, shm_free_bytes
+from shmalloc.shm import SHM_DIR, huge_tmpfs_problem, shm_free_bytes
 
 
 def _read(path: str) -> str | None:
@@ -71,6 +71,8 @@ def collect(numba_cache_warm: bool | None = None, start_method: str = "fork") ->
         "shm_free_bytes": shm_free_bytes(),
         "thp_enabled": _read("/sys/kernel/mm/transparent_hugepage/enabled"),
         "thp_shmem_enabled": _read("/sys/kernel/mm/transparent_hugepage/shmem_enabled"),
+        # why guest memory cannot be on 2 MiB host pages here (--host-pages), or None
+        "huge_tmpfs_problem": huge_tmpfs_problem(),
         "mqueue_msg_max": _read("/proc/sys/fs/mqueue/msg_max"),
         "mqueue_msgsize_max": _read("/proc/sys/fs/mqueue/msgsize_max"),
         "git_commit": _git_commit(),

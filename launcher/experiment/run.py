@@ -42,7 +42,7 @@ import numpy as np
 
 from hypervisor_stub import hypervisor_main
 from reporter import reporter_main
-from shmalloc import invariants, lockstat, procstat, snapshot, virtqueue
+from shmalloc import hostpage, invariants, lockstat, procstat, snapshot, virtqueue
 from shmalloc.config import PAGE_SIZE, forbid_compile
 from shmalloc.layout import (
     AG_PID,
@@ -60,6 +60,7 @@ from shmalloc.layout import (
     STOP_HYPERVISOR,
     STOP_REPORTER,
     STOP_WORKERS,
+    WC_REFAULTS,
     WORKER_COUNTERS,
     WS_HIST,
     Z_LOCK_PID,
@@ -119,7 +120,9 @@ class Run:
         self.children: list[Child] = []
         self.timeline = {"t_s": [], "free_bytes": [], "host_resident_bytes": [],
                          "reported_bytes": [], "discarded_bytes": [], "launcher_rss_bytes": [],
-                         "free_unreportable_bytes": []}
+                         "free_unreportable_bytes": [], "refaults": [], "first_touches": []}
+        if cfg.host_pages == "2m":          # is the host really giving huge pages?
+            self.timeline["host_huge_bytes"] = []
         self.queues: tuple = ()
         self.stall: dict[int, tuple[int, int, float]] = {}
         self.t_go = 0.0
@@ -238,14 +241,24 @@ class Run:
                  "reported_bytes": int(m.zs[rep + RS_PAGES_REPORTED]) * PAGE_SIZE,
                  "discarded_bytes": int(m.zs[rep + RS_HV_PAGES_DISCARDED]) * PAGE_SIZE,
                  "launcher_rss_bytes": launcher_rss_bytes(),
-                 "free_unreportable_bytes": free_below_order(m, self.cfg.report_order) * PAGE_SIZE}
+                 "free_unreportable_bytes": free_below_order(m, self.cfg.report_order) * PAGE_SIZE,
+                 # host faults so far: host pages faulted back in, and backed for the first time
+                 "refaults": self.worker_counter(WC_REFAULTS),
+                 "first_touches": hostpage.first_touches(m)}
+        if "host_huge_bytes" in self.timeline:
+            # what a worker maps with 2 MiB pages is guest memory on huge host pages
+            point["host_huge_bytes"] = max((hostpage.shmem_pmd_mapped_bytes(c.pid)
+                                            for c in self.workers()), default=0)
         with interrupt.deferred():      # a signal must not leave the series of unequal length
             for key, value in point.items():
                 self.timeline[key].append(value)
 
     def pages_done(self) -> int:
+        return self.worker_counter(WORKER_COUNTERS.index("pages_allocated"))
+
+    def worker_counter(self, idx: int) -> int:
+        """A per-worker counter (``WC_*``), summed over the workers."""
         m = self.machine
-        idx = WORKER_COUNTERS.index("pages_allocated")
         return sum(int(m.zs[m.layout.wstats(c.agent) + idx]) for c in self.workers())
 
     def _maybe_open_window(self) -> None:
@@ -534,6 +547,9 @@ class Run:
             "released_bytes": total["released_pages"] * PAGE_SIZE,
             "half_returned_s": half_returned_s(self.timeline, freed_at,
                                                total["released_pages"] * PAGE_SIZE),
+            "host_page_bytes": hostpage.host_page_bytes(m.host_page_order),
+            "refaulted_bytes": total["refaults"] * hostpage.host_page_bytes(m.host_page_order),
+            "host_huge_share_at_max": huge_share_at_max(self.timeline),
             "timeline": self.timeline,
         }
         if outcome == "ok":
@@ -551,6 +567,7 @@ class Run:
             "locks": lockstat.lock_records(m.zs, m.nr_zones, tps),
             "memory": memory,
             "refaults": total["refaults"],
+            "first_touches": hostpage.first_touches(m),
             "minor_faults": total["minor_faults"],
             "reporting": reporting,
             "safety": {
@@ -572,6 +589,18 @@ class Run:
             record["page_accounting"] = [{"where": w, "pages": n}
                                          for w, n in snapshot.page_accounting(m)]
         return record
+
+
+def huge_share_at_max(timeline: dict) -> float | None:
+    """With 2 MiB host pages: the share of host-resident guest memory a
+    worker mapped with huge pages, at the sample of most resident memory
+    (QEMU's is ``AnonHugePages`` over its guest RAM's Rss); None with 4 KiB
+    host pages or when nothing was resident."""
+    huge, resident = timeline.get("host_huge_bytes"), timeline["host_resident_bytes"]
+    if not huge or not max(resident, default=0):
+        return None
+    i = max(range(len(resident)), key=resident.__getitem__)
+    return round(huge[i] / resident[i], 4)
 
 
 def execute(cfg: RunConfig, progress: bool = False, label: str = "", until=None) -> dict:

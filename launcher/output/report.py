@@ -92,6 +92,8 @@ def _common(c: dict, keys: list[str]) -> str:
         parts.append(f"{c['workers']} worker{'s' if c['workers'] != 1 else ''}")
     if "memory" not in keys:
         parts.append(f"{fmt_bytes(c['memory'])} guest")
+    if "host_pages" not in keys:
+        parts.append(f"host pages {c.get('host_pages') or '4k'}")
     if "zones" not in keys:
         parts.append(f"{c['zones']} zone{'s' if c['zones'] != 1 else ''}")
     if not {"pcp_batch", "pcp_high"} & set(keys):

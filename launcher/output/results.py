@@ -32,6 +32,15 @@ with one clear message.  A version 1 RUN's ``config`` gets ``free_hook_ns``
 0 (the flag came with version 2; nothing spun), so that runs of both
 versions compare flag by flag (``shmalloc report`` groups runs by their
 whole configuration).
+
+Within version 2, ``config`` gained ``host_pages`` (4k or 2m), each RUN
+``first_touches`` (host pages backed for the first time), ``memory.host_page_bytes``,
+``memory.refaulted_bytes``, ``memory.host_huge_share_at_max`` and the
+timeline's ``refaults``, ``first_touches`` (and with 2m
+``host_huge_bytes``), and ``metadata`` ``huge_tmpfs_problem``; the
+refault in ``analysis.unit_costs`` is keyed by host page size.  No version
+bump: nothing a reader of version 2 reads changed, and :func:`load` gives a
+run written before them what it ran with, 4 KiB host pages.
 """
 
 from __future__ import annotations
@@ -117,8 +126,11 @@ def load(path: str) -> dict:
                            f"reads versions {', '.join(map(str, READABLE_VERSIONS))}")
     if not isinstance(doc.get("runs"), list) or not isinstance(doc.get("metadata"), dict):
         raise ResultsError(f"{path}: damaged results file (no runs or metadata)")
-    if version == 1:
-        for run in doc["runs"]:
-            if isinstance(run, dict) and isinstance(run.get("config"), dict):
-                run["config"].setdefault("free_hook_ns", 0)
+    for run in doc["runs"]:
+        if isinstance(run, dict) and isinstance(run.get("config"), dict) \
+                and run.get("system", "model") == "model":
+            config = run["config"]
+            if version == 1:
+                config.setdefault("free_hook_ns", 0)
+            config.setdefault("host_pages", "4k")         # before --host-pages
     return doc

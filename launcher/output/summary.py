@@ -11,15 +11,16 @@ from ..experiment.designs import DESIGNS
 from ..units import fmt_bytes, fmt_rate
 
 
-def describe(c: dict, strategy: bool = True) -> str:
+def describe(c: dict, strategy: bool = True, host_pages: bool = True) -> str:
     """One line naming an experiment's configuration."""
     pcp = f"pcp {c['pcp_batch']}/{c['pcp_high']}" if c["pcp_batch"] else "pcp off"
     design = f", strategy {c['strategy']}" if strategy else ""
     putback = ""
     if strategy and c.get("putback"):                 # mainline, isolate: 5.7 or 5.10
         putback = f", putback {c['putback']}"
+    host = f", host pages {c.get('host_pages') or '4k'}" if host_pages else ""
     return (f"{c['workload']}{design}, {c['workers']} worker"
-            f"{'s' if c['workers'] != 1 else ''}, {fmt_bytes(c['memory'])} guest, "
+            f"{'s' if c['workers'] != 1 else ''}, {fmt_bytes(c['memory'])} guest{host}, "
             f"{c['zones']} zone{'s' if c['zones'] != 1 else ''}, {pcp}, seed {c['seed']}"
             f"{putback}")
 
