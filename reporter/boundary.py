@@ -164,7 +164,11 @@ class Boundary(ReportingDesign):
     """Duyck v9 (see the module docstring)."""
 
     def start(self) -> None:
-        boundary_request_all(self.zs, self.agent)
+        """``page_reporting_startup``: request every zone; with ``--start
+        reported`` that flush has run already (the free blocks are Reported
+        and counted), and no zone is requested."""
+        if not self.opts.start_reported:
+            boundary_request_all(self.zs, self.agent)
 
     def zone_requested(self, zone: int) -> bool:
         return bool(self.zs[zone_base(zone) + Z_REPORT_FLAGS] & ZRF_REQUESTED)

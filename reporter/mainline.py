@@ -161,8 +161,11 @@ class Mainline(ReportingDesign):
     """mm/page_reporting.c, phase by phase (see the module docstring)."""
 
     def start(self) -> None:
-        # page_reporting_register: request an initial flush of the zones
-        page_reporting_request(self.zs, self.agent)
+        """``page_reporting_register``: request an initial flush of the
+        zones; with ``--start reported`` it has run already (the machine's
+        free blocks are Reported), and the reporter starts idle."""
+        if not self.opts.start_reported:
+            page_reporting_request(self.zs, self.agent)
 
     def process(self) -> bool:
         """``page_reporting_process``: one pass; True if requested again."""

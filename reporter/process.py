@@ -71,6 +71,7 @@ class ReporterOptions:
     putback: str | None = None      # mainline, isolate: "head" (5.7) or "tail" (5.10)
     walk_order: int = 0             # callback: the lowest order walk_free_mem_block visits
     callback_ns: int | None = None  # callback: per-block cost under the lock; None: calibrate
+    start_reported: bool = False    # --start reported: the initial flush is done, stay idle
 
 
 class ReportingDesign:

@@ -16,6 +16,11 @@ One :class:`Machine` is the guest's memory and its allocator state:
 ``/shmalloc-<run>-zone<N>``
     the zone locks: POSIX named semaphores of value 1.
 
+The machine starts with every page free and, with ``start_reported``
+(``--start reported``), its free blocks already Reported, as a guest whose
+reporter has flushed its zones after registration and gone idle
+(:func:`_start_reported`).
+
 Processes are *agents*: workers ``0 .. workers-1``, then the reporter, the
 hypervisor stub and a control agent (the launcher, or a test).  A process
 binds the agent it plays (:meth:`Machine.bind`), which records its pid and its
@@ -75,7 +80,9 @@ from .layout import (
     H_STRATEGY,
     H_TICKS_PER_SEC,
     HOOK_BITMAP,
+    HOOK_BOUNDARY,
     HOOK_HOSTSCAN,
+    HOOK_MAINLINE,
     LS_INF,
     LS_MIN_FIELDS,
     MIGRATE_MOVABLE,
@@ -84,6 +91,8 @@ from .layout import (
     NR_LS_FIELDS,
     PCP_HEAD,
     PCP_TAIL,
+    PG_REPORTED,
+    PS_BUDDY,
     ROLE_CONTROL,
     ROLE_NONE,
     Z_BOUNDARY,
@@ -93,6 +102,7 @@ from .layout import (
     Z_LOCK_CPU,
     Z_LOCKSTAT,
     Z_NR_PAGES,
+    Z_REPORTED,
     Z_START_PFN,
     Z_WMARK_LOW,
     Z_WMARK_MIN,
@@ -157,6 +167,8 @@ class MachineConfig:
     free_page_vq: int = FREE_PAGE_VQ_SIZE   # entries of callback's free page virtqueue
     host_page_order: int = 0   # --host-pages: the host backs guest memory with 4 KiB (0) or
                                # 2 MiB (9) pages (shmalloc.hostpage)
+    start_reported: bool = False   # --start reported: free blocks start Reported (the design's
+                                   # record of it: mainline, boundary, hostscan)
 
     @property
     def pageblock_order(self) -> int:
@@ -221,6 +233,9 @@ class MachineConfig:
                               f"--host-pages {HOST_PAGE_NAMES[self.host_page_order]}: a smaller "
                               "discard would split a huge host page, which the model does not "
                               f"follow; got {self.report_order}")
+        if self.start_reported and self.strategy not in START_REPORTED_HOOKS:
+            raise ConfigError("--start", "reported needs a design that records what the host "
+                              "has (mainline, boundary, hostscan)")
 
     def check_space(self) -> None:
         """The host can give this guest what it asks: the guest and its
@@ -252,6 +267,11 @@ class MachineConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+#: the free-path hooks of the designs that keep a record of what the host has,
+#: so that a start with the free memory already reported means something
+START_REPORTED_HOOKS = (HOOK_MAINLINE, HOOK_BOUNDARY, HOOK_HOSTSCAN)
 
 
 def mem_available_bytes() -> int:
@@ -622,5 +642,40 @@ def _init_metadata(zs: np.ndarray, frames: np.ndarray, layout: Layout, cfg: Mach
     zs[layout.off_pageblock: layout.off_pageblock + layout.nr_pageblocks] = MIGRATE_MOVABLE
     init_free_lists(frames, zs)
     # every host page starts HP_NEVER (0, from zs[:] = 0): nothing is backed yet
+    if cfg.start_reported:
+        _start_reported(zs, frames, layout, cfg)
     zs[H_MAGIC] = ZS_MAGIC                       # ready: others may attach now
 
+
+def _start_reported(zs: np.ndarray, frames: np.ndarray, layout: Layout,
+                    cfg: MachineConfig) -> None:
+    """The free memory is already reported, as after the initial flush:
+    Linux's ``page_reporting_register`` requests one (mm/page_reporting.c,
+    "Begin initial flush of zones"), its passes report every free block of
+    the report order and up, budget by budget, and the reporter goes idle.
+    Each design's record of that state, on a machine whose pages are all
+    free: mainline's PageReported on every free block of at least the report
+    order; boundary's too, with its per-order Reported counts (the boundaries
+    are off between cycles); hostscan's host-reclaimed mark on every frame.
+    The host backs none of it (a fresh guest object), as after the flush.
+    The reporter is left idle by the design (``ReporterOptions.start``)."""
+    f = frames
+    heads = np.flatnonzero((f["state"] == PS_BUDDY) & (f["order"] >= cfg.report_order))
+    if cfg.strategy in (HOOK_MAINLINE, HOOK_BOUNDARY):
+        f["flags"][heads] |= PG_REPORTED
+    if cfg.strategy == HOOK_BOUNDARY:
+        for z in range(layout.nr_zones):
+            zb = layout.zone(z)
+            start = z * layout.zone_pages
+            in_zone = heads[(heads >= start) & (heads < start + layout.zone_pages)]
+            for o in range(layout.max_order):
+                zs[zb + Z_REPORTED + o] = int((f["order"][in_zone] == o).sum())
+    if cfg.strategy == HOOK_HOSTSCAN:
+        words = cfg.bitmap_words
+        nbits = layout.zone_pages >> cfg.report_order
+        bits = np.zeros(words * 64, np.uint8)
+        bits[:nbits] = 1                        # every frame of the zone: all free now
+        packed = np.packbits(bits, bitorder="little").view(np.int64)
+        for z in range(layout.nr_zones):
+            base = layout.off_strat + z * words
+            zs[base: base + words] = packed

@@ -174,6 +174,23 @@ class ReferenceAllocator:
             self.free_area[self.zone_of(pfn)][top][MIGRATE_MOVABLE].append(pfn)
             self.heads[pfn] = [PS_BUDDY, top, -1]
 
+    def start_reported(self) -> None:
+        """``--start reported`` (:func:`shmalloc.machine._start_reported`):
+        the free memory is already reported, as after the reporter's initial
+        flush.  Every free block of at least the report order is Reported
+        (mainline, boundary: counted per order), or its frames are marked
+        host-reclaimed (hostscan)."""
+        for zone in range(self.nr_zones):
+            for order in range(self.report_order, self.max_order):
+                for mt in range(MIGRATE_TYPES):
+                    for pfn in self.free_area[zone][order][mt]:
+                        if self.hook in (HOOK_MAINLINE, HOOK_BOUNDARY):
+                            self.reported.add(pfn)
+                        if self.hook == HOOK_BOUNDARY:
+                            self.reported_count[zone][order] += 1
+                        if self.hook == HOOK_HOSTSCAN:
+                            self.marked.update(self.frames_of(pfn, order))
+
     # -- geometry ------------------------------------------------------------
     def zone_of(self, pfn: int) -> int:
         return pfn // self.zone_pages

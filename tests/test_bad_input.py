@@ -49,10 +49,15 @@ BAD_INPUTS = [
     (["run", "--strategy", "mainline", "--capacity", "5000"], "--capacity",
      "fs.mqueue.msgsize_max"),
     (["run", "--capacity", "0"], "--capacity"),
-    # the host's pages
+    # the host's pages and the start state
     (["run", "--host-pages", "1g"], "--host-pages", "must be 4k or 2m, got '1g'"),
     (["run", "--host-pages", "2m", "--report-order", "8"], "--report-order",
      "must be >= 9 with --host-pages 2m"),
+    (["run", "--strategy", "callback", "--start", "reported"], "--start", "not callback"),
+    (["run", "--strategy", "mainline", "--start", "later"], "--start",
+     "must be unreported or reported"),
+    (["compare", "--strategies", "none,isolate", "--start", "reported"], "--start",
+     "no design in the line-up takes it"),
     # unknown names
     (["run", "--strategy", "bogus"], "--strategy", "unknown design 'bogus'"),
     (["run", "--workload", "bogus"], "--workload", "unknown workload 'bogus'"),

@@ -2,7 +2,9 @@
 for every design.
 
 Hypothesis draws a machine (zones, pcp lists, max order, report order,
-capacity, head or tail put-back) and a sequence of steps.  Each step is one
+capacity, head or tail put-back, and for the designs that record what the
+host has whether it starts with its free memory reported) and a sequence of
+steps.  Each step is one
 agent calling one compiled entry point, in this process: a worker's
 ``alloc_pages`` or ``free_pages`` (wrong ones too: double frees, wrong
 orders, foreign owners, random pfns), a pcp drain or a posted drain request
@@ -145,7 +147,9 @@ def machines(draw, name: str):
                         max_order=max_order, pcp_batch=pcp_batch, pcp_high=pcp_high or 1,
                         report_order=draw(st.integers(lowest, max_order - 1)),
                         capacity=draw(st.integers(1, 4)), strategy=DESIGNS[name].hook,
-                        free_page_vq=draw(st.integers(1, 6)))
+                        free_page_vq=draw(st.integers(1, 6)),
+                        # --start reported, where the design records what the host has
+                        start_reported=DESIGNS[name].records_host and draw(st.booleans()))
     return cfg, draw(st.sampled_from(["head", "tail"]))
 
 
@@ -273,6 +277,8 @@ class Model:
                                       cfg.pcp_batch, cfg.pcp_high, hook=cfg.strategy,
                                       report_order=cfg.report_order, capacity=cfg.capacity,
                                       wmark_min=wmark, vq_size=cfg.free_page_vq)
+        if cfg.start_reported:
+            self.ref.start_reported()
         self.ro = cfg.report_order
         self.ctl = m.control_agent
         # the reporter's agent; hostscan's kernels run in the hypervisor stub

@@ -72,7 +72,7 @@ def add_parser(sub) -> None:
 
 #: run flags only some designs take (launcher.experiment.designs): on compare's command
 #: line they apply to the variants whose design takes them
-ONLY_SOME = ("putback", "walk_order", "callback_ns", "free_page_vq")
+ONLY_SOME = ("putback", "walk_order", "callback_ns", "free_page_vq", "start")
 
 
 def _variants(args) -> list:
@@ -83,6 +83,8 @@ def _variants(args) -> list:
 
     def takes(strategy: str, key: str) -> bool:
         design = DESIGNS[strategy]
+        if key == "start":
+            return design.records_host
         return design.putback is not None if key == "putback" else design.walks
 
     variants = []

@@ -101,6 +101,10 @@ def add_machine_flags(p, strategy: bool = True) -> None:
                    metavar="N", help="smallest order reported (default 9, pageblock order); "
                    "the page_reporting_order module parameter of Linux 5.14 and later "
                    "(5.7 fixed it at pageblock_order)")
+    g.add_argument("--start", default=None, metavar="STATE",
+                   help="mainline, boundary, hostscan: the free memory the guest starts with "
+                   "is unreported (the reporter's initial flush still to come; the default) "
+                   "or reported (flushed, reporter idle, as a guest some time after boot)")
     g.add_argument("--putback", default=None, metavar="WHERE",
                    help="mainline, isolate: where a reported block goes back on its free list: "
                    "head (Linux 5.7, the default) or tail (5.10's FPI_TO_TAIL)")

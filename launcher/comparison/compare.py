@@ -126,6 +126,8 @@ def config_for(base: RunConfig, item: str) -> RunConfig:
         cfg = replace(cfg, putback=None)
     if not design.walks:
         cfg = replace(cfg, walk_order=None, callback_ns=None, free_page_vq=None)
+    if not design.records_host:
+        cfg = replace(cfg, start=None)
     if mode:
         cfg = replace(cfg, callback_mode=mode)
     return cfg.resolved()
@@ -535,11 +537,14 @@ def format_compare(runs: list[dict], labels: list[str] | None = None) -> list[st
     base_rate = base["steady_pages_per_sec"] if base else None
     first = runs[0]
     putbacks = {r["config"].get("putback") for r in runs} - {None}
+    starts = {r["config"].get("start") for r in runs} - {None}
     hosts = sorted({r["config"].get("host_pages") or "4k" for r in runs})
     host = f"host pages {hosts[0]}" if len(hosts) == 1 else "host pages per variant"
     lines = [f"shmalloc compare: {describe(first['config'], strategy=False, host_pages=False)}, "
              f"{first['config']['duration']:g} s each, {host}"
              + (f", putback {putbacks.pop()} (mainline, isolate)" if len(putbacks) == 1 else "")
+             + (f", start {starts.pop()} (mainline, boundary, hostscan)" if len(starts) == 1
+                else "")
              + (f", median of {repeats} runs" if repeats > 1 else ""), ""]
     w = max(len(label) for label, _, _ in rows) + 2
     spread = repeats > 1

@@ -83,6 +83,8 @@ class RunConfig:
     trace_wait: float = 1.0             # trace:FILE: a free waits this long for its allocation
     trace_loops: int = 1                # trace:FILE: passes over the trace; 0: until --duration
     host_pages: str | None = None       # 4k or 2m; None: DEFAULT_HOST_PAGES where it can be had
+    start: str | None = None            # designs that record what the host has: unreported
+                                        # (None: that) or reported (the initial flush done)
 
     @property
     def trace(self) -> str | None:
@@ -105,6 +107,8 @@ class RunConfig:
             cfg = replace(cfg, putback=cfg.design.putback)
         if cfg.strategy in designs.DESIGNS and cfg.design.walks and cfg.walk_order is None:
             cfg = replace(cfg, walk_order=0)
+        if cfg.strategy in designs.DESIGNS and cfg.design.records_host and cfg.start is None:
+            cfg = replace(cfg, start="unreported")
         if cfg.host_pages is None:
             cfg = replace(cfg, host_pages=default_host_pages(cfg.report_order))
         if cfg.memory is None:
@@ -130,6 +134,15 @@ class RunConfig:
         if self.host_pages not in HOST_PAGES:
             raise ConfigError("--host-pages", f"must be {' or '.join(HOST_PAGES)}, "
                               f"got {self.host_pages!r}")
+        if self.start is not None:
+            if self.start not in designs.START_STATES:
+                raise ConfigError("--start", f"must be {' or '.join(designs.START_STATES)}, "
+                                  f"got {self.start!r}")
+            if not self.design.records_host:
+                takes = ", ".join(n for n, d in designs.DESIGNS.items() if d.records_host)
+                raise ConfigError("--start", f"applies to {takes}, not {self.strategy}: it "
+                                  "keeps no record of what the host has, so it starts the "
+                                  "same either way")
         self.machine_config().validate()
         self.machine_config().check_space()
         if self.duration is not None and (self.duration < 0 or
@@ -195,13 +208,15 @@ class RunConfig:
                              capacity=self.capacity or PAGE_REPORTING_CAPACITY,
                              strategy=self.design.hook, free_hook_ns=self.free_hook_ns,
                              free_page_vq=self.free_page_vq or FREE_PAGE_VQ_SIZE,
-                             host_page_order=HOST_PAGES.get(self.host_pages or "4k", -1))
+                             host_page_order=HOST_PAGES.get(self.host_pages or "4k", -1),
+                             start_reported=self.start == "reported")
 
     def reporter_options(self) -> ReporterOptions:
         return ReporterOptions(design=self.strategy, delay=self.delay, capacity=self.capacity,
                                report_order=self.report_order, callback_mode=self.callback_mode,
                                putback=self.putback, walk_order=self.walk_order or 0,
-                               callback_ns=self.callback_ns)
+                               callback_ns=self.callback_ns,
+                               start_reported=self.start == "reported")
 
     def stub_options(self) -> StubOptions:
         return StubOptions(discard=self.discard, hv_latency=self.hv_latency,

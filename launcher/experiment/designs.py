@@ -28,6 +28,8 @@ class Design:
     min_report_order: int = 0           # isolate works on whole pageblocks
     putback: str | None = None          # default --putback where the design takes it
     walks: bool = False                 # takes --walk-order and --callback-ns (callback)
+    records_host: bool = False          # keeps a record of what the host has (Reported,
+                                        # host-reclaimed marks): takes --start
 
     def unsafe(self, config) -> bool:
         return bool(self.unsafe_when) and all(getattr(config, k) == v
@@ -38,10 +40,10 @@ DESIGNS: dict[str, Design] = {d.name: d for d in (
     Design("none", "no reporting: the baseline"),
     Design("mainline", "Linux 5.7 mm/page_reporting.c: PageReported, list rotation, budget, "
            "2 s delay", hook=HOOK_MAINLINE, reporter=True, hypervisor=True,
-           defaults={"delay": 2.0}, putback="head"),
+           defaults={"delay": 2.0}, putback="head", records_host=True),
     Design("boundary", "Duyck v9: Reported run behind per-list boundary pointers, kept by "
            "the allocator; 0.1 s delay", hook=HOOK_BOUNDARY, reporter=True, hypervisor=True,
-           defaults={"delay": 0.1}),
+           defaults={"delay": 0.1}, records_host=True),
     Design("callback", "Wang v14: walk_free_mem_block under the zone lock, ranges sent after; "
            "hint or discard", reporter=True, hypervisor=True, defaults={"delay": 2.0},
            unsafe_when={"callback_mode": "discard"}, walks=True),
@@ -53,7 +55,7 @@ DESIGNS: dict[str, Design] = {d.name: d for d in (
            defaults={"delay": 0.0, "capacity": BITMAP_MAX_PAGES}),
     Design("hostscan", "after HyperAlloc (EuroSys'25): the host scans the free lists every 5 s, "
            "reclaims 2 MiB frames, the guest installs on allocation", hook=HOOK_HOSTSCAN,
-           hypervisor=True, host_scan=True),
+           hypervisor=True, host_scan=True, records_host=True),
 )}
 
 
@@ -61,6 +63,11 @@ DESIGNS: dict[str, Design] = {d.name: d for d in (
 FIXED_PUTBACK = {"boundary": "it puts blocks back at the tail by construction (v9's Reported run)",
                  "bitmap": "it returns blocks through __free_one_page, as v12 did",
                  "hostscan": "the host puts reclaimed blocks back at the tail"}
+
+
+#: --start: whether the free memory a run starts with is already reported
+#: (shmalloc.machine._start_reported says what each design records of it)
+START_STATES = ("unreported", "reported")
 
 
 def names() -> list[str]:

@@ -23,7 +23,7 @@ DESIGN_KEYS = ("strategy", "callback_mode")
 #: the designs that take them): runs of different designs differ in them
 #: without being different experiments
 DESIGN_DEPENDENT = DESIGN_KEYS + ("delay", "capacity", "putback", "walk_order", "callback_ns",
-                                  "free_page_vq")
+                                  "free_page_vq", "start")
 IGNORED = ("inject",)
 
 

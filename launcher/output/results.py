@@ -33,14 +33,17 @@ with one clear message.  A version 1 RUN's ``config`` gets ``free_hook_ns``
 versions compare flag by flag (``shmalloc report`` groups runs by their
 whole configuration).
 
-Within version 2, ``config`` gained ``host_pages`` (4k or 2m), each RUN
-``first_touches`` (host pages backed for the first time), ``memory.host_page_bytes``,
+Within version 2, ``config`` gained ``host_pages`` (4k or 2m) and
+``start`` (unreported or reported, for the designs that record what the
+host has; null for the others), each RUN ``first_touches`` (host pages
+backed for the first time), ``memory.host_page_bytes``,
 ``memory.refaulted_bytes``, ``memory.host_huge_share_at_max`` and the
 timeline's ``refaults``, ``first_touches`` (and with 2m
 ``host_huge_bytes``), and ``metadata`` ``huge_tmpfs_problem``; the
 refault in ``analysis.unit_costs`` is keyed by host page size.  No version
 bump: nothing a reader of version 2 reads changed, and :func:`load` gives a
-run written before them what it ran with, 4 KiB host pages.
+run written before them what it ran with, 4 KiB host pages and (mainline,
+boundary, hostscan) an unreported start.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+
+from ..experiment.designs import DESIGNS
 
 FORMAT = "shmalloc-results"
 VERSION = 2
@@ -133,4 +138,6 @@ def load(path: str) -> dict:
             if version == 1:
                 config.setdefault("free_hook_ns", 0)
             config.setdefault("host_pages", "4k")         # before --host-pages
+            design = DESIGNS.get(config.get("strategy"))
+            config.setdefault("start", "unreported" if design and design.records_host else None)
     return doc

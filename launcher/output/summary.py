@@ -16,8 +16,10 @@ def describe(c: dict, strategy: bool = True, host_pages: bool = True) -> str:
     pcp = f"pcp {c['pcp_batch']}/{c['pcp_high']}" if c["pcp_batch"] else "pcp off"
     design = f", strategy {c['strategy']}" if strategy else ""
     putback = ""
+    if strategy and c.get("start"):                   # designs that record what the host has
+        putback = f", start {c['start']}"
     if strategy and c.get("putback"):                 # mainline, isolate: 5.7 or 5.10
-        putback = f", putback {c['putback']}"
+        putback += f", putback {c['putback']}"
     host = f", host pages {c.get('host_pages') or '4k'}" if host_pages else ""
     return (f"{c['workload']}{design}, {c['workers']} worker"
             f"{'s' if c['workers'] != 1 else ''}, {fmt_bytes(c['memory'])} guest{host}, "
