@@ -1,0 +1,298 @@
+"""A real guest beside the model: the figures both are compared by, the
+table, its JSON and the plot (issue 23, ``shmalloc vm compare``).
+
+Both systems are read the same way, from a RUN record's memory timeline, so
+a figure means the same on both sides: host-resident guest memory
+(``memory.timeline.host_resident_bytes``: the model's guest object's
+resident bytes; a real guest's RAM mapping's Rss in QEMU) against ``t_s``,
+the moment the workers had freed their memory (``memory.freed_at_s``) and
+how much (``memory.released_bytes``).  The figures:
+
+``step_bytes``           memory returned per pass: the median drop of host-
+                         resident memory after the free, a *step* being a run
+                         of falling samples of at least 16 MiB (one pass can
+                         straddle a sample)
+``step_interval_s``      the median time between the starts of two steps
+``first_step_s``         from the free to the first step: where the free fell
+                         in the reporter's cadence (its phase), and whether
+                         the reporter was idle (one delay) or mid-chain
+``half_back_s``          from the free until the host holds half of the
+                         freed memory less
+``return_rate``          returned memory per second: what the host got back
+                         after the free, over the time it took to get it
+``resident_end_bytes``   host-resident at the end
+``host_faults``          host faults after the free: QEMU's minor and major
+                         faults (``host_minflt``, ``host_majflt``); the
+                         model's refaults and first touches
+                         (:mod:`shmalloc.hostpage`), each one host fault
+``refaulted_bytes``      memory the host backed again after the free: the sum
+                         of the rises of host-resident memory after it
+
+Each row of :func:`compare` gives real, model and their difference (model
+less real), and flags a difference beyond the tolerance: for a time, the
+sampling interval or 15 % of the real figure, whichever is larger; for
+memory and counts, 15 %.  A figure only one system has is flagged too.
+:func:`ratios` answers the thread's question in both systems: each of
+``return_rate``, ``host_faults`` and ``refaulted_bytes`` at report order 9
+over the same at order 10.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from ..experiment.metrics import half_returned_s
+from ..output.plots import pyplot
+from ..units import fmt_bytes
+
+MIN_STEP_BYTES = 16 << 20     # a drop smaller than this between two samples is noise
+TOLERANCE = 0.15              # of the real figure
+
+
+@dataclass(frozen=True)
+class Figure:
+    key: str
+    label: str
+    kind: str                 # "time" (seconds), "bytes", "count" or "rate" (bytes/s)
+
+
+FIGURES = (
+    Figure("step_bytes", "memory returned per pass", "bytes"),
+    Figure("step_interval_s", "interval between passes", "time"),
+    Figure("first_step_s", "first pass after the free", "time"),
+    Figure("half_back_s", "half of the freed memory back", "time"),
+    Figure("return_rate", "returned memory per second", "rate"),
+    Figure("resident_end_bytes", "host-resident at the end", "bytes"),
+    Figure("host_faults", "host faults after the free", "count"),
+    Figure("refaulted_bytes", "memory faulted back after the free", "bytes"),
+)
+#: the figures whose order-9 to order-10 ratio :func:`ratios` gives
+RATIO_KEYS = ("return_rate", "host_faults", "refaulted_bytes")
+
+
+def system(run: dict) -> str:
+    return run.get("system") or "model"
+
+
+def steps(timeline: dict, after_s: float, min_bytes: int = MIN_STEP_BYTES) -> list[dict]:
+    """Drops of host-resident memory from ``after_s`` on: runs of
+    consecutive falling samples whose total is at least ``min_bytes``, each
+    at the time of its first fall."""
+    t, r = timeline["t_s"], timeline["host_resident_bytes"]
+    out, start, total = [], None, 0
+    for i in range(1, len(t) + 1):
+        drop = r[i - 1] - r[i] if i < len(t) else 0
+        if i < len(t) and t[i] > after_s and drop > 0:
+            start = t[i] if start is None else start
+            total += drop
+            continue
+        if start is not None and total >= min_bytes:
+            out.append({"t_s": round(start, 3), "bytes": total})
+        start, total = None, 0
+    return out
+
+
+def host_fault_series(run: dict) -> list[int] | None:
+    """Host faults so far at each sample: QEMU's minor and major faults, or
+    the model's refaults and first touches; None when the run lacks them."""
+    tl = run["memory"]["timeline"]
+    if system(run) == "qemu":
+        pairs = ("host_minflt", "host_majflt")
+    else:
+        pairs = ("refaults", "first_touches")
+    if not all(k in tl for k in pairs):
+        return None
+    return [a + b for a, b in zip(tl[pairs[0]], tl[pairs[1]])]
+
+
+def _at(t: list, values: list, t_s: float):
+    """The last value at or before ``t_s`` (the first if none)."""
+    best = values[0]
+    for ts, v in zip(t, values):
+        if ts > t_s:
+            break
+        best = v
+    return best
+
+
+def _median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def figures(run: dict) -> dict:
+    """The comparison's figures of one run, either system (see the module
+    docstring); a figure the run cannot give is None."""
+    mem = run["memory"]
+    tl = mem["timeline"]
+    t, r = tl["t_s"], tl["host_resident_bytes"]
+    freed_at, freed = mem.get("freed_at_s"), mem.get("released_bytes") or 0
+    out = {f.key: None for f in FIGURES}
+    out["sample_interval_s"] = _median([b - a for a, b in zip(t, t[1:])])
+    out["resident_end_bytes"] = r[-1] if r else None
+    out["freed_at_s"], out["freed_bytes"] = freed_at, freed
+    if freed_at is None or not t:
+        return out
+    st = steps(tl, freed_at)
+    out["steps"] = st
+    out["step_bytes"] = _median([s["bytes"] for s in st])
+    out["step_interval_s"] = _median([round(b["t_s"] - a["t_s"], 6) for a, b in zip(st, st[1:])])
+    out["first_step_s"] = round(st[0]["t_s"] - freed_at, 3) if st else None
+    out["half_back_s"] = half_returned_s(tl, freed_at, freed)
+    at_free = _at(t, r, freed_at)
+    after = [(ts, x) for ts, x in zip(t, r) if ts > freed_at]
+    if after:
+        low = min(x for _, x in after)
+        t_low = next(ts for ts, x in after if x == low)
+        if at_free > low and t_low > freed_at:
+            out["return_rate"] = (at_free - low) / (t_low - freed_at)
+    rises = [b - a for (ta, a), (tb, b) in zip(zip(t, r), zip(t[1:], r[1:]))
+             if tb > freed_at and b > a]
+    out["refaulted_bytes"] = sum(rises)
+    faults = host_fault_series(run)
+    if faults is not None:
+        out["host_faults"] = faults[-1] - _at(t, faults, freed_at)
+    return out
+
+
+def tolerance(kind: str, real: float, sample_s: float) -> float:
+    """How far the model may be from ``real`` before the row is flagged."""
+    rel = TOLERANCE * abs(real)
+    return max(rel, sample_s) if kind == "time" else rel
+
+
+def compare(real: dict, model: dict) -> dict:
+    """Rows of (real, model, difference, flag), one per figure, for a real
+    guest's RUN and the model's RUN of the same workload; with both
+    systems' configurations (start state, host pages, report order)."""
+    fr, fm = figures(real), figures(model)
+    sample_s = max(x for x in (fr["sample_interval_s"], fm["sample_interval_s"], 0.0)
+                   if x is not None)
+    rows = []
+    for f in FIGURES:
+        a, b = fr[f.key], fm[f.key]
+        row = {"key": f.key, "figure": f.label, "kind": f.kind, "real": a, "model": b,
+               "difference": None, "relative": None, "flag": None}
+        if a is None and b is None:
+            pass
+        elif a is None or b is None:
+            row["flag"] = f"only the {'model' if a is None else 'real guest'} has it"
+        else:
+            row["difference"] = b - a
+            row["relative"] = (b - a) / a if a else None
+            tol = tolerance(f.kind, a, sample_s)
+            if abs(b - a) > tol * (1 + 1e-9):              # a sample apart is within it
+                row["flag"] = ("beyond the sampling interval and 15 %" if f.kind == "time"
+                               else "beyond 15 %")
+        rows.append(row)
+    return {"sample_interval_s": sample_s, "tolerance": TOLERANCE,
+            "real": _about(real, fr), "model": _about(model, fm), "rows": rows,
+            "flagged": [row["key"] for row in rows if row["flag"]]}
+
+
+def _about(run: dict, fig: dict) -> dict:
+    """What a side of the comparison was: the flags that decide its figures."""
+    c = run["config"]
+    keys = ("workload", "memory", "report_order", "capacity", "delay", "putback", "start",
+            "host_pages", "hog_share", "hog_hold", "workers", "duration")
+    about = {k: c.get(k) for k in keys}
+    about["system"] = system(run)
+    about["steps"] = fig.get("steps", [])
+    about["freed_at_s"], about["freed_bytes"] = fig["freed_at_s"], fig["freed_bytes"]
+    return about
+
+
+def ratios(real9: dict, real10: dict, model9: dict, model10: dict) -> dict:
+    """The thread's question in both systems: each of :data:`RATIO_KEYS` at
+    report order 9 over the same at order 10, real and model, and the rows
+    flagged as :func:`compare` flags (15 %)."""
+    figs = {k: figures(run) for k, run in (("r9", real9), ("r10", real10), ("m9", model9),
+                                           ("m10", model10))}
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    rows = []
+    for key in RATIO_KEYS:
+        label = next(f.label for f in FIGURES if f.key == key)
+        a = ratio(figs["r9"][key], figs["r10"][key])
+        b = ratio(figs["m9"][key], figs["m10"][key])
+        row = {"key": key, "figure": f"{label}, order 9 / order 10", "kind": "ratio",
+               "real": a, "model": b, "difference": None, "relative": None, "flag": None}
+        if a is not None and b is not None:
+            row["difference"] = b - a
+            row["relative"] = (b - a) / a if a else None
+            if abs(b - a) > TOLERANCE * abs(a):
+                row["flag"] = "beyond 15 %"
+        elif (a is None) != (b is None):
+            row["flag"] = f"only the {'model' if a is None else 'real guest'} has it"
+        rows.append(row)
+    return {"rows": rows, "flagged": [row["key"] for row in rows if row["flag"]]}
+
+
+# ---------------------------------------------------------------------------
+# Output: a table, the JSON document, the plot
+# ---------------------------------------------------------------------------
+
+def _fmt(v, kind: str, signed: bool = False) -> str:
+    if v is None:
+        return "-"
+    sign = "+" if signed and v > 0 else ("-" if signed and v < 0 else "")
+    x = abs(v) if signed else v
+    if kind == "time":
+        return f"{sign}{x:.2f} s"
+    if kind == "bytes":
+        return sign + fmt_bytes(x)
+    if kind == "rate":
+        return sign + fmt_bytes(x) + "/s"
+    if kind == "ratio":
+        return f"{sign}{x:.2f}"
+    return f"{sign}{x:,.0f}"
+
+
+def format_table(doc: dict, title: str = "") -> list[str]:
+    """A ``compare`` or ``ratios`` document as a table: one row per figure,
+    real, model, the difference, and why a row is flagged."""
+    w = max(len(r["figure"]) for r in doc["rows"]) + 2
+    lines = ([title] if title else []) + [
+        f"{'figure':<{w}}{'real guest':>14}{'model':>14}{'difference':>22}  note"]
+    for r in doc["rows"]:
+        diff = _fmt(r["difference"], r["kind"], signed=True)
+        if r["relative"] is not None:
+            diff += f" ({100 * r['relative']:+.0f} %)"
+        lines.append(f"{r['figure']:<{w}}{_fmt(r['real'], r['kind']):>14}"
+                     f"{_fmt(r['model'], r['kind']):>14}{diff:>22}  "
+                     + (f"DIFFERS: {r['flag']}" if r["flag"] else ""))
+    return [line.rstrip() for line in lines]
+
+
+def document(pairs: dict, ratio_doc: dict | None = None) -> dict:
+    """The comparison's JSON: ``pairs`` maps a name ("order 9") to a
+    :func:`compare` document; ``ratios`` the order-9/10 ratios if both
+    orders ran."""
+    doc = {"format": "shmalloc-vm-compare", "version": 1, "pairs": pairs}
+    if ratio_doc is not None:
+        doc["ratios"] = ratio_doc
+    return doc
+
+
+def plot(pairs: list[tuple[str, dict, dict]], path: str) -> str:
+    """Both timelines of host-resident memory on one figure, a panel per
+    (name, real run, model run), time counted from each system's free so
+    that passes line up; returns ``path``."""
+    plt = pyplot()
+    fig, axes = plt.subplots(len(pairs), 1, figsize=(9, 3.2 * len(pairs)), squeeze=False)
+    for ax, (name, real, model) in zip(axes[:, 0], pairs):
+        for run, style, label in ((real, "-", "real guest (QEMU)"), (model, "--", "model")):
+            tl, freed = run["memory"]["timeline"], run["memory"].get("freed_at_s") or 0.0
+            ax.plot([t - freed for t in tl["t_s"]],
+                    [b / 2**30 for b in tl["host_resident_bytes"]], style, label=label)
+        ax.axvline(0.0, color="grey", linewidth=0.8)
+        ax.set_title(f"{name}: host-resident guest memory")
+        ax.set_xlabel("seconds after the workers freed their memory")
+        ax.set_ylabel("GiB")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
