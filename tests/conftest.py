@@ -126,10 +126,7 @@ def _queue_paths(run_ids) -> set[str]:
 
 def _remove(path: str) -> None:
     import posix_ipc
-    if path.startswith("mount:"):                 # a huge guest's tmpfs, and its directory
-        shm.unmount_huge(path[len("mount:"):])
-        return
-    if os.path.isdir(path):
+    if os.path.isdir(path):                       # a huge guest's tmpfs, and its directory
         shm.unmount_huge(path)
         return
     base = os.path.basename(path)

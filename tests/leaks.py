@@ -92,24 +92,16 @@ def run_id_of(name: str) -> str | None:
 
 def listed_objects() -> set[str]:
     """Paths of every shmalloc object listed in /dev/shm (and /dev/mqueue if
-    it is mounted), and of every mount of a shmalloc object (a guest on huge
-    host pages has a tmpfs of its own, :mod:`shmalloc.shm`)."""
+    it is mounted).  A guest on huge host pages is a directory there with a
+    tmpfs mounted on it (:mod:`shmalloc.shm`); a mount point cannot be
+    removed while mounted, so a mount left behind is always listed."""
     found = set()
     for d in (shm.SHM_DIR, shm.MQUEUE_DIR):
         try:
             found |= {os.path.join(d, e) for e in os.listdir(d) if "shmalloc" in e}
         except OSError:
             pass
-    return found | mounts()
-
-
-def mounts() -> set[str]:
-    """Mount points in this mount namespace whose path names shmalloc."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            return {"mount:" + line.split()[4] for line in f if "shmalloc" in line.split()[4]}
-    except OSError:
-        return set()
+    return found
 
 
 def queues_by_name(run_ids) -> set[str]:

@@ -228,6 +228,11 @@ def test_bench_measures_a_refault_on_each_host_page_size():
     huge = measure_refault("2m", reps=1, host_page_count=2)   # checks it got huge pages
     assert small["host_page_bytes"] == PAGE_SIZE and huge["host_page_bytes"] == HUGE
     assert huge["pages"] == 1024 and huge["host_page_count"] == 2
+    for rf in (small, huge):                      # a refault costs a host page's worth
+        pages = rf["host_page_bytes"] // PAGE_SIZE
+        assert rf["cost_ns"] == pytest.approx(
+            max(rf["refault_ns_per_page"] - rf["resident_ns_per_page"], 0) * pages,
+            abs=0.1 * pages)
     unit = {"refault": {"4k": small, "2m": huge}}
     assert refault_cost_ns(unit["refault"], "2m") == huge["cost_ns"]
     assert refault_cost_ns({"cost_ns_per_page": 3000.0}) == 3000.0     # an older file

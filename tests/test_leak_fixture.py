@@ -83,6 +83,41 @@ def test_fixture_fails_a_test_that_leaks_its_queues(tmp_path, where):
     assert queues_by_name({run_id}) == set()          # and removed
 
 
+INNER_HUGE = '''
+from shmalloc.machine import Machine, MachineConfig
+
+
+def test_leaks_its_huge_guest():
+    m = Machine.create(MachineConfig(memory=16 << 20, host_page_order=9))
+    m.mem[0] = 1
+    print("MOUNTED", m.run_id)
+    m.close()                            # unmapped, never unlinked: the tmpfs stays mounted
+'''
+
+
+@pytest.mark.timeout(300)
+def test_fixture_fails_a_test_that_leaves_a_huge_guest_mounted(tmp_path):
+    """A guest on 2 MiB host pages left behind is a directory in /dev/shm with
+    a tmpfs on it: the fixture fails the test, names it, unmounts and removes
+    it (the throwaway session runs in this process's mount namespace)."""
+    from shmalloc import shm
+    problem = shm.huge_tmpfs_problem()
+    if problem:
+        pytest.skip(f"--host-pages 2m: {problem}")
+    (tmp_path / "conftest.py").write_text(open(os.path.join(TESTS, "conftest.py")).read())
+    (tmp_path / "test_inner.py").write_text(INNER_HUGE)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]))
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+                          "-n", "0", "-rE", str(tmp_path)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=280)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1 and re.search(r"\b1 passed, 1 error\b", out), out
+    run_id = re.search(r"MOUNTED (\d+-[0-9a-f]{6})", out)[1]
+    guest = shm.huge_mount_point(shm.object_name(run_id, "guest"))
+    assert guest in out                               # named
+    assert not shm.mounted_at(guest) and not os.path.exists(guest)     # and removed
+
+
 # ---------------------------------------------------------------------------
 # xdist workers, each in a namespace of its own (leaks.private_ipc_namespace)
 # ---------------------------------------------------------------------------

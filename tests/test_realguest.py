@@ -35,11 +35,15 @@ def timeline(end_s: float, held: int, freed_at: float, steps: list[tuple[float, 
 
 
 def run(system: str, tl: dict, freed_at: float, freed: int, **config) -> dict:
+    """A RUN record; its faults split in two halves: minor and major faults
+    (QEMU), or refaults and first touches (the model)."""
     faults = tl.pop("_faults")
+    half = [n // 2 for n in faults]
+    rest = [n - h for n, h in zip(faults, half)]
     if system == "qemu":
-        tl["host_minflt"], tl["host_majflt"] = faults, [0] * len(faults)
+        tl["host_minflt"], tl["host_majflt"] = half, rest
     else:
-        tl["refaults"], tl["first_touches"] = faults, [0] * len(faults)
+        tl["refaults"], tl["first_touches"] = half, rest
     out = {"config": {"workload": "hog", "memory": 2 * GIB, "report_order": 9, **config},
            "memory": {"timeline": tl, "freed_at_s": freed_at, "released_bytes": freed}}
     if system == "qemu":
@@ -67,7 +71,9 @@ def test_the_figures_of_one_timeline():
     assert f["half_back_s"] == pytest.approx(4.0)            # two steps: half of 1 GiB
     assert f["return_rate"] == pytest.approx(GIB / 8.0)      # all of it, 8 s after the free
     assert f["resident_end_bytes"] == 0
-    assert f["host_faults"] == 42                            # after the free only
+    assert f["host_faults"] == 42                            # after the free only, both kinds
+    model = rg.figures(hog("model", first=5.0, faults=[(1.0, 500), (6.0, 40), (9.0, 3)]))
+    assert model["host_faults"] == 43                        # refaults and first touches
     assert f["refaulted_bytes"] == 0
 
 
@@ -141,6 +147,7 @@ def test_ratios_at_report_order_9_against_10():
     assert rate["real"] == pytest.approx(1.0)
     assert rate["model"] == pytest.approx(11.0 / 8.0)       # order 10 took 11 s, 9 took 8
     assert row(doc, "host_faults")["model"] == pytest.approx(3.0)
+    assert row(doc, "host_faults")["real"] == pytest.approx(400 / 420)
     assert doc["flagged"] == ["return_rate", "host_faults"]  # refaulted bytes: 0 / 0, none
     assert row(doc, "refaulted_bytes")["real"] is None
     lines = rg.format_table(doc)
