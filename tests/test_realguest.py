@@ -72,9 +72,22 @@ def test_the_figures_of_one_timeline():
     assert f["return_rate"] == pytest.approx(GIB / 8.0)      # all of it, 8 s after the free
     assert f["resident_end_bytes"] == 0
     assert f["host_faults"] == 42                            # after the free only, both kinds
+    assert f["refaulted_bytes"] == 0
     model = rg.figures(hog("model", first=5.0, faults=[(1.0, 500), (6.0, 40), (9.0, 3)]))
     assert model["host_faults"] == 43                        # refaults and first touches
-    assert f["refaulted_bytes"] == 0
+    assert f["free_s"] is None and model["free_s"] is None   # when the free began: unknown
+
+
+def test_how_long_the_free_took_on_either_side():
+    real = hog("qemu", first=5.0)
+    real["events"] = [{"t_s": 0.4, "event": "touched"}, {"t_s": 2.08, "event": "freeing"},
+                      {"t_s": 3.0, "event": "freed"}]
+    model = hog("model", first=5.0)
+    model["memory"]["freeing_at_s"] = 2.96
+    doc = rg.compare(real, model)
+    took = row(doc, "free_s")
+    assert took["real"] == pytest.approx(0.92) and took["model"] == pytest.approx(0.04)
+    assert took["flag"] == "beyond the sampling interval and 15 %"
 
 
 def test_a_pass_straddling_two_samples_is_one_step_and_small_drops_are_noise():

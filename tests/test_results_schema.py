@@ -207,6 +207,7 @@ def test_memory_record(hog_doc):
     # everything was freed and merged back into blocks boundary reports
     assert mem["free_bytes_end"] == MEMORY and mem["free_unreportable_bytes_end"] == 0
     assert mem["released_bytes"] == run["throughput"]["pages"] * PAGE
+    assert 0 < mem["freeing_at_s"] <= mem["freed_at_s"]      # the free began, then ended
     half = half_back(tl, mem["freed_at_s"], mem["released_bytes"])
     assert half is not None and mem["half_returned_s"] == pytest.approx(half, abs=1e-3)
     assert mem["half_returned_s"] < 1.0          # boundary: a 0.1 s delay, one pass

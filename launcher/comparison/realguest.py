@@ -16,6 +16,11 @@ how much (``memory.released_bytes``).  The figures:
 ``first_step_s``         from the free to the first step: where the free fell
                          in the reporter's cadence (its phase), and whether
                          the reporter was idle (one delay) or mid-chain
+``free_s``               how long the workers' free itself took (from
+                         ``memory.freeing_at_s``, or a real guest's
+                         ``freeing`` event, to the end): the request that
+                         wakes an idle reporter comes with the first block of
+                         the report order the free makes, early in it
 ``half_back_s``          from the free until the host holds half of the
                          freed memory less
 ``return_rate``          returned memory per second: what the host got back
@@ -61,6 +66,7 @@ FIGURES = (
     Figure("step_bytes", "memory returned per pass", "bytes"),
     Figure("step_interval_s", "interval between passes", "time"),
     Figure("first_step_s", "first pass after the free", "time"),
+    Figure("free_s", "the workers' free took", "time"),
     Figure("half_back_s", "half of the freed memory back", "time"),
     Figure("return_rate", "returned memory per second", "rate"),
     Figure("resident_end_bytes", "host-resident at the end", "bytes"),
@@ -133,6 +139,10 @@ def figures(run: dict) -> dict:
     out["freed_at_s"], out["freed_bytes"] = freed_at, freed
     if freed_at is None or not t:
         return out
+    freeing = [e["t_s"] for e in run.get("events", []) if e.get("event") == "freeing"]
+    freeing_at = min(freeing) if freeing else mem.get("freeing_at_s")
+    if freeing_at is not None:
+        out["free_s"] = round(freed_at - freeing_at, 4)
     st = steps(tl, freed_at)
     out["steps"] = st
     out["step_bytes"] = _median([s["bytes"] for s in st])

@@ -532,6 +532,8 @@ class Run:
             del reporting[internal]
         t_freed = min((w["t_freed"] for w in per_worker if w["t_freed"]), default=0)
         freed_at = (t_freed - min(starts)) / tps if t_freed and starts else None
+        t_freeing = min((w["t_freeing"] for w in per_worker if w["t_freeing"]), default=0)
+        freeing_at = (t_freeing - min(starts)) / tps if t_freeing and starts else None
         memory = {
             "guest_bytes": cfg.memory,
             "host_resident_bytes_start": self.host_start,
@@ -544,6 +546,7 @@ class Run:
             "discarded_bytes": reporting["hv_pages_discarded"] * PAGE_SIZE,
             "footprint_gib_s": round(footprint_gib_s(self.timeline), 4),
             "freed_at_s": None if freed_at is None else round(freed_at, 3),
+            "freeing_at_s": None if freeing_at is None else round(freeing_at, 4),
             "released_bytes": total["released_pages"] * PAGE_SIZE,
             "half_returned_s": half_returned_s(self.timeline, freed_at,
                                                total["released_pages"] * PAGE_SIZE),

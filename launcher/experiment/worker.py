@@ -30,6 +30,7 @@ from shmalloc.layout import (
     WC_RELEASED_PAGES,
     WC_T_END,
     WC_T_FREED,
+    WC_T_FREEING,
     WC_T_START,
 )
 from shmalloc.lock import now_ticks
@@ -113,6 +114,7 @@ def _release(machine, agent: int, held_pfn, held_order, n: int) -> None:
     """The shrink of hog and phased: free everything, note when and how much."""
     ws = machine.layout.wstats(agent)
     before = int(machine.zs[ws + WC_PAGES_FREED])
+    machine.zs[ws + WC_T_FREEING] = now_ticks()
     free_blocks(machine.frames, machine.zs, machine.mem, agent, held_pfn, held_order, n,
                 1e9 / machine.ticks_per_sec)
     machine.zs[ws + WC_T_FREED] = now_ticks()
