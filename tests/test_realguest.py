@@ -88,6 +88,23 @@ def test_how_long_the_free_took_on_either_side():
     took = row(doc, "free_s")
     assert took["real"] == pytest.approx(0.92) and took["model"] == pytest.approx(0.04)
     assert took["flag"] == "beyond the sampling interval and 15 %"
+    began = row(doc, "first_step_from_freeing_s")             # the phase, from the request
+    assert began["real"] == pytest.approx(2.92) and began["model"] == pytest.approx(2.04)
+
+
+def test_what_stays_resident_at_the_end_and_why():
+    real = hog("qemu", first=5.0, n=3)                       # 256 MiB never given back
+    real["memory"]["timeline"]["host_resident_bytes"] = [
+        x + 146 * MIB for x in real["memory"]["timeline"]["host_resident_bytes"]]
+    real["memory"]["timeline"]["free_unreportable_bytes"] = (
+        [3 * MIB] * 30 + [None] * 10 + [40 * MIB] * 121)
+    model = hog("model", first=5.0)
+    model["memory"]["timeline"]["free_unreportable_bytes"] = [0] * 161
+    doc = rg.compare(real, model)
+    assert row(doc, "resident_end_bytes")["real"] == (256 + 146) * MIB
+    assert row(doc, "resident_gain_bytes")["real"] == 256 * MIB - GIB
+    assert row(doc, "unreportable_end_bytes")["real"] == 40 * MIB
+    assert row(doc, "unreportable_end_bytes")["model"] == 0
 
 
 def test_a_pass_straddling_two_samples_is_one_step_and_small_drops_are_noise():

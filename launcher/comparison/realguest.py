@@ -15,7 +15,8 @@ how much (``memory.released_bytes``).  The figures:
 ``step_interval_s``      the median time between the starts of two steps
 ``first_step_s``         from the free to the first step: where the free fell
                          in the reporter's cadence (its phase), and whether
-                         the reporter was idle (one delay) or mid-chain
+                         the reporter was idle (one delay) or mid-chain;
+``first_step_from_freeing_s`` the same from the start of the free
 ``free_s``               how long the workers' free itself took (from
                          ``memory.freeing_at_s``, or a real guest's
                          ``freeing`` event, to the end): the request that
@@ -26,6 +27,12 @@ how much (``memory.released_bytes``).  The figures:
 ``return_rate``          returned memory per second: what the host got back
                          after the free, over the time it took to get it
 ``resident_end_bytes``   host-resident at the end
+``resident_gain_bytes``  the same less host-resident at the start (a real
+                         guest's kernel, initramfs and caches are resident
+                         from its boot on; the model's guest holds nothing)
+``unreportable_end_bytes`` free memory in blocks below the report order at the
+                         end (a real guest's buddyinfo; the model's free lists):
+                         free memory no pass can give back
 ``host_faults``          host faults after the free: QEMU's minor and major
                          faults (``host_minflt``, ``host_majflt``); the
                          model's refaults and first touches
@@ -67,9 +74,12 @@ FIGURES = (
     Figure("step_interval_s", "interval between passes", "time"),
     Figure("first_step_s", "first pass after the free", "time"),
     Figure("free_s", "the workers' free took", "time"),
+    Figure("first_step_from_freeing_s", "first pass after the free began", "time"),
     Figure("half_back_s", "half of the freed memory back", "time"),
     Figure("return_rate", "returned memory per second", "rate"),
     Figure("resident_end_bytes", "host-resident at the end", "bytes"),
+    Figure("resident_gain_bytes", "host-resident at the end, less at the start", "bytes"),
+    Figure("unreportable_end_bytes", "free below the report order at the end", "bytes"),
     Figure("host_faults", "host faults after the free", "count"),
     Figure("refaulted_bytes", "memory faulted back after the free", "bytes"),
 )
@@ -136,15 +146,20 @@ def figures(run: dict) -> dict:
     out = {f.key: None for f in FIGURES}
     out["sample_interval_s"] = _median([b - a for a, b in zip(t, t[1:])])
     out["resident_end_bytes"] = r[-1] if r else None
+    out["resident_gain_bytes"] = r[-1] - r[0] if r else None
+    unrep = [x for x in tl.get("free_unreportable_bytes", []) if x is not None]
+    out["unreportable_end_bytes"] = unrep[-1] if unrep else None
     out["freed_at_s"], out["freed_bytes"] = freed_at, freed
     if freed_at is None or not t:
         return out
+    st = steps(tl, freed_at)
+    out["steps"] = st
     freeing = [e["t_s"] for e in run.get("events", []) if e.get("event") == "freeing"]
     freeing_at = min(freeing) if freeing else mem.get("freeing_at_s")
     if freeing_at is not None:
         out["free_s"] = round(freed_at - freeing_at, 4)
-    st = steps(tl, freed_at)
-    out["steps"] = st
+        if st:
+            out["first_step_from_freeing_s"] = round(st[0]["t_s"] - freeing_at, 3)
     out["step_bytes"] = _median([s["bytes"] for s in st])
     out["step_interval_s"] = _median([round(b["t_s"] - a["t_s"], 6) for a, b in zip(st, st[1:])])
     out["first_step_s"] = round(st[0]["t_s"] - freed_at, 3) if st else None
