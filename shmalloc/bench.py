@@ -503,9 +503,10 @@ def refault_lines(refault: dict) -> list[str]:
                          f"{rf['resident_ns_per_page']:.1f} ns: {rf['cost_ns']:.0f} ns per "
                          "refault")
         else:
-            lines.append(f"refault on {hp.upper()}iB host pages: first writes to the "
-                         f"{rf['host_page_bytes'] // PAGE_SIZE} pages of a discarded host page "
-                         f"{rf['refault_ns_per_page']:.0f} ns each, of a resident one "
+            size, pages = rf["host_page_bytes"] >> 20, rf["host_page_bytes"] // PAGE_SIZE
+            lines.append(f"refault on {size} MiB host pages: first writes to the {pages} pages "
+                         f"of a discarded host page {rf['refault_ns_per_page']:.0f} ns each, of a "
+                         "resident one "
                          f"{rf['resident_ns_per_page']:.1f} ns: {rf['cost_ns']:.0f} ns per "
                          "refault (one host fault, zeroing the host page)")
     return lines

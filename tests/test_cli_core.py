@@ -16,7 +16,7 @@ from shmalloc.machine import AllocatorError, ConfigError, Machine, MachineConfig
 def test_bench_json():
     """Every figure is the mean of exactly the pairs its case says (reps x
     iters x the case's blocks) and no operation behind it failed."""
-    from shmalloc.bench import CASES
+    from shmalloc.bench import CASES, bench_host_pages
     reps, iters = 2, 1
     res = shmalloc("bench", "--json", "--reps", str(reps), "--iters", str(iters),
                    "--init-memory", "64M")
@@ -36,6 +36,10 @@ def test_bench_json():
     assert 16 <= out["metadata_bytes_per_page"] < 17
     assert out["init_memory_bytes"] == 64 << 20 and out["init_s"] > 0
     assert "init_16gib_s" not in out
+    # the refault on each host page size this user can have (2m: as root)
+    assert list(out["refault"]) == bench_host_pages()
+    for hp, rf in out["refault"].items():
+        assert rf["host_pages"] == hp and rf["host_page_bytes"] == {"4k": 4096, "2m": 2 << 20}[hp]
     variants = {"none", "mainline", "boundary", "boundary_active"}
     assert set(out["reported_order9"]) == set(out["reported_order9_counts"]) == variants
     for variant, counts in out["reported_order9_counts"].items():
