@@ -157,7 +157,7 @@ def figures(run: dict) -> dict:
     freeing = [e["t_s"] for e in run.get("events", []) if e.get("event") == "freeing"]
     freeing_at = min(freeing) if freeing else mem.get("freeing_at_s")
     if freeing_at is not None:
-        out["free_s"] = round(freed_at - freeing_at, 4)
+        out["free_s"] = round(max(freed_at - freeing_at, 0.0), 4)
         if st:
             out["first_step_from_freeing_s"] = round(st[0]["t_s"] - freeing_at, 3)
     out["step_bytes"] = _median([s["bytes"] for s in st])

@@ -546,7 +546,7 @@ class Run:
             "discarded_bytes": reporting["hv_pages_discarded"] * PAGE_SIZE,
             "footprint_gib_s": round(footprint_gib_s(self.timeline), 4),
             "freed_at_s": None if freed_at is None else round(freed_at, 3),
-            "freeing_at_s": None if freeing_at is None else round(freeing_at, 4),
+            "freeing_at_s": None if freeing_at is None else round(freeing_at, 3),
             "released_bytes": total["released_pages"] * PAGE_SIZE,
             "half_returned_s": half_returned_s(self.timeline, freed_at,
                                                total["released_pages"] * PAGE_SIZE),
