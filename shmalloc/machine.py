@@ -261,8 +261,9 @@ class MachineConfig:
                                   "would not be on 4 KiB pages; use --host-pages 2m")
             need = self.memory + meta
         if need > free:
-            raise ConfigError("--memory", f"{self.memory} bytes of guest and "
-                              f"{meta} of metadata do not fit in {shm.SHM_DIR} "
+            what = (f"{meta} bytes of metadata" if self.host_page_order else
+                    f"{self.memory} bytes of guest and {meta} of metadata")
+            raise ConfigError("--memory", f"{what} do not fit in {shm.SHM_DIR} "
                               f"({free} bytes free)")
 
     def as_dict(self) -> dict:
