@@ -6,11 +6,14 @@ from __future__ import annotations
 from shmalloc import jitcache, shm
 from shmalloc.jitcache import dir_bytes, remove_dir, stale_dirs
 
+from ..vm.qemu import cleanup as cleanup_guests
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("cleanup", help="remove IPC objects left behind by dead runs",
                        description="Remove the /dev/shm objects, semaphores and message queues "
-                       "of shmalloc runs whose creating process is gone. Objects of live runs "
+                       "of shmalloc runs whose creating process is gone, and stop the QEMU of a "
+                       "shmalloc vm whose launcher is gone. Objects and guests of live runs "
                        "are never touched.")
     p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     p.add_argument("--cache", action="store_true",
@@ -25,6 +28,7 @@ def cmd_cleanup(args) -> int:
     if args.cache:
         return _cleanup_cache(args.dry_run)
 
+    cleanup_guests(dry_run=args.dry_run, say=print)     # shmalloc vm's QEMUs, said first
     removed, live = shm.cleanup(dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for name in removed:

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Imported here, not at the top, for start-up: the commands bring in
     # numba and the kernel modules (half a second), and main() installs the
     # signal handlers first, so a Ctrl-C meanwhile ends as one line.
-    from . import bench, cleanup, compare, report, run, sweep, trace
+    from . import bench, cleanup, compare, report, run, sweep, trace, vm
     from .flags import Parser
 
     parser = Parser(prog="shmalloc",
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "measured side by side with real processes and real zone-lock contention.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for command in (run, compare, sweep, report, bench, cleanup, trace):
+    for command in (run, compare, sweep, report, bench, cleanup, trace, vm):
         command.add_parser(sub)
     for p in (parser, *_nested(sub)):
         p.add_argument("--debug", action="store_true",

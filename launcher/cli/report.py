@@ -10,6 +10,7 @@ from ..output import results
 from ..output.plots import PlotError, draw_all
 from ..output.report import heading, label_runs
 from ..output.summary import format_run
+from ..vm.summary import format_run as format_guest_run
 
 
 def add_parser(sub) -> None:
@@ -38,9 +39,11 @@ def cmd_report(args) -> int:
     if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
         raise UsageError(f"shmalloc report: --plot {args.plot}: its folder does not exist")
     label_runs(runs)
+    runs_of_model = [run for run in runs if run.get("system") != "qemu"]  # not shmalloc vm's
     if not args.quiet:
         for run in runs:
-            print("\n".join(format_run(run)))
+            guest = run.get("system") == "qemu"
+            print("\n".join(format_guest_run(run) if guest else format_run(run)))
             print()
         for doc in docs:                     # version 2 compare files: the paired tables
             if doc.get("comparison") and doc["comparison"]["rounds"] >= 2:
@@ -50,9 +53,9 @@ def cmd_report(args) -> int:
                     lines += [""] + format_costs(analysis) + [""] + format_noise(
                         analysis, doc["comparison"]["baseline"])
                 print("\n".join(lines + [""]))
-        if len(runs) > 1:
-            lines = format_compare(runs)
-            lines[0] = heading(runs) or lines[0]    # compare's own, for one configuration
+        if len(runs_of_model) > 1:
+            lines = format_compare(runs_of_model)
+            lines[0] = heading(runs_of_model) or lines[0]   # compare's, for one configuration
             print("\n".join(lines))
     if args.plot:
         try:
