@@ -100,7 +100,7 @@ BAD_INPUTS = [
     # results files: truncated, foreign, future, missing
     (["report", "{truncated}"], "truncated or damaged"),
     (["report", "{foreign}"], "not a shmalloc results file"),
-    (["report", "{future}"], "results format version 3"),
+    (["report", "{future}"], "results format version 4"),
     (["report", "{tmp}/nope.json"], "no such file"),
     (["report", "{tmp}"], "is a folder"),
     # output paths
@@ -132,7 +132,7 @@ def files(tmp_path):
     for name, text in {
         "truncated": '{"format": "shmalloc-results", "version": 1, "runs": [',
         "foreign": json.dumps({"name": "something else"}),
-        "future": json.dumps({"format": "shmalloc-results", "version": 3, "metadata": {},
+        "future": json.dumps({"format": "shmalloc-results", "version": 4, "metadata": {},
                               "runs": []}),
         "existing": "{}",
         "not_toml": "this is [not toml",

@@ -95,8 +95,8 @@ def test_report_reprints_and_plots(tmp_path):
 
 
 BAD_REPORTS = [
-    ({"format": "shmalloc-results", "version": 3, "metadata": {}, "runs": []},
-     "results format version 3; this shmalloc reads versions 1, 2"),
+    ({"format": "shmalloc-results", "version": 4, "metadata": {}, "runs": []},
+     "results format version 4; this shmalloc reads versions 1, 2, 3"),
     ({"hello": "world"}, "not a shmalloc results file"),
     ([1, 2, 3], "not a shmalloc results file"),
 ]

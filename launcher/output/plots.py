@@ -1,7 +1,8 @@
 """PNG figures of saved results (``shmalloc report --plot DIR``).
 
-Four figures, each drawn from whatever runs it is given, one line or bar
-group per design:
+Four figures, each drawn from whatever runs it is given that have its data
+(a real guest's run, ``shmalloc vm``, has only the memory timeline), one
+line or bar group per design:
 
 ``throughput_vs_workers.png``  pages/s against worker count
 ``lock_wait_by_caller.png``    zone-lock wait split by caller (the 2019 question)
@@ -59,6 +60,8 @@ def title_of(runs: list[dict]) -> str:
 
 def _design(r) -> str:
     c = r["config"]
+    if r.get("system") == "qemu":               # a real guest (shmalloc vm)
+        return "real guest"
     return f"callback/{c['callback_mode']}" if c["strategy"] == "callback" else c["strategy"]
 
 
@@ -142,9 +145,8 @@ def memory_over_time(plt, runs, path):
     picked, note = _one_per_design(runs)
     for label, r in picked.items():
         tl = r["memory"]["timeline"]
-        line, = ax1.plot(tl["t_s"], [b / 2**20 for b in tl["host_resident_bytes"]], label=label)
-        ax2.plot(tl["t_s"], [b / 2**20 for b in tl["free_bytes"]], label=label,
-                 color=line.get_color())
+        line, = ax1.plot(tl["t_s"], _mib(tl["host_resident_bytes"]), label=label)
+        ax2.plot(tl["t_s"], _mib(tl["free_bytes"]), label=label, color=line.get_color())
     ax1.set_ylabel("host-resident guest memory (MiB)")
     ax2.set_ylabel("free guest memory (MiB)")
     for ax in (ax1, ax2):
@@ -157,6 +159,11 @@ def memory_over_time(plt, runs, path):
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def _mib(values) -> list[float]:
+    """Bytes as MiB; a value not sampled yet (a real guest's, None) as a gap."""
+    return [float("nan") if b is None else b / 2**20 for b in values]
 
 
 def alloc_latency_cdf(plt, runs, path):
@@ -185,8 +192,17 @@ def alloc_latency_cdf(plt, runs, path):
     plt.close(fig)
 
 
+def _has(figure: str, run: dict) -> bool:
+    """Whether ``run`` has what ``figure`` draws: a real guest's run (shmalloc
+    vm) has a memory timeline and no throughput, locks or latency."""
+    if figure == "memory_over_time.png":
+        return bool(run.get("memory", {}).get("timeline"))
+    return "throughput" in run
+
+
 def draw_all(runs: list[dict], out_dir: str) -> list[str]:
-    """Draw every figure into ``out_dir`` (created if missing's parent exists)."""
+    """Draw into ``out_dir`` (created if missing's parent exists) every
+    figure that some of the runs have data for, from those runs."""
     if not runs:
         raise PlotError("no runs to plot")
     plt = pyplot()
@@ -194,7 +210,10 @@ def draw_all(runs: list[dict], out_dir: str) -> list[str]:
     paths = []
     for name, draw in zip(FIGURES, (throughput_vs_workers, lock_wait_by_caller,
                                     memory_over_time, alloc_latency_cdf)):
+        drawn = [r for r in runs if _has(name, r)]
+        if not drawn:
+            continue
         path = os.path.join(out_dir, name)
-        draw(plt, runs, path)
+        draw(plt, drawn, path)
         paths.append(path)
     return paths

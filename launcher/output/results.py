@@ -27,7 +27,19 @@ Format history:
   ``analysis`` (how the intervals were computed, each round's order, the
   cost table, unit costs, fixed cost, noise and warnings).
 
-:func:`load` reads versions 1 and 2 and rejects other formats and versions
+* version 3 — a RUN may have ``system``: absent (or ``model``) for a run of
+  the model, ``qemu`` for a real guest (``shmalloc vm``, :mod:`launcher.vm`,
+  whose ``record`` module documents that RUN: ``config`` with the guest's
+  flags and its kernel's constants under the model's names, ``guest``
+  (kernel, effective report order, start state, clock mapping), ``qemu``
+  (versions, accelerator, argv), ``memory`` with the model's keys and its
+  ``timeline``, ``reporting.passes``, ``figures``, ``host_faults``,
+  ``guest_scans``, ``events``, ``safety``, ``timing``; no ``throughput``,
+  ``latency_ns`` or ``locks``).  A file is written at the lowest version
+  that holds its runs: 2 without a real-guest run, so readers of version 2
+  keep reading what the model writes.
+
+:func:`load` reads versions 1 to 3 and rejects other formats and versions
 with one clear message.  A version 1 RUN's ``config`` gets ``free_hook_ns``
 0 (the flag came with version 2; nothing spun), so that runs of both
 versions compare flag by flag (``shmalloc report`` groups runs by their
@@ -55,8 +67,9 @@ import tempfile
 from ..experiment.designs import DESIGNS
 
 FORMAT = "shmalloc-results"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 2                  # a file of model runs
+QEMU_VERSION = 3             # a file with a real guest's run (system "qemu")
+READABLE_VERSIONS = (1, 2, 3)
 
 
 class ResultsError(Exception):
@@ -65,7 +78,8 @@ class ResultsError(Exception):
 
 def document(runs: list[dict], metadata: dict, comparison: dict | None = None,
              analysis: dict | None = None) -> dict:
-    doc = {"format": FORMAT, "version": VERSION, "metadata": metadata, "runs": runs}
+    version = QEMU_VERSION if any(r.get("system") == "qemu" for r in runs) else VERSION
+    doc = {"format": FORMAT, "version": version, "metadata": metadata, "runs": runs}
     if comparison is not None:
         doc["comparison"] = comparison
         doc["analysis"] = analysis
