@@ -1,0 +1,424 @@
+"""``shmalloc vm``: a real guest kernel under QEMU (launcher/vm/).
+
+The tests that boot a guest skip, with the reason ``shmalloc vm`` itself
+gives, where QEMU, the guest kernel, busybox-static or cc are missing
+(``.ci/run`` installs them).  Each checks that nothing of the run is left:
+no QEMU named after its launcher, no working folder.  The rest run
+everywhere: the parsing of the guest's lines, the clock mapping, the
+figures, the module resolution, the archive, a canned run through the
+results file and ``shmalloc report``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+from cli import assert_usage_error, shmalloc, start_shmalloc
+
+from launcher.vm import channel, figures, host, initramfs, qemu, record
+from launcher.vm.config import GuestConfig
+
+
+def _unavailable() -> str | None:
+    try:
+        host.find()
+    except host.VmUsageError as e:
+        return f"shmalloc vm: {e}"
+    return None
+
+
+needs_guest = pytest.mark.skipif(_unavailable() is not None, reason=str(_unavailable()))
+
+
+def _left_by(pid: int) -> list:
+    """QEMUs and working folders named after launcher ``pid``."""
+    prefix = f"{qemu.TAG_PREFIX}{pid}-"
+    procs = [p for p, tag, _ in qemu.leftovers() if tag.startswith(prefix)]
+    dirs = [d for d in os.listdir(tempfile.gettempdir()) if d.startswith(prefix)]
+    return procs + dirs
+
+
+def _wait_for_qemu(proc: subprocess.Popen, timeout: float = 120.0) -> int:
+    """The pid of the QEMU that launcher ``proc`` started, once it runs."""
+    deadline = time.monotonic() + timeout
+    prefix = f"{qemu.TAG_PREFIX}{proc.pid}-"
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        found = [p for p, tag, _ in qemu.leftovers() if tag.startswith(prefix)]
+        if found:
+            return found[0]
+        time.sleep(0.02)
+    raise AssertionError("the launcher never started QEMU")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except OSError:
+        return True
+
+
+# ---------------------------------------------------------------------------
+# a real guest
+# ---------------------------------------------------------------------------
+
+@needs_guest
+@pytest.mark.timeout(420)
+def test_guest_gives_freed_memory_back_to_the_host(tmp_path):
+    """A short hog in a real guest: QEMU's guest memory must shrink on the
+    host by at least half of what the guest freed (free page reporting
+    working end to end: the order set, the passes seen, the host's RSS)."""
+    out = tmp_path / "vm.json"
+    proc = start_shmalloc("vm", "--memory", "256M", "--hog-share", "0.5", "--hog-hold", "0.5",
+                          "--duration", "8", "--report-order", "9", "--json", str(out),
+                          "--quiet")
+    _, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err
+    assert err == ""
+    assert _left_by(proc.pid) == []
+    doc = json.loads(out.read_text())
+    assert doc["version"] == 3
+    run = doc["runs"][0]
+    assert run["system"] == "qemu" and run["guest"]["report_order_effective"] == 9
+    assert run["qemu"]["qemu"] and run["guest"]["kernel_release"]
+    m = run["memory"]
+    freed = m["released_bytes"]
+    assert freed >= 120 << 20, m                       # the hog's 128 MiB
+    resident = m["timeline"]["host_resident_bytes"]
+    assert max(resident) - resident[0] >= freed // 2, "the hog's memory never became resident"
+    assert max(resident) - resident[-1] >= freed // 2, (max(resident), resident[-1], freed)
+    assert run["reporting"]["passes_count"] >= 1
+    assert run["safety"]["use_after_discard"] == 0
+
+
+@needs_guest
+@pytest.mark.timeout(120)
+def test_a_guest_that_does_not_come_up_stops_with_its_console():
+    """rdinit=/bin/sh: the kernel boots, the workload program never runs."""
+    proc = start_shmalloc("vm", "--accel", "tcg", "--memory", "256M", "--boot-timeout", "8",
+                          "--append", "rdinit=/bin/sh loglevel=7", "--quiet")
+    _, err = proc.communicate(timeout=100)
+    assert proc.returncode == 3, err
+    assert "did not come up within --boot-timeout 8 s (TCG)" in err
+    assert "the console's last lines:" in err
+    console = err.split("the console's last lines:\n", 1)[1].rstrip("\n").splitlines()
+    assert console and all(line.startswith("    ") for line in console), err
+    assert "Traceback" not in err
+    assert _left_by(proc.pid) == []
+
+
+@needs_guest
+@pytest.mark.timeout(180)
+def test_a_signal_stops_qemu_within_a_second():
+    proc = start_shmalloc("vm", "--accel", "tcg", "--memory", "256M", "--duration", "60")
+    guest = _wait_for_qemu(proc)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    while not _gone(guest):
+        assert time.monotonic() - sent < 1.0, "QEMU outlived the signal by a second"
+        time.sleep(0.005)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1].startswith("shmalloc vm: interrupted by SIGTERM")
+    assert _left_by(proc.pid) == []
+
+
+@pytest.mark.skipif(host.shutil.which(host.QEMU) is None, reason="QEMU is not installed")
+@pytest.mark.timeout(60)
+def test_cleanup_stops_a_qemu_whose_launcher_is_gone():
+    """A QEMU named after a dead launcher is stopped and its folder removed;
+    one of a live launcher (this test) is left alone."""
+    def start(name: str) -> subprocess.Popen:
+        return subprocess.Popen([host.shutil.which(host.QEMU), "-name",
+                                 f"guest={name},process={qemu.PROCESS_NAME}", "-machine", "none",
+                                 "-S", "-nodefaults", "-display", "none", "-monitor", "none",
+                                 "-serial", "none"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    dead = f"{qemu.TAG_PREFIX}{os.getpid()}-1"          # our pid, another start time
+    live = qemu.tag()
+    folder = tempfile.mkdtemp(prefix=f"{dead}-")
+    orphan, kept = start(dead), start(live)
+    try:
+        deadline = time.monotonic() + 30
+        while {orphan.pid, kept.pid} - {p for p, _, _ in qemu.leftovers()}:
+            assert time.monotonic() < deadline and orphan.poll() is None and kept.poll() is None
+            time.sleep(0.02)
+        res = shmalloc("cleanup")
+        assert res.returncode == 0, res.stderr
+        out = res.stdout.splitlines()
+        orphan.wait(5)                                  # gone, reaped here
+        # another test's cleanup (the same code) may have got it first
+        assert f"stopped QEMU pid {orphan.pid} ({dead})" in out or orphan.returncode is not None
+        assert kept.poll() is None, "a live launcher's QEMU was stopped"
+        totals = [re.match(r"stopped (\d+) QEMU of dead shmalloc vm runs; (\d+) live guest",
+                           line) for line in out]
+        assert any(m and int(m.group(2)) >= 1 for m in totals), out
+        assert not os.path.exists(folder)
+        assert "objects of dead runs" in out[-1]        # the IPC summary stays last
+    finally:
+        for p in (orphan, kept):
+            p.kill()
+            p.wait()
+        if os.path.exists(folder):
+            os.rmdir(folder)
+
+
+# ---------------------------------------------------------------------------
+# bad input: one line, exit 2, nothing started
+# ---------------------------------------------------------------------------
+
+BAD = [
+    (["--report-order", "11"], "--report-order: must be 0..10, got 11"),
+    (["--report-order", "-1"], "--report-order: must be 0..10, got -1"),
+    (["--memory", "100T"], "more than this host can give a guest"),
+    (["--memory", "300000K"], "QEMU gives a guest whole MiB"),
+    (["--memory", "128M"], "the guest needs at least 256M"),
+    (["--kernel", "/nonexistent/vmlinuz-9.9"], "--kernel /nonexistent/vmlinuz-9.9: no such file"),
+    (["--accel", "xen"], "invalid choice: 'xen'"),
+]
+
+
+@pytest.mark.parametrize("argv,fragment", BAD, ids=[" ".join(a) for a, _ in BAD])
+@pytest.mark.timeout(60)
+def test_bad_input(argv, fragment):
+    proc = start_shmalloc("vm", *argv)
+    out, err = proc.communicate(timeout=50)
+    res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    assert_usage_error(res, "shmalloc vm", fragment)
+    assert _left_by(proc.pid) == []
+
+
+@needs_guest
+@pytest.mark.timeout(60)
+def test_a_workload_the_guest_program_does_not_know():
+    proc = start_shmalloc("vm", "--workload", "page_fault2")
+    out, err = proc.communicate(timeout=50)
+    assert_usage_error(subprocess.CompletedProcess(proc.args, proc.returncode, out, err),
+                       "unknown workload 'page_fault2'; the guest program knows hog")
+    assert _left_by(proc.pid) == []
+
+
+@needs_guest
+@pytest.mark.timeout(60)
+def test_a_missing_module(tmp_path):
+    (tmp_path / "modules.dep").write_text("kernel/drivers/virtio/virtio.ko:\n")
+    proc = start_shmalloc("vm", "--modules", str(tmp_path))
+    out, err = proc.communicate(timeout=50)
+    assert_usage_error(subprocess.CompletedProcess(proc.args, proc.returncode, out, err),
+                       "the guest kernel has no module virtio_pci")
+    assert _left_by(proc.pid) == []
+
+
+@pytest.mark.timeout(60)
+def test_missing_packages_are_named():
+    env = {"PATH": "/nonexistent"}                     # no qemu-system-x86_64, no cc
+    res = shmalloc("vm", env=env)
+    assert_usage_error(res, "shmalloc vm: needs the Debian package", "qemu-system-x86",
+                       "apt-get install qemu-system-x86 linux-image-amd64 busybox-static")
+
+
+# ---------------------------------------------------------------------------
+# the pieces, without a guest
+# ---------------------------------------------------------------------------
+
+def test_parse_lines():
+    assert channel.parse("G t=5 memfree_kb=3 buddy=1,2") == (
+        "G", {"t": "5", "memfree_kb": "3", "buddy": "1,2"})
+    assert channel.parse("F worker 0 ended") == ("F", {"message": "worker 0 ended"})
+    assert channel.parse("W t=9 waiting for the reporter") == (
+        "W", {"t": "9", "text": "waiting for the reporter"})
+    assert channel.parse("[    3.2] virtio_balloon: something") is None
+    fields = {"n": "2", "l0": "4194304", "l1": "2097152", "l2": "4194304"}
+    assert channel.report_bytes(fields) == 6 << 20
+
+
+def test_clock_map_takes_the_fastest_line():
+    c = channel.ClockMap()
+    for g, delay in ((1.0, 0.004), (2.0, 0.001), (3.0, 0.002), (4.0, 0.003)):
+        c.add(g, 100.0 + g + delay)
+    assert c.offset == pytest.approx(100.001)
+    assert c.to_host(10.0) == pytest.approx(110.001)
+    q = c.quality()
+    assert q["pairs"] == 4 and q["spread_s"] == pytest.approx(0.0015)
+
+
+def test_steps_merge_a_pass_that_straddles_a_sample():
+    mib = 1 << 20
+    tl = {"t_s": [0, 1, 2, 3, 4, 5, 6, 7, 8],
+          "host_resident_bytes": [900 * mib, 900 * mib, 800 * mib, 644 * mib, 644 * mib,
+                                  643 * mib, 643 * mib, 388 * mib, 388 * mib]}
+    st = figures.steps(tl, after_s=1.5)       # 1 MiB at 5 s is below MIN_STEP_BYTES
+    assert st == [{"t_s": 2, "bytes": 256 * mib}, {"t_s": 7, "bytes": 255 * mib}]
+    assert figures.steps(tl, after_s=2.5) == [{"t_s": 3, "bytes": 156 * mib},
+                                              {"t_s": 7, "bytes": 255 * mib}]
+
+
+def test_resolve_modules(tmp_path):
+    (tmp_path / "modules.dep").write_text(
+        "kernel/virtio_ring.ko:\n"
+        "kernel/virtio.ko: kernel/virtio_ring.ko\n"
+        "kernel/virtio_pci_modern_dev.ko:\n"
+        "kernel/virtio_pci.ko: kernel/virtio_pci_modern_dev.ko kernel/virtio.ko "
+        "kernel/virtio_ring.ko\n"
+        "kernel/virtio_balloon.ko.xz: kernel/virtio.ko kernel/virtio_ring.ko\n")
+    (tmp_path / "kernel").mkdir()
+    for name in ("virtio_ring.ko", "virtio.ko", "virtio_pci_modern_dev.ko", "virtio_pci.ko",
+                 "virtio_balloon.ko.xz"):
+        (tmp_path / "kernel" / name).write_bytes(b"")
+    order = initramfs.resolve_modules(str(tmp_path))
+    assert sorted(order) == sorted(f"kernel/{n}" for n in (
+        "virtio_ring.ko", "virtio.ko", "virtio_pci_modern_dev.ko", "virtio_pci.ko",
+        "virtio_balloon.ko.xz"))
+    for mod, deps in (("virtio.ko", ["virtio_ring.ko"]),       # each after what it needs
+                      ("virtio_pci.ko", ["virtio_pci_modern_dev.ko", "virtio.ko"]),
+                      ("virtio_balloon.ko.xz", ["virtio.ko", "virtio_ring.ko"])):
+        assert all(order.index(f"kernel/{d}") < order.index(f"kernel/{mod}") for d in deps)
+    (tmp_path / "modules.builtin").write_text("kernel/virtio_ring.ko\nkernel/virtio.ko\n")
+    assert initramfs.resolve_modules(str(tmp_path)) == [
+        "kernel/virtio_pci_modern_dev.ko", "kernel/virtio_pci.ko", "kernel/virtio_balloon.ko.xz"]
+    with pytest.raises(host.VmUsageError, match="has no module virtio_mem"):
+        initramfs.resolve_modules(str(tmp_path), ("virtio_mem",))
+
+
+def _read_newc(data: bytes) -> dict:
+    out, at = {}, 0
+    while True:
+        head = data[at:at + 110]
+        assert head[:6] == b"070701"
+        fields = [int(head[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
+        mode, size, namesize = fields[1], fields[6], fields[11]
+        name = data[at + 110:at + 110 + namesize - 1].decode()
+        at += 110 + namesize
+        at += -at % 4
+        if name == "TRAILER!!!":
+            return out
+        out[name] = (mode, data[at:at + size])
+        at += size
+        at += -at % 4
+
+
+def test_newc_archive_reads_back():
+    import stat
+    entries = [("bin", stat.S_IFDIR | 0o755, b""), ("init", stat.S_IFREG | 0o755, b"#!x\n"),
+               ("bin/sh", stat.S_IFLNK | 0o777, b"busybox"), ("odd", stat.S_IFREG | 0o644, b"1")]
+    got = _read_newc(initramfs.newc(entries))
+    assert got == {name: (mode, data) for name, mode, data in entries}
+
+
+def test_guest_config_pairs_follow_the_flags():
+    cfg = GuestConfig(workload="phased", memory=2 << 30, duration=20, hog_hold=3,
+                      report_order=10, guest_thp="always").resolved()
+    pairs = cfg.guest_pairs()
+    assert pairs["duration_ms"] == 20000 and pairs["hold_ms"] == 3000
+    assert pairs["report_order"] == 10 and pairs["thp"] == 1
+    assert pairs["working_set"] == 128 << 20
+    assert cfg.record()["strategy"] == "mainline" and cfg.record()["delay"] == 2.0
+
+
+# ---------------------------------------------------------------------------
+# a canned run: the record, the results file, shmalloc report
+# ---------------------------------------------------------------------------
+
+def _canned_run():
+    """What a 2 GiB hog guest says and what the host samples, as the
+    launcher would collect it: the guest's clock is the host's minus 1000 s,
+    lines arrive 1 ms late; RSS falls 256 MiB at each of two passes."""
+    from launcher.vm.run import GuestRun
+
+    mib = 1 << 20
+    run = GuestRun(GuestConfig(memory=2 << 30, hog_share=0.5, duration=10).resolved())
+    lines = [(1.0, "H t={} kernel=6.1.0-57-amd64 order=9 memtotal_kb=2012380 cpus=1 "
+                   "thp=[always]_madvise_never kprobes=1 workload=hog"),
+             (1.1, "W t={} waiting for the reporter to go idle"),
+             (4.0, "P t={} dur_ns=150000000 pfns=524288 free_pages=480000 "
+                   "reported_pages=470000 reported_blocks=0,0,0,0,0,0,0,0,0,2,458"),
+             (5.0, "S t={}"),
+             (7.0, "E t={} w=0 ev=touched bytes=1073741824"),
+             (8.0, "E t={} w=0 ev=freeing bytes=1073741824"),
+             (8.5, "E t={} w=0 ev=freed bytes=1073741824")]
+    for pass_at in (10.0, 12.0):
+        lens = " ".join(f"l{i}=4194304" for i in range(32))
+        lines += [(pass_at, "K ts={:.6f} ev=pstart"),
+                  (pass_at + 0.001, "K ts={:.6f} ev=rep n=32 " + lens),
+                  (pass_at + 0.002, "K ts={:.6f} ev=repdone ret=0"),
+                  (pass_at + 0.003, "K ts={:.6f} ev=rep n=32 " + lens),
+                  (pass_at + 0.004, "K ts={:.6f} ev=repdone ret=0"),
+                  (pass_at + 0.005, "K ts={:.6f} ev=pend")]
+    lines += [(15.0, "E t={} w=0 ev=end bytes=0"), (15.1, "X t={} guest_minflt=262159 "
+                                                            "guest_majflt=0")]
+    for s, text in lines:             # the scenario's seconds: host s + 1, guest s - 1000
+        guest = s - 1000.0
+        run.take(s + 1.0 + 0.001, text.format(guest if "ts=" in text else int(guest * 1e9)))
+    for i in range(5 * 10, 15 * 10 + 1):           # the host's samples, every 100 ms
+        t = i / 10
+        rss = 100 * mib + (1024 * mib if 7.0 <= t else int((t - 5.0) / 2 * 1024) * mib
+                           if t > 5.0 else 0)
+        rss -= 256 * mib * sum(t >= p + 0.05 for p in (10.0, 12.0))
+        run.host.append((t + 1.0, {"rss_bytes": rss + 200 * mib, "guest_rss_bytes": rss,
+                                   "anon_huge_bytes": rss - 4 * mib,
+                                   "minflt": 1000 + int(t * 10), "majflt": 0, "cpu_s": t}))
+    run.marks.update(begin=0.5, built=0.6, hello=1.001 + 1.0, start=6.001, x=16.101, end=17.0)
+    run.qemu_argv = ["qemu-system-x86_64", "-append", "console=ttyS0"]
+    run.exit_status = 0
+    return run
+
+
+def test_record_of_a_canned_run():
+    run = _canned_run()
+    rec = record.build(run, {"qemu": "QEMU emulator version 7.2.22"},
+                       {"accel": "tcg", "chosen_by": "--accel"}, {"modules": ["virtio.ko"]})
+    m, f = rec["memory"], rec["figures"]
+    assert rec["guest"]["clock"]["offset_s"] == pytest.approx(1001.001, abs=1e-6)
+    assert m["freed_at_s"] == pytest.approx(3.5, abs=1e-3)     # host 8.5 + 1 - start 6.001
+    assert m["released_bytes"] == 1 << 30
+    assert [p["reported_bytes"] for p in rec["reporting"]["passes"]] == [256 << 20] * 2
+    assert f["pass_interval_s_median"] == pytest.approx(2.0, abs=1e-3)
+    assert f["step_bytes_median"] == 256 << 20 and f["pass_returned_bytes_median"] == 256 << 20
+    assert f["first_pass_after_free_s"] == pytest.approx(1.5, abs=2e-3)
+    assert f["half_back_s"] == pytest.approx(3.6, abs=0.11)   # the second pass, seen 0.05 s on
+    assert rec["guest"]["start_state"]["idle"] and rec["guest"]["report_order_effective"] == 9
+
+
+def test_report_prints_and_plots_a_guest_run(tmp_path):
+    pytest.importorskip("matplotlib")
+    from launcher import results
+
+    run = _canned_run()
+    rec = record.build(run, {"qemu": "QEMU emulator version 7.2.22"},
+                       {"accel": "tcg", "chosen_by": "--accel"}, {"modules": []})
+    path = tmp_path / "guest.json"
+    results.write(str(path), results.document([rec], {"command": "test"}))
+    assert json.loads(path.read_text())["version"] == 3
+    res = shmalloc("report", str(path), "--plot", str(tmp_path / "png"))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("shmalloc vm: hog, 1 worker, 2.00 GiB guest, 1 vCPU")
+    assert "half of it back on the host 3.6" in res.stdout
+    assert os.listdir(tmp_path / "png") == ["memory_over_time.png"]
+
+
+def test_initramfs_holds_init_program_and_modules(tmp_path, monkeypatch):
+    if _unavailable() is not None:
+        pytest.skip(_unavailable())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    tools = host.find()
+    path, contents = initramfs.build(tools)
+    with open(path, "rb") as f:
+        files = _read_newc(gzip.decompress(f.read()))
+    order = files["modules.order"][1].decode().split()
+    assert order[-1] == "virtio_balloon.ko" and "virtio_pci.ko" in order
+    for name in order:
+        assert files[f"lib/modules/{name}"][1][:4] == b"\x7fELF"
+    assert files["init"][1] == initramfs.guest_file("init")
+    assert files["shmguest"][1][:4] == b"\x7fELF" and files["bin/sh"][1] == b"busybox"
+    assert sys.byteorder == "little"
