@@ -97,6 +97,9 @@ BAD_INPUTS = [
     ([], "required"),
     (["run", "--bogus"], "unrecognized arguments: --bogus"),
     (["cleanup", "now"], "unrecognized arguments: now"),
+    (["vm", "--report-order", "11"], "--report-order", "must be 0..10"),
+    (["vm", "--memory", "100T"], "--memory", "more than this host can give"),
+    (["vm", "--json", "{existing}"], "--json", "exists; use --force"),
     # results files: truncated, foreign, future, missing
     (["report", "{truncated}"], "truncated or damaged"),
     (["report", "{foreign}"], "not a shmalloc results file"),
