@@ -77,10 +77,11 @@ def _gone(pid: int) -> bool:
 def test_guest_gives_freed_memory_back_to_the_host(tmp_path):
     """A short hog in a real guest: QEMU's guest memory must shrink on the
     host by at least half of what the guest freed (free page reporting
-    working end to end: the order set, the passes seen, the host's RSS)."""
+    working end to end: the order set, the passes seen, the host's RSS).
+    The hog's 128 MiB come back as order-10 blocks, one report's worth."""
     out = tmp_path / "vm.json"
     proc = start_shmalloc("vm", "--memory", "256M", "--hog-share", "0.5", "--hog-hold", "0.5",
-                          "--duration", "8", "--report-order", "9", "--json", str(out),
+                          "--duration", "8", "--report-order", "10", "--json", str(out),
                           "--quiet")
     _, err = proc.communicate(timeout=400)
     assert proc.returncode == 0, err
@@ -89,7 +90,8 @@ def test_guest_gives_freed_memory_back_to_the_host(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["version"] == 3
     run = doc["runs"][0]
-    assert run["system"] == "qemu" and run["guest"]["report_order_effective"] == 9
+    # 10, not the 9 Linux 6.1 sets when virtio_balloon registers
+    assert run["system"] == "qemu" and run["guest"]["report_order_effective"] == 10
     assert run["qemu"]["qemu"] and run["guest"]["kernel_release"]
     m = run["memory"]
     freed = m["released_bytes"]

@@ -6,9 +6,12 @@ every 100 ms or finer).
 * :func:`steps`: the drops of host-resident memory after the free, each a
   pass of the reporter as the host sees it;
 * :func:`summarize`: per step returned, seconds between steps, the first
-  step after the free, half back, resident at the end, faults after the
-  free (when the timeline has ``host_minflt``), and with the guest's pass
-  events (a real guest's kprobes) the return and duration per pass.
+  step after the free, half back, resident at the end, what became resident
+  again after the free (the refaulted bytes, when what the workers touch
+  was discarded), faults after the free (when the timeline has
+  ``host_minflt``: QEMU's faults, those of its own code and TCG's translation
+  cache included), and with the guest's pass events (a real guest's
+  kprobes) the return and duration per pass.
 """
 
 from __future__ import annotations
@@ -80,6 +83,9 @@ def summarize(timeline: dict, freed_at: float | None, freed_bytes: int,
     out["step_interval_s_median"] = _median([b["t_s"] - a["t_s"] for a, b in zip(st, st[1:])])
     out["first_step_after_free_s"] = round(st[0]["t_s"] - freed_at, 3) if st else None
     out["half_back_s"] = half_returned_s(timeline, freed_at, freed_bytes)
+    r = timeline["host_resident_bytes"]
+    out["resident_growth_after_free_bytes"] = sum(
+        max(0, b - a) for ta, a, b in zip(t, r, r[1:]) if ta >= freed_at)
     if "host_minflt" in timeline:
         out["host_minflt_after_free"] = (timeline["host_minflt"][-1]
                                          - _at(timeline, "host_minflt", freed_at))

@@ -13,6 +13,8 @@ host sample, with the model's keys where they mean the same:
                          as last scanned
 ``free_unreportable_bytes`` free memory in blocks below the report order
                          (/proc/buddyinfo)
+``pcp_bytes``            free pages on the guest's per-cpu lists (not in
+                         MemFree, not reportable)
 
 and the host's own: ``qemu_rss_bytes``, ``anon_huge_bytes`` (the guest-RAM
 mapping's AnonHugePages), ``host_minflt``, ``host_majflt``, ``qemu_cpu_s``.
@@ -79,7 +81,8 @@ def timeline(run, t0: float) -> dict:
     g = _guest_points(run, "G", t0)
     p = _guest_points(run, "P", t0)
     tl = {k: [] for k in ("t_s", "host_resident_bytes", "free_bytes", "reported_bytes",
-                          "free_unreportable_bytes", "qemu_rss_bytes", "anon_huge_bytes",
+                          "free_unreportable_bytes", "pcp_bytes", "qemu_rss_bytes",
+                          "anon_huge_bytes",
                           "host_minflt", "host_majflt", "qemu_cpu_s")}
     end = run.marks.get("x", float("inf")) - t0
     for host_s, s in run.host:
@@ -95,6 +98,7 @@ def timeline(run, t0: float) -> dict:
                                     in ps else None)
         tl["free_unreportable_bytes"].append(
             sum(n << o for o, n in enumerate(buddy[:cfg.report_order])) * PAGE if gs else None)
+        tl["pcp_bytes"].append(int(gs["pcp"]) * PAGE if gs and "pcp" in gs else None)
         tl["qemu_rss_bytes"].append(s["rss_bytes"])
         tl["anon_huge_bytes"].append(s["anon_huge_bytes"])
         tl["host_minflt"].append(s["minflt"])

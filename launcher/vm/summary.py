@@ -52,7 +52,10 @@ def format_run(run: dict) -> list[str]:
               f"max {_b(m['host_resident_bytes_max'])} (the guest-RAM mapping's Rss)",
               f"  transparent huge     {_pct(m.get('anon_huge_share_at_max'))} of it at its "
               "largest (AnonHugePages)",
-              f"  footprint            {m['footprint_gib_s']:.3f} GiB*s"]
+              f"  footprint            {m['footprint_gib_s']:.3f} GiB*s",
+              f"  guest free at end    {_b(m['free_bytes_end'])} (MemFree), of which in blocks "
+              f"below order {c['report_order']}: {_b(m['free_unreportable_bytes_end'])}; "
+              f"on the per-cpu lists besides: {_b(_last(m['timeline'].get('pcp_bytes')))}"]
     if m.get("freed_at_s") is not None:
         lines.append(f"  workers freed        {_b(m['released_bytes'])} at "
                      f"{m['freed_at_s']:.2f} s; half of it back on the host "
@@ -68,10 +71,11 @@ def format_run(run: dict) -> list[str]:
                          f"{_b(f.get('pass_returned_bytes_median'))} (medians), every "
                          f"{_s(f.get('pass_interval_s_median'))}")
     hf = run["host_faults"]
-    lines += ["", "host page faults (QEMU)",
+    lines += ["", "host page faults (QEMU: its own and TCG's too)",
               f"  minor {hf['minflt']}, major {hf['majflt']} during the workload"
-              + (f"; {f['host_minflt_after_free']} minor after the free"
-                 if f.get("host_minflt_after_free") is not None else "")]
+              + (f"; {f['host_minflt_after_free']} minor after the free, when "
+                 f"{_b(f['resident_growth_after_free_bytes'])} of guest memory became resident "
+                 "again" if f.get("host_minflt_after_free") is not None else "")]
     t = run["timing"]
     lines += ["", "time",
               f"  build {t['build_s']:.1f} s, boot {t.get('boot_s', 0):.1f} s, start state "
@@ -81,6 +85,10 @@ def format_run(run: dict) -> list[str]:
               f"  use-after-discard    {run['safety']['use_after_discard']}",
               f"  foreign canaries     {run['safety']['double_allocations']}"]
     return lines
+
+
+def _last(values):
+    return values[-1] if values else None
 
 
 def _pct(x) -> str:

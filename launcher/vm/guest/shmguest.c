@@ -33,7 +33,8 @@
  *   H  hello: kernel release, effective report order, MemTotal, cpus, THP
  *   W  waiting for the start state (--start idle)
  *   S  the workload starts (the run's time 0)
- *   G  every sample_ms: MemFree and /proc/buddyinfo's free blocks per order
+ *   G  every sample_ms: MemFree, /proc/buddyinfo's free blocks per order, and
+ *      the pages on the per-cpu lists (/proc/zoneinfo)
  *   P  a scan of /proc/kpageflags: free pages, Reported pages and blocks
  *   K  a kprobe event of the reporting path (page_reporting_process entry
  *      and return, virtballoon_free_page_report entry and return)
@@ -320,13 +321,34 @@ static void buddyinfo(long counts[MAX_ORDER])
 	}
 }
 
+/* Pages on the per-cpu lists, and their high marks, summed over zones and
+ * cpus (/proc/zoneinfo's pagesets: "count:" and "high:"): free pages that
+ * MemFree and buddyinfo do not show and no report can take. */
+static void pcp_pages(long *count, long *high)
+{
+	static char buf[1 << 16];
+	*count = *high = 0;
+	if (read_file("/proc/zoneinfo", buf, sizeof(buf)) < 0)
+		return;
+	for (char *save, *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		while (*line == ' ')
+			line++;
+		if (!strncmp(line, "count:", 6))
+			*count += strtol(line + 6, NULL, 10);
+		else if (!strncmp(line, "high:", 5))
+			*high += strtol(line + 5, NULL, 10);
+	}
+}
+
 static void sample_guest(void)
 {
-	long c[MAX_ORDER];
+	long c[MAX_ORDER], pcp, pcp_high;
 	buddyinfo(c);
-	emit("G t=%llu memfree_kb=%ld buddy=%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld",
-	     (unsigned long long)now_ns(), meminfo_kb("MemFree:"), c[0], c[1], c[2], c[3], c[4],
-	     c[5], c[6], c[7], c[8], c[9], c[10]);
+	pcp_pages(&pcp, &pcp_high);
+	emit("G t=%llu memfree_kb=%ld pcp=%ld pcp_high=%ld "
+	     "buddy=%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld",
+	     (unsigned long long)now_ns(), meminfo_kb("MemFree:"), pcp, pcp_high, c[0], c[1], c[2],
+	     c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10]);
 }
 
 static uint64_t *kpf;
