@@ -15,6 +15,7 @@ import gzip
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -119,11 +120,28 @@ def test_a_guest_that_does_not_come_up_stops_with_its_console():
     assert _left_by(proc.pid) == []
 
 
+def _wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 180.0) -> list[str]:
+    """stderr's lines up to the first that holds ``text``."""
+    seen, deadline = [], time.monotonic() + timeout
+    while not seen or text not in seen[-1]:
+        assert time.monotonic() < deadline, f"no {text!r} on stderr: {seen}"
+        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
+        if ready:
+            line = proc.stderr.readline()
+            assert line, f"stderr closed before {text!r}: {seen}"
+            seen.append(line)
+    return seen
+
+
 @needs_guest
 @pytest.mark.timeout(180)
 def test_a_signal_stops_qemu_within_a_second():
+    """SIGTERM while the guest is up (waiting for its start state): the
+    launcher stops QEMU, within a second, before it exits."""
     proc = start_shmalloc("vm", "--accel", "tcg", "--memory", "256M", "--duration", "60")
     guest = _wait_for_qemu(proc)
+    _wait_for_line(proc, "guest up after")
+    assert not _gone(guest)
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     while not _gone(guest):
@@ -131,7 +149,8 @@ def test_a_signal_stops_qemu_within_a_second():
         time.sleep(0.005)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 128 + signal.SIGTERM, err
-    assert err.strip().splitlines()[-1].startswith("shmalloc vm: interrupted by SIGTERM")
+    assert err.strip().splitlines()[-1].startswith("shmalloc vm: interrupted by SIGTERM while "
+                                                   "waiting for the guest's reporter"), err
     assert _left_by(proc.pid) == []
 
 
