@@ -199,6 +199,8 @@ def build(run, versions: dict, accel: dict, contents: dict) -> dict:
             "cmdline": run.qemu_argv[run.qemu_argv.index("-append") + 1],
             "modules": contents["modules"],
             "start_state": _start_state(run, t0, all_passes, scans),
+            "pcp_high_bytes": max((int(g.get("pcp_high", 0)) * PAGE for g in run.lines["G"]),
+                                  default=None),
             "minor_faults": int(x.get("guest_minflt", 0)),
             "major_faults": int(x.get("guest_majflt", 0)),
             "clock": run.clock.quality(),
@@ -225,8 +227,10 @@ def build(run, versions: dict, accel: dict, contents: dict) -> dict:
 def _timing(run) -> dict:
     m = run.marks
     out = {"build_s": m["built"] - m["begin"], "total_s": m["end"] - m["begin"]}
+    if "accel" in m:                  # the KVM probe, when it ran; QEMU's and dpkg's versions
+        out["accel_s"] = m["accel"] - m["built"]
     if "hello" in m:
-        out["boot_s"] = m["hello"] - m["built"]
+        out["boot_s"] = m["hello"] - m.get("accel", m["built"])
     if "start" in m and "hello" in m:
         out["settle_s"] = m["start"] - m["hello"]
     if "x" in m and "start" in m:

@@ -7,7 +7,8 @@ Phases, each named for a signal's message (:mod:`launcher.interrupt`):
 2. choose the accelerator: ``--accel auto`` uses KVM when a probe boot (the
    same kernel and initramfs, saying hello and powering off) reaches the
    workload program within :data:`PROBE_TIMEOUT_S`, else TCG; the probe's
-   verdict is kept in the cache folder for this host kernel, QEMU and guest;
+   verdict is kept in the cache folder for this host kernel, QEMU and guest
+   kernel;
 3. boot: QEMU starts, the guest must say hello within ``--boot-timeout``
    (else exit 3 with the console's last lines);
 4. start state: with ``--start idle`` (the default) the guest waits until its
@@ -59,10 +60,11 @@ def kernel_cmdline(cfg: GuestConfig, probe: bool = False) -> str:
 # the accelerator
 # ---------------------------------------------------------------------------
 
-def _probe_key(tools: host.Tools, initrd: str) -> str:
+def _probe_key(tools: host.Tools) -> str:
+    """What KVM's verdict depends on: the host kernel, QEMU, the guest kernel."""
     st = os.stat(tools.kernel)
     raw = json.dumps([platform.release(), tools.qemu, os.stat(tools.qemu).st_mtime,
-                      tools.kernel, st.st_mtime, st.st_size, os.path.basename(initrd)])
+                      tools.kernel, st.st_mtime, st.st_size])
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -100,7 +102,7 @@ def choose_accel(cfg: GuestConfig, tools: host.Tools, initrd: str, quiet: bool) 
     if not host.kvm_device_usable():
         return {"accel": "tcg", "chosen_by": "auto: /dev/kvm is missing or not usable"}
     path = os.path.join(initramfs.cache_dir(), "kvm-probe.json")
-    key = _probe_key(tools, initrd)
+    key = _probe_key(tools)
     try:
         with open(path) as f:
             known = json.load(f)
@@ -161,9 +163,10 @@ def execute(cfg: GuestConfig, quiet: bool = False) -> dict:
     interrupt.enter("while building the initramfs")
     initrd, contents = initramfs.build(tools)
     initramfs.check_config(contents["program"], cfg.guest_pairs())
+    t_built = time.monotonic()
     accel = choose_accel(cfg, tools, initrd, quiet)
     versions = host.versions(tools)
-    t_built = time.monotonic()
+    t_accel = time.monotonic()
     run = GuestRun(cfg)
     work = qemu.workdir()
     q = qemu.Qemu(work)
@@ -189,7 +192,7 @@ def execute(cfg: GuestConfig, quiet: bool = False) -> dict:
         q.stop()
         run.exit_status = q.proc.returncode if q.proc is not None else None
         qemu.remove_workdir(work)
-    run.marks.update(begin=t_begin, built=t_built, end=time.monotonic())
+    run.marks.update(begin=t_begin, built=t_built, accel=t_accel, end=time.monotonic())
     return record.build(run, versions, accel, contents)
 
 

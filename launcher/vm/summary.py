@@ -78,7 +78,8 @@ def format_run(run: dict) -> list[str]:
                  "again" if f.get("host_minflt_after_free") is not None else "")]
     t = run["timing"]
     lines += ["", "time",
-              f"  build {t['build_s']:.1f} s, boot {t.get('boot_s', 0):.1f} s, start state "
+              f"  build {t['build_s']:.1f} s, accelerator {t.get('accel_s', 0):.1f} s, boot "
+              f"{t.get('boot_s', 0):.1f} s, start state "
               f"{t.get('settle_s', 0):.1f} s, workload {t.get('measured_s', 0):.1f} s, "
               f"total {t['total_s']:.1f} s",
               "", "safety",
