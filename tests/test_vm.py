@@ -367,6 +367,7 @@ def _canned_run():
              (5.0, "S t={}"),
              (7.0, "E t={} w=0 ev=touched bytes=1073741824"),
              (8.0, "E t={} w=0 ev=freeing bytes=1073741824"),
+             (8.1, "K ts={:.6f} ev=notify"),
              (8.5, "E t={} w=0 ev=freed bytes=1073741824")]
     for pass_at in (10.0, 12.0):
         lens = " ".join(f"l{i}=4194304" for i in range(32))
@@ -407,6 +408,10 @@ def test_record_of_a_canned_run():
     assert f["pass_interval_s_median"] == pytest.approx(2.0, abs=1e-3)
     assert f["step_bytes_median"] == 256 << 20 and f["pass_returned_bytes_median"] == 256 << 20
     assert f["first_pass_after_free_s"] == pytest.approx(1.5, abs=2e-3)
+    assert f["first_request_after_free_s"] == pytest.approx(-0.4, abs=2e-3)   # during the free
+    assert f["first_pass_after_request_s"] == pytest.approx(1.9, abs=2e-3)
+    assert rec["reporting"]["passes"][0]["requested_s"] is not None
+    assert rec["reporting"]["passes"][1]["requested_s"] is None          # a reschedule
     assert f["half_back_s"] == pytest.approx(3.6, abs=0.11)   # the second pass, seen 0.05 s on
     assert rec["guest"]["start_state"]["idle"] and rec["guest"]["report_order_effective"] == 9
 

@@ -22,7 +22,10 @@ mapping's AnonHugePages), ``host_minflt``, ``host_majflt``, ``qemu_cpu_s``.
 ``reporting.passes``: each pass of the guest's page_reporting_process, from
 its kprobes: ``start_s``, ``end_s``, ``duration_s`` (the guest's clock:
 under TCG, emulated), ``reports`` and ``reported_bytes`` (the scatterlist
-lengths of each virtballoon_free_page_report call).  ``figures``: see
+lengths of each virtballoon_free_page_report call), ``report_s`` (inside
+the report calls: the host's discard), ``requested_s`` (the free path's
+first __page_reporting_notify since the previous pass) and ``notifies``
+(how many since the previous pass).  ``figures``: see
 :mod:`.figures`.
 """
 
@@ -52,13 +55,25 @@ def _buddy(fields: dict) -> list[int]:
     return [int(x) for x in fields.get("buddy", "").split(",") if x]
 
 
+def requests(run, t0: float) -> list[float]:
+    """The free path's first request (__page_reporting_notify) after each
+    pass, and the first of all: the calls that can move IDLE to REQUESTED."""
+    return [t for t, f in _guest_points(run, "K", t0) if f.get("ev") == "notify"]
+
+
 def passes(run, t0: float) -> list[dict]:
-    """The guest's reporting passes from its kprobe events."""
-    out, cur = [], None
+    """The guest's reporting passes from its kprobe events; ``requested_s``:
+    the first request since the previous pass ended, if there was one (the
+    pass may still have been the previous one's reschedule)."""
+    out, cur, asked = [], None, None
     for t, f in _guest_points(run, "K", t0):
         ev = f.get("ev")
-        if ev == "pstart":
-            cur = {"start_s": t, "reports": 0, "reported_bytes": 0, "report_s": 0.0}
+        if ev == "notify":
+            asked = t if asked is None else asked
+        elif ev == "pstart":
+            cur = {"start_s": t, "requested_s": asked, "reports": 0, "reported_bytes": 0,
+                   "report_s": 0.0}
+            asked = None
         elif cur is None:
             continue
         elif ev == "rep":
@@ -70,7 +85,7 @@ def passes(run, t0: float) -> list[dict]:
         elif ev == "pend":
             cur.pop("_rep", None)
             cur.update(end_s=t, duration_s=round(t - cur["start_s"], 6),
-                       report_s=round(cur["report_s"], 6))
+                       report_s=round(cur["report_s"], 6), notifies=int(f.get("notifies", 0)))
             out.append(cur)
             cur = None
     return out
@@ -174,6 +189,13 @@ def build(run, versions: dict, accel: dict, contents: dict) -> dict:
     }
     fig = figs.summarize(tl, freed_at, released, run_passes,
                          freeing_at=min(freeing) if freeing else None)
+    if freeing:
+        asked = [t for t in requests(run, t0) if t >= min(freeing)]
+        fig["first_request_after_free_s"] = (round(asked[0] - freed_at, 4)
+                                             if asked and freed_at is not None else None)
+        after = [p for p in run_passes if asked and p["start_s"] >= asked[0]]
+        fig["first_pass_after_request_s"] = (round(after[0]["start_s"] - asked[0], 4)
+                                             if after else None)
     memory["half_returned_s"] = fig.get("half_back_s")
     if tl["t_s"]:
         i = max(range(len(resident)), key=resident.__getitem__)
@@ -199,6 +221,7 @@ def build(run, versions: dict, accel: dict, contents: dict) -> dict:
             "cmdline": run.qemu_argv[run.qemu_argv.index("-append") + 1],
             "modules": contents["modules"],
             "start_state": _start_state(run, t0, all_passes, scans),
+            "min_free_bytes": int(h.get("min_free_kb", 0)) * 1024,
             "pcp_high_bytes": max((int(g.get("pcp_high", 0)) * PAGE for g in run.lines["G"]),
                                   default=None),
             "minor_faults": int(x.get("guest_minflt", 0)),

@@ -32,6 +32,8 @@ def format_run(run: dict) -> list[str]:
               f"  QEMU                 {q['qemu']}  ({q['accel_chosen_by']})",
               f"  guest kernel         {g['kernel_release']} ({q.get('kernel_package') or '?'})"
               f", THP {g['thp_enabled']}, guest workload THP {c['guest_thp']}",
+              f"  guest allocator      min_free_kbytes {_b(g.get('min_free_bytes'))}, per-cpu "
+              f"lists' high mark {_b(g.get('pcp_high_bytes'))} (summed over zones and cpus)",
               "  start state          "
               + (f"reporter idle after {st['waited_s']:.1f} s and {st['passes_before_start']} "
                  f"passes since boot" if st["idle"] else

@@ -30,14 +30,17 @@
  *
  * Lines sent to the host (key=value after a one-letter tag; t= is the
  * guest's CLOCK_MONOTONIC in ns):
- *   H  hello: kernel release, effective report order, MemTotal, cpus, THP
+ *   H  hello: kernel release, effective report order, MemTotal, cpus, THP,
+ *      min_free_kbytes (khugepaged raises it when THP is on; the per-cpu
+ *      lists' high mark follows the low watermark)
  *   W  waiting for the start state (--start idle)
  *   S  the workload starts (the run's time 0)
  *   G  every sample_ms: MemFree, /proc/buddyinfo's free blocks per order, and
  *      the pages on the per-cpu lists (/proc/zoneinfo)
  *   P  a scan of /proc/kpageflags: free pages, Reported pages and blocks
- *   K  a kprobe event of the reporting path (page_reporting_process entry
- *      and return, virtballoon_free_page_report entry and return)
+ *   K  a kprobe event of the reporting path (the first __page_reporting_notify
+ *      after a pass, page_reporting_process entry and return with the count
+ *      of notifies, virtballoon_free_page_report entry and return)
  *   E  a workload event of one worker (touched, freeing, freed, end)
  *   X  the end, with the workers' counters
  *   F  a fatal error (one line)
@@ -419,9 +422,13 @@ static int trace_fd = -1;
 static char trace_buf[65536];
 static size_t trace_len;
 static uint64_t last_pass_end_ns, passes_seen, pass_running;
+static uint64_t notifies;       /* __page_reporting_notify calls since the last pass ended */
 
 /* "  kworker/0:1-35  [000] d..1.  12.345678: pstart: (page_reporting_process+0x0/...) a=1"
- * -> "K ts=12.345678 ev=pstart a=1"; remembers when the last pass ended. */
+ * -> "K ts=12.345678 ev=pstart a=1"; remembers when the last pass ended.
+ * Of the free path's requests (notify) only the first after a pass ended
+ * (or the first ever) is sent, the one that may move IDLE to REQUESTED; a
+ * pass's end says how many there were since the previous one. */
 static void trace_line(char *line)
 {
 	char *colon = strstr(line, ": ");
@@ -439,7 +446,14 @@ static void trace_line(char *line)
 	args = args ? args + 1 : evend + 2;
 	while (*args == ' ')
 		args++;
-	emit("K ts=%s ev=%s %s", ts, ev, args);
+	if (!strcmp(ev, "notify") && notifies++)
+		return;
+	if (!strcmp(ev, "pend")) {
+		emit("K ts=%s ev=%s notifies=%llu", ts, ev, (unsigned long long)notifies);
+		notifies = 0;
+	} else {
+		emit("K ts=%s ev=%s %s", ts, ev, args);
+	}
 	if (!strcmp(ev, "pstart")) {
 		pass_running = 1;
 		passes_seen++;
@@ -731,8 +745,9 @@ static void worker(int id, uint64_t t_start)
 static void hello(void)
 {
 	struct utsname u;
-	char order[32] = "?", thp[128] = "?";
+	char order[32] = "?", thp[128] = "?", min_free[32] = "0";
 	uname(&u);
+	read_file("/proc/sys/vm/min_free_kbytes", min_free, sizeof(min_free));
 	read_file("/sys/module/page_reporting/parameters/page_reporting_order", order, sizeof(order));
 	read_file("/sys/kernel/mm/transparent_hugepage/enabled", thp, sizeof(thp));
 	order[strcspn(order, "\n")] = 0;
@@ -740,9 +755,10 @@ static void hello(void)
 	for (char *c = thp; *c; c++)
 		if (*c == ' ')
 			*c = '_';
-	emit("H t=%llu kernel=%s order=%s memtotal_kb=%ld cpus=%ld thp=%s kprobes=%d workload=%s",
-	     (unsigned long long)now_ns(), u.release, order, meminfo_kb("MemTotal:"),
-	     sysconf(_SC_NPROCESSORS_ONLN), thp, trace_fd >= 0, cfg.workload);
+	emit("H t=%llu kernel=%s order=%s memtotal_kb=%ld cpus=%ld thp=%s kprobes=%d workload=%s "
+	     "min_free_kb=%ld", (unsigned long long)now_ns(), u.release, order,
+	     meminfo_kb("MemTotal:"), sysconf(_SC_NPROCESSORS_ONLN), thp, trace_fd >= 0, cfg.workload,
+	     strtol(min_free, NULL, 10));
 }
 
 /* Sample every sample_ms and forward the kprobe events until `until` (ns)
