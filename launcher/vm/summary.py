@@ -58,6 +58,10 @@ def format_run(run: dict) -> list[str]:
               f"  guest free at end    {_b(m['free_bytes_end'])} (MemFree), of which in blocks "
               f"below order {c['report_order']}: {_b(m['free_unreportable_bytes_end'])}; "
               f"on the per-cpu lists besides: {_b(_last(m['timeline'].get('pcp_bytes')))}"]
+    capped = [e for e in run["events"] if e["event"] == "capped"]
+    if capped:
+        lines.append(f"  hog                  asked {_b(sum(e['bytes'] for e in capped))}, stopped "
+                     "short of MemAvailable less 32 MiB (the OOM killer's line)")
     if m.get("freed_at_s") is not None:
         lines.append(f"  workers freed        {_b(m['released_bytes'])} at "
                      f"{m['freed_at_s']:.2f} s; half of it back on the host "
