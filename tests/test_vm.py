@@ -5,7 +5,7 @@ gives, where QEMU, the guest kernel, busybox-static or cc are missing
 (``.ci/run`` installs them).  Each checks that nothing of the run is left:
 no QEMU named after its launcher, no working folder.  The rest run
 everywhere: the parsing of the guest's lines, the clock mapping, the
-figures, the module resolution, the archive, a canned run through the
+module resolution, the archive, a canned run through the
 results file and ``shmalloc report``.
 """
 
@@ -25,7 +25,7 @@ import time
 import pytest
 from cli import assert_usage_error, shmalloc, start_shmalloc
 
-from launcher.vm import channel, figures, host, initramfs, qemu, record
+from launcher.vm import channel, host, initramfs, qemu, record
 from launcher.vm.config import GuestConfig
 
 
@@ -274,17 +274,6 @@ def test_clock_map_takes_the_fastest_line():
     assert q["pairs"] == 4 and q["spread_s"] == pytest.approx(0.0015)
 
 
-def test_steps_merge_a_pass_that_straddles_a_sample():
-    mib = 1 << 20
-    tl = {"t_s": [0, 1, 2, 3, 4, 5, 6, 7, 8],
-          "host_resident_bytes": [900 * mib, 900 * mib, 800 * mib, 644 * mib, 644 * mib,
-                                  643 * mib, 643 * mib, 388 * mib, 388 * mib]}
-    st = figures.steps(tl, after_s=1.5)       # 1 MiB at 5 s is below MIN_STEP_BYTES
-    assert st == [{"t_s": 2, "bytes": 256 * mib}, {"t_s": 7, "bytes": 255 * mib}]
-    assert figures.steps(tl, after_s=2.5) == [{"t_s": 3, "bytes": 156 * mib},
-                                              {"t_s": 7, "bytes": 255 * mib}]
-
-
 def test_resolve_modules(tmp_path):
     (tmp_path / "modules.dep").write_text(
         "kernel/virtio_ring.ko:\n"
@@ -406,13 +395,15 @@ def test_record_of_a_canned_run():
     assert m["released_bytes"] == 1 << 30
     assert [p["reported_bytes"] for p in rec["reporting"]["passes"]] == [256 << 20] * 2
     assert f["pass_interval_s_median"] == pytest.approx(2.0, abs=1e-3)
-    assert f["step_bytes_median"] == 256 << 20 and f["pass_returned_bytes_median"] == 256 << 20
+    assert f["step_bytes"] == 256 << 20 and f["pass_returned_bytes_median"] == 256 << 20
     assert f["first_pass_after_free_s"] == pytest.approx(1.5, abs=2e-3)
     assert f["first_request_after_free_s"] == pytest.approx(-0.4, abs=2e-3)   # during the free
     assert f["first_pass_after_request_s"] == pytest.approx(1.9, abs=2e-3)
     assert rec["reporting"]["passes"][0]["requested_s"] is not None
     assert rec["reporting"]["passes"][1]["requested_s"] is None          # a reschedule
     assert f["half_back_s"] == pytest.approx(3.6, abs=0.11)   # the second pass, seen 0.05 s on
+    assert f["refaulted_bytes"] == 0 and f["host_faults"] == 65     # 1000 + 10 s, 8.5 s to 15 s
+    assert m["freeing_at_s"] == pytest.approx(3.0, abs=1e-3)
     assert rec["guest"]["start_state"]["idle"] and rec["guest"]["report_order_effective"] == 9
 
 

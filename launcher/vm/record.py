@@ -25,7 +25,8 @@ under TCG, emulated), ``reports`` and ``reported_bytes`` (the scatterlist
 lengths of each virtballoon_free_page_report call), ``report_s`` (inside
 the report calls: the host's discard), ``requested_s`` (the free path's
 first __page_reporting_notify since the previous pass) and ``notifies``
-(how many since the previous pass).  ``figures``: see
+(how many since the previous pass).  ``memory.freeing_at_s``: when the
+first worker began its free (the model's key).  ``figures``: see
 :mod:`.figures`.
 """
 
@@ -34,8 +35,8 @@ from __future__ import annotations
 import bisect
 
 from ..experiment.metrics import footprint_gib_s
-from . import figures as figs
 from .channel import report_bytes
+from .figures import guest_figures
 
 PAGE = 4096
 
@@ -189,16 +190,8 @@ def build(run, versions: dict, accel: dict, contents: dict) -> dict:
         "anon_huge_share_at_max": None,
         "timeline": tl,
     }
-    fig = figs.summarize(tl, freed_at, released, run_passes,
-                         freeing_at=min(freeing) if freeing else None)
     if freeing:
-        asked = [t for t in requests(run, t0) if t >= min(freeing)]
-        fig["first_request_after_free_s"] = (round(asked[0] - freed_at, 4)
-                                             if asked and freed_at is not None else None)
-        after = [p for p in run_passes if asked and p["start_s"] >= asked[0]]
-        fig["first_pass_after_request_s"] = (round(after[0]["start_s"] - asked[0], 4)
-                                             if after else None)
-    memory["half_returned_s"] = fig.get("half_back_s")
+        memory["freeing_at_s"] = min(freeing)
     if tl["t_s"]:
         i = max(range(len(resident)), key=resident.__getitem__)
         if resident[i]:
@@ -206,7 +199,7 @@ def build(run, versions: dict, accel: dict, contents: dict) -> dict:
     x = run.lines["X"][-1] if run.lines["X"] else {}
     canaries = {k: sum(e["bytes"] for e in events if e["event"] == k)
                 for k in ("zero_canary", "bad_canary")}
-    return {
+    rec = {
         "system": "qemu",
         "label": "real guest",
         "config": cfg.record(),
@@ -236,7 +229,6 @@ def build(run, versions: dict, accel: dict, contents: dict) -> dict:
         "reporting": {"passes": run_passes, "passes_count": len(run_passes),
                       "reports": sum(p["reports"] for p in run_passes),
                       "reported_bytes": memory["reported_bytes"]},
-        "figures": fig,
         "host_faults": {"minflt": (tl["host_minflt"][-1] - tl["host_minflt"][0]
                                    if tl["host_minflt"] else None),
                         "majflt": (tl["host_majflt"][-1] - tl["host_majflt"][0]
@@ -247,6 +239,9 @@ def build(run, versions: dict, accel: dict, contents: dict) -> dict:
                    "double_allocations": canaries["bad_canary"]},
         "timing": _timing(run),
     }
+    rec["figures"] = guest_figures(rec, run_passes, requests(run, t0))
+    memory["half_returned_s"] = rec["figures"]["half_back_s"]
+    return rec
 
 
 def _timing(run) -> dict:

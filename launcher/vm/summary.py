@@ -68,9 +68,9 @@ def format_run(run: dict) -> list[str]:
                      + (f"{m['half_returned_s']:.2f} s later" if m["half_returned_s"] is not None
                         else "never"))
         lines.append(f"  after the free       {len(f.get('steps', []))} steps of host-resident "
-                     f"memory, median {_b(f.get('step_bytes_median'))}, every "
-                     f"{_s(f.get('step_interval_s_median'))}; the first "
-                     f"{_s(f.get('first_step_after_free_s'))} after the free")
+                     f"memory, median {_b(f.get('step_bytes'))}, every "
+                     f"{_s(f.get('step_interval_s'))}; the first "
+                     f"{_s(f.get('first_step_s'))} after the free")
         if f.get("pass_returned_bytes_median") is not None:
             lines.append(f"  per pass             reported "
                          f"{_b(f.get('pass_reported_bytes_median'))}, host got back "
@@ -79,9 +79,9 @@ def format_run(run: dict) -> list[str]:
     hf = run["host_faults"]
     lines += ["", "host page faults (QEMU: its own and TCG's too)",
               f"  minor {hf['minflt']}, major {hf['majflt']} during the workload"
-              + (f"; {f['host_minflt_after_free']} minor after the free, when "
-                 f"{_b(f['resident_growth_after_free_bytes'])} of guest memory became resident "
-                 "again" if f.get("host_minflt_after_free") is not None else "")]
+              + (f"; {f['host_faults']} after the free, when "
+                 f"{_b(f['refaulted_bytes'])} of guest memory became resident again"
+                 if f.get("host_faults") is not None else "")]
     t = run["timing"]
     lines += ["", "time",
               f"  build {t['build_s']:.1f} s, accelerator {t.get('accel_s', 0):.1f} s, boot "
