@@ -8,12 +8,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from launcher.comparison.compare import DEFAULT_LINEUP, flat_metrics
+from launcher.comparison.compare import (
+    DEFAULT_LINEUP,
+    build_analysis,
+    build_comparison,
+    flat_metrics,
+    prepare,
+    run_rounds,
+)
 from launcher.comparison.sweep import Point, merge, path_of, run_points
 from launcher.experiment import designs
 from launcher.experiment.config import RunConfig
@@ -26,6 +34,7 @@ from launcher.units import duration_range, float_range, int_range, parse_size, s
 __all__ = [
     "DEFAULT_LINEUP",
     "bar_chart",
+    "compare_file",
     "designs",
     "duration_range",
     "flat_metrics",
@@ -103,6 +112,36 @@ def run_all(pts: list[Point], out: str) -> list[dict]:
     print(f"{len(pts)} points ({counts['ran']} run now, {counts['skipped']} already done, "
           f"{counts['aborted']} aborted); results, sweep.csv and figures in {out}")
     return runs
+
+
+def compare_file(out: str, name: str, variants: list, rounds: int, order_seed: int) -> dict:
+    """Run one compare into ``out/name.json``, or read it if it is there.
+    The document's ``analysis["rounds_wall_s"]`` is the wall time of its
+    rounds, fixed costs and the launcher's gaps included."""
+    path = os.path.join(out, f"{name}.json")
+    if os.path.exists(path):
+        try:
+            return results.load(path)
+        except results.ResultsError:
+            os.unlink(path)                          # killed while writing: run again
+    script = f"scripts/{os.path.basename(sys.argv[0])}"
+    warm, unit = prepare(variants, command=script, stream=sys.stderr)
+    t0 = time.monotonic()
+    runs = run_rounds(variants, rounds, order_seed, unit, progress=sys.stderr.isatty())
+    wall = time.monotonic() - t0
+    for run in runs:
+        run.pop("exit_status")
+        warm = run.pop("numba_cache_warm") and warm
+    if runs[-1]["outcome"] != "ok":
+        raise SystemExit(f"{script}: {name}: {runs[-1]['label']} aborted: "
+                         f"{runs[-1]['abort_reason']}")
+    analysis = build_analysis(runs, variants, order_seed, unit)
+    analysis["rounds_wall_s"] = round(wall, 3)
+    doc = results.document(runs, collect_metadata(warm),
+                           comparison=build_comparison(runs, variants, order_seed),
+                           analysis=analysis)
+    results.write(path, doc)
+    return doc
 
 
 def table(rows: list[list], header: list[str]) -> list[str]:
