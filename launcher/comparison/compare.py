@@ -17,7 +17,7 @@ before the first round.  Ctrl-C or SIGTERM between two runs stops at once
 and names the phase ("between rounds", "between designs"); during a run, the
 runs so far are reported.
 With N >= 2 the first table pairs every variant with the baseline (the first
-variant) round by round: the median ratio and its 95 % bootstrap interval
+variant) round by round: the median ratio and its 95 % order-statistic interval
 (:mod:`launcher.comparison.stats`) for throughput over the steady window, alloc p99 and
 total zone-lock wait, and a verdict; then where the cost went
 (:mod:`launcher.comparison.cost`), then the noise (steal, fixed cost, the baseline's
@@ -229,11 +229,10 @@ def _series(runs: list[dict], labels: list[str]) -> tuple[list[int], dict]:
 def _paired(by: dict, complete: list[int], base: str, label: str, metric,
             order_seed: int) -> tuple:
     """``label`` against ``base`` over the ``complete`` rounds: the median
-    per-round ratio of ``metric`` and its 95 % interval ([lo, hi] or None),
-    the bootstrap seeded with ``order_seed``."""
+    per-round ratio of ``metric`` and its 95 % interval ([lo, hi] or None)."""
     ratios = stats.paired_ratios([metric(by[(base, k)]) for k in complete],
                                  [metric(by[(label, k)]) for k in complete])
-    med, lo, hi = stats.median_ci(ratios, order_seed)
+    med, lo, hi = stats.median_ci(ratios)
     return med, None if lo is None else [lo, hi]
 
 
@@ -241,7 +240,7 @@ def build_comparison(runs: list[dict], variants: list[Variant], order_seed: int)
     """The results file's ``comparison``: per variant against the baseline,
     over the complete rounds, the median per-round ratio and its 95 %
     interval for throughput, alloc p99 and total zone-lock wait, and the
-    throughput verdict.  The bootstrap is seeded with ``order_seed``."""
+    throughput verdict."""
     labels = [v.label for v in variants]
     complete, by = _series(runs, labels)
     base = labels[0]
@@ -280,7 +279,7 @@ def build_analysis(runs: list[dict], variants: list[Variant], order_seed: int,
     for v in variants:
         group = [by[(v.label, k)] for k in complete]
         total = [(r.get("cost") or {}).get("total_pct_of_worker_time") for r in group]
-        med, lo, hi = stats.median_ci(total, order_seed)
+        med, lo, hi = stats.median_ci(total)
         row = {"label": v.label}
         for key in COST_KEYS:
             row[key.replace("_ns", "_pct")] = _r(_median([pct(r.get("cost"), key)
@@ -304,9 +303,8 @@ def build_analysis(runs: list[dict], variants: list[Variant], order_seed: int,
     steal = [r["noise"]["steal_pct"] for r in runs if r.get("noise")]
     fixed = [r["timing"] for r in runs if r.get("timing")]
     analysis = {
-        "ci": {"method": f"{stats.METHOD} bootstrap of the median per-round ratio",
-               "confidence": stats.CONFIDENCE, "resamples": stats.N_RESAMPLES,
-               "seed": order_seed},
+        "ci": {"method": f"{stats.METHOD}, of the median per-round ratio",
+               "confidence": stats.CONFIDENCE, "min_rounds": stats.MIN_ROUNDS},
         "throughput": "pages per second over the steady window (see docs/measuring.md)",
         "round_order": [[r["label"] for r in sorted((x for x in runs if x.get("round") == k),
                                                     key=lambda x: x["position"])]
@@ -332,7 +330,7 @@ def format_comparison(comparison: dict, analysis: dict | None = None) -> list[st
     n = comparison["rounds"]
     lines = [f"paired against {comparison['baseline']}: median of {n} per-round ratios, "
              f"rounds in random order (order seed {comparison['order_seed']}), 95 % "
-             "percentile-bootstrap interval"]
+             "order-statistic interval"]
     if not rows:
         return lines + ["  (only the baseline: nothing to pair)"]
     w = max(8, max(len(r["label"]) for r in rows) + 2)
