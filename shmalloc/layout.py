@@ -152,12 +152,25 @@ WORKER_COUNTERS = (
     "nvcsw", "nivcsw",   # voluntary / involuntary context switches
     "nr_migrations",     # se.nr_migrations; -1: the kernel does not show it
     "t_freeing",         # ticks when hog/phased began to free everything (the shrink)
+    # what a refault costs in this run (shmalloc.workload.write_block): blocks
+    # written, whether the last one refaulted, and over the sampled blocks
+    # the ticks of each first write to a page written before, split by
+    # whether it refaulted, and the writes too long to be a fault alone
+    "blocks_written", "refault_streak",
+    "sample_refault_ticks", "sample_refaults",
+    "sample_resident_ticks", "sample_resident",
+    "sample_dropped",
 )
 (WC_OPS, WC_ALLOCS, WC_FREES, WC_PAGES_ALLOCATED, WC_PAGES_FREED, WC_ALLOC_FAILURES,
  WC_ITERATIONS, WC_USE_AFTER_DISCARD, WC_FOREIGN_CANARY, WC_REFAULTS, WC_FREE_ERRORS,
  WC_LOCK_ACQUISITIONS, WC_ALLOC_NS_MAX, WC_FREE_NS_MAX, WC_MINOR_FAULTS, WC_T_START,
  WC_T_END, WC_T_FREED, WC_RELEASED_PAGES, WC_CPU_USER_US, WC_CPU_SYS_US, WC_NVCSW,
- WC_NIVCSW, WC_NR_MIGRATIONS, WC_T_FREEING) = range(25)
+ WC_NIVCSW, WC_NR_MIGRATIONS, WC_T_FREEING, WC_BLOCKS_WRITTEN, WC_REFAULT_STREAK, WC_SAMPLE_REFAULT_TICKS,
+ WC_SAMPLE_REFAULTS, WC_SAMPLE_RESIDENT_TICKS, WC_SAMPLE_RESIDENT,
+ WC_SAMPLE_DROPPED) = range(32)
+#: the refault-cost sample counters, in the order above
+REFAULT_SAMPLE_COUNTERS = ("sample_refault_ticks", "sample_refaults", "sample_resident_ticks",
+                           "sample_resident", "sample_dropped")
 #: the counters above that describe the process, not its workload
 RUSAGE_COUNTERS = ("cpu_user_us", "cpu_sys_us", "nvcsw", "nivcsw", "nr_migrations")
 NR_WORKER_COUNTERS = len(WORKER_COUNTERS)

@@ -45,7 +45,9 @@ from ._libc import bit_length, ticks
 from .config import WORDS_PER_PAGE, inline, jit
 from .hostpage import host_fault
 from .layout import (
+    H_HOST_PAGE_ORDER,
     H_STOP,
+    H_TICKS_PER_SEC,
     HIST_ALLOC,
     HIST_FREE,
     NR_HIST_BUCKETS,
@@ -53,6 +55,7 @@ from .layout import (
     WC_ALLOC_FAILURES,
     WC_ALLOC_NS_MAX,
     WC_ALLOCS,
+    WC_BLOCKS_WRITTEN,
     WC_FOREIGN_CANARY,
     WC_FREE_ERRORS,
     WC_FREE_NS_MAX,
@@ -61,7 +64,13 @@ from .layout import (
     WC_OPS,
     WC_PAGES_ALLOCATED,
     WC_PAGES_FREED,
+    WC_REFAULT_STREAK,
     WC_REFAULTS,
+    WC_SAMPLE_DROPPED,
+    WC_SAMPLE_REFAULT_TICKS,
+    WC_SAMPLE_REFAULTS,
+    WC_SAMPLE_RESIDENT,
+    WC_SAMPLE_RESIDENT_TICKS,
     WC_USE_AFTER_DISCARD,
     WS_HIST,
     wstats_base,
@@ -69,6 +78,11 @@ from .layout import (
 from .page_alloc import alloc_pages, free_pages_from
 
 WORKLOADS = ("page_fault1", "thp", "random", "hog", "phased")
+#: write_block times one block in this many (one in REFAULT_STREAK_EVERY
+#: after a block that refaulted): 2 TSC reads a page of the block, 10 ns
+#: each, so about 0.3 ns per order-0 page written on average
+REFAULT_SAMPLE_EVERY = 64
+REFAULT_STREAK_EVERY = 8
 PHASED_SHRINK_AT = 0.4      # phased: free everything at 40 % of the run
 PHASED_REGROW_AT = 0.7      # ... and grow again at 70 %
 THP_ORDER = 9
@@ -125,16 +139,70 @@ def timed_alloc(frames, zs, agent, order, ws, ns_per_tick):
 
 @inline
 def write_block(frames, zs, mem, agent, pfn, order, ws):
-    """The worker's first touch of a new block: count refaults, write canaries."""
+    """The worker's first touch of a new block: count refaults, write
+    canaries.  One block in :data:`REFAULT_SAMPLE_EVERY`, or in
+    :data:`REFAULT_STREAK_EVERY` right after a block that refaulted (refaults
+    come in runs: the pages of one discarded block), is written by
+    :func:`write_block_timed` instead, which times each write; what a
+    refault costs in this run is the difference of the two means it keeps
+    (:mod:`launcher.cost`).  The rest of the time the price is a counter and
+    a branch per block."""
+    zs[ws + WC_BLOCKS_WRITTEN] += 1
+    every = REFAULT_STREAK_EVERY if zs[ws + WC_REFAULT_STREAK] != 0 else REFAULT_SAMPLE_EVERY
+    if zs[ws + WC_BLOCKS_WRITTEN] % every == 0:
+        refaults = write_block_timed(frames, zs, mem, agent, pfn, order, ws)
+    else:
+        gen = np.int64(frames[pfn]['gen'])
+        refaults = 0
+        for page in range(pfn, pfn + (1 << order)):
+            word = page * WORDS_PER_PAGE
+            if host_fault(frames, zs, mem, page, word):
+                refaults += 1
+            mem[word] = canary(agent, gen, page)
+            frames[page]['flags'] |= PG_TOUCHED
+    zs[ws + WC_REFAULT_STREAK] = 1 if refaults > 0 else 0
+    zs[ws + WC_REFAULTS] += refaults
+
+
+@inline
+def write_block_timed(frames, zs, mem, agent, pfn, order, ws):
+    """:func:`write_block`'s loop with each page's read-then-write timed by
+    the TSC, for the pages written before (a first touch of a page never
+    written is a fault too, but not a refault, and stays out): a refault's
+    ticks and a resident write's ticks are summed apart, under the run's own
+    conditions (the host discarding beside the worker, the other worker,
+    the reporter).  A write that took longer than 500 us was preempted, not
+    faulting, and is only counted (a refault takes 2-4 us here, a stretch of
+    time off the cpu a scheduler slice, 0.75 ms and up).  With 2 MiB host
+    pages a refault zeroes 2 MiB (about 0.3 ms in ``shmalloc bench``), so the
+    cut is 10 ms there: a preemption that short is counted as refault time,
+    which errs towards charging refaults more.  Returns the refaults."""
+    limit = zs[H_TICKS_PER_SEC] // 2000
+    if zs[H_HOST_PAGE_ORDER] != 0:
+        limit = zs[H_TICKS_PER_SEC] // 100
     gen = np.int64(frames[pfn]['gen'])
     refaults = 0
     for page in range(pfn, pfn + (1 << order)):
         word = page * WORDS_PER_PAGE
-        if host_fault(frames, zs, mem, page, word):
-            refaults += 1
+        touched = (frames[page]['flags'] & PG_TOUCHED) != 0
+        t0 = ticks()
+        refault = host_fault(frames, zs, mem, page, word)
         mem[word] = canary(agent, gen, page)
+        dt = ticks() - t0
         frames[page]['flags'] |= PG_TOUCHED
-    zs[ws + WC_REFAULTS] += refaults
+        if refault:
+            refaults += 1
+        if not touched:
+            continue
+        if dt > limit:
+            zs[ws + WC_SAMPLE_DROPPED] += 1
+        elif refault:
+            zs[ws + WC_SAMPLE_REFAULT_TICKS] += dt
+            zs[ws + WC_SAMPLE_REFAULTS] += 1
+        else:
+            zs[ws + WC_SAMPLE_RESIDENT_TICKS] += dt
+            zs[ws + WC_SAMPLE_RESIDENT] += 1
+    return refaults
 
 
 @inline
