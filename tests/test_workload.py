@@ -136,3 +136,45 @@ def test_the_stop_flag_ends_every_workload(m):
                       np.zeros(64, np.int64), 0) == 0
     assert hog_alloc(m.frames, m.zs, m.mem, AGENT, 64, -1, 1.0, pfn, orders) == 0
     assert counters(m)["ops"] == 0
+
+
+def test_first_writes_are_timed_one_block_in_64_and_one_in_8_after_a_refault(m):
+    """write_block times a sample of first writes for what a refault costs
+    in the run (launcher.comparison.cost): one block in 64, one in 8 right
+    after a block that refaulted; a page written before counts as a refault
+    or a resident write, a page never written as neither."""
+    from shmalloc.workload import REFAULT_SAMPLE_EVERY, REFAULT_STREAK_EVERY
+    hv = Hypervisor(m, StubOptions(discard="punch"))
+    touched: set[int] = set()
+    expect = {"sample_refaults": 0, "sample_resident": 0}
+    count, streak = 0, False
+
+    def write_pass(discard: bool) -> None:
+        nonlocal count, streak
+        pfn, orders = arrays(512)
+        n = hog_alloc(m.frames, m.zs, m.mem, AGENT, 512, -1, ns_per_tick(m), pfn, orders)
+        assert n == 512
+        for p in pfn[:n].tolist():           # the rule, block by block (order 0: a page)
+            count += 1
+            every = REFAULT_STREAK_EVERY if streak else REFAULT_SAMPLE_EVERY
+            refault = discard and p in touched
+            if count % every == 0 and p in touched:
+                expect["sample_refaults" if refault else "sample_resident"] += 1
+            streak = refault
+        touched.update(pfn[:n].tolist())
+        free_blocks(m.frames, m.zs, m.mem, AGENT, pfn, orders, n, ns_per_tick(m))
+
+    write_pass(discard=False)                      # never written before: neither kind
+    assert counters(m)["sample_refaults"] == counters(m)["sample_resident"] == 0
+    for block in range(0, m.nr_pages, 1 << (m.max_order - 1)):
+        assert hv.discard(block, m.max_order - 1) == 0      # the host takes it all
+    write_pass(discard=True)                       # refaults where written before
+    write_pass(discard=False)                      # resident where written before
+    c = counters(m)
+    assert c["blocks_written"] == count == 3 * 512
+    assert {k: c[k] for k in expect} == expect
+    assert expect["sample_refaults"] > 0 and expect["sample_resident"] > 0
+    assert c["refaults"] >= expect["sample_refaults"] and c["sample_dropped"] == 0
+    # a refault (a page fault, a zeroed page) takes longer than a write to a resident page
+    assert (c["sample_refault_ticks"] / c["sample_refaults"]
+            > c["sample_resident_ticks"] / c["sample_resident"])

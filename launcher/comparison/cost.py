@@ -8,10 +8,21 @@ charges what the design made the workers do, each count times a cost:
     ``sem_trywait`` failed, was the reporter or the host scanner
     (``Z_WAIT_BEHIND``, :mod:`shmalloc.lock`).  Measured, not estimated.
 (b) ``refault_ns``: refaults (first writes to host pages the host discarded,
-    counted by the workers, :func:`shmalloc.hostpage.host_fault`) times the
-    cost of one on the run's host pages (``--host-pages``: a 2 MiB refault
-    zeroes 2 MiB), measured on this machine by
-    :func:`shmalloc.bench.measure_refault` at the start of the compare.
+    counted by the workers, :func:`shmalloc.hostpage.host_fault`; a 2 MiB
+    refault zeroes 2 MiB) times the cost of one *in this run*: the
+    workers time a sample of their first writes on the TSC
+    (:func:`shmalloc.workload.write_block_timed`, one block in 64, one in 8
+    right after a block that refaulted), and a refault costs the mean time of
+    a refaulting write less the mean time of a write to a resident page, both
+    under the run's own conditions (the host discarding beside the worker,
+    the other worker, the reporter).  Why not one figure for every run: the
+    bench's (:func:`shmalloc.bench.measure_refault`, measured once before
+    round 1 in a quiet process) was 2.6 us here while bitmap's runs timed 2.5
+    to 3.2 us, and a 1-worker page_fault1 comparison charged bitmap 105.8 %
+    of its workers' time with it, more than there was.  With fewer than
+    :data:`MIN_REFAULT_SAMPLES` refaults timed in the window (a design that
+    refaults rarely, a short run) the bench's figure for the run's host pages
+    stands in, and the record says which (``refault_source``).
 (c) ``hook_ns``: the design's free-path hook calls past its order check
     (``Z_DESIGN_HOOK_CALLS``) times the cost of one call
     (:func:`shmalloc.bench.measure_hooks`), plus the time ``--free-hook-ns``
@@ -44,6 +55,21 @@ WORKER_CALLERS = ("alloc", "free")
 SERVICE_CALLERS = ("reporter", "host")
 DESIGN_ROLES = ("reporter", "hypervisor")
 COST_KEYS = ("lock_wait_behind_reporter_ns", "refault_ns", "hook_ns")
+#: refaults (and resident writes) a run must have timed for its own figure
+MIN_REFAULT_SAMPLES = 32
+
+
+def refault_cost(attribution: dict, unit: dict,
+                 host_pages: str = "4k") -> tuple[float, str, int]:
+    """(ns a refault costs, "run" or "bench", refaults timed): the run's own
+    figure (:mod:`launcher.experiment.measure`'s ``refault_sample``) when it
+    timed enough of both kinds of write, else the bench's for the run's host
+    pages (``--host-pages``)."""
+    s = attribution.get("refault_sample") or {}
+    n = s.get("refaults", 0)
+    if n >= MIN_REFAULT_SAMPLES and s.get("resident", 0) >= MIN_REFAULT_SAMPLES:
+        return max(s["refault_ns"] - s["resident_ns"], 0.0), "run", n
+    return refault_cost_ns(unit["refault"], host_pages), "bench", n
 
 
 def attributed_cost(run: dict, unit: dict) -> dict | None:
@@ -54,8 +80,8 @@ def attributed_cost(run: dict, unit: dict) -> dict | None:
         return None
     behind = a["wait_behind_ns"]
     lock = sum(behind[w][h] for w in WORKER_CALLERS for h in SERVICE_CALLERS)
-    refault = a["refaults"] * refault_cost_ns(unit["refault"],
-                                              run["config"].get("host_pages") or "4k")
+    per_refault, source, timed = refault_cost(a, unit, run["config"].get("host_pages") or "4k")
+    refault = a["refaults"] * per_refault
     per_call = unit["free_path_hooks"].get(run["config"]["strategy"], 0.0)
     if run["config"]["strategy"] not in HOOK_KINDS:
         per_call = 0.0
@@ -63,6 +89,8 @@ def attributed_cost(run: dict, unit: dict) -> dict | None:
     cpu = sum(p["cpu_s"] for p in run["noise"]["processes"] if p["role"] in DESIGN_ROLES)
     worker_ns = a.get("worker_cpu_ns") or a["worker_ns"]
     cost = {"lock_wait_behind_reporter_ns": round(lock), "refault_ns": round(refault),
+            "refault_ns_each": round(per_refault, 1), "refault_source": source,
+            "refaults_timed": timed,
             "hook_ns": round(hook), "design_cpu_ns": round(cpu * 1e9),
             "worker_ns": worker_ns}
     cost["total_pct_of_worker_time"] = (round(100 * (lock + refault + hook) / worker_ns, 4)

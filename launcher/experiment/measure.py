@@ -28,6 +28,7 @@ from shmalloc import procstat
 from shmalloc.layout import (
     CALLER_NAMES,
     NR_CALLERS,
+    REFAULT_SAMPLE_COUNTERS,
     RUSAGE_COUNTERS,
     WC_OPS,
     WC_PAGES_ALLOCATED,
@@ -68,10 +69,30 @@ def snapshot(m, workers: list) -> dict:
     snap = {"ticks": int(now_ticks())}
     for key, slot in (("pages", WC_PAGES_ALLOCATED), ("ops", WC_OPS), ("refaults", WC_REFAULTS)):
         snap[key] = [int(m.zs[b + slot]) for b in bases]
+    snap["refault_sample"] = refault_sample(m, [agent for agent, _ in workers])
     sched = [procstat.schedstat(pid) for _, pid in workers]
     snap["cpu_ns"] = None if None in sched else [x[0] for x in sched]
     snap["zones"] = zone_attribution(m)
     return snap
+
+
+def refault_sample(m, agents: list) -> dict:
+    """The workers' refault-cost sample counters
+    (:func:`shmalloc.workload.write_block_timed`), summed over ``agents``."""
+    return {k: sum(int(m.zs[m.layout.wstats(a) + WORKER_COUNTERS.index(k)]) for a in agents)
+            for k in REFAULT_SAMPLE_COUNTERS}
+
+
+def refault_timing(sample: dict, tps: int) -> dict:
+    """Sample counters -> the record's ``refault_sample``: how many first
+    writes were timed, refaulting and resident, their mean in ns, and the
+    writes left out as preempted."""
+    out = {"refaults": sample["sample_refaults"], "resident": sample["sample_resident"],
+           "dropped": sample["sample_dropped"]}
+    for key, ticks, n in (("refault_ns", "sample_refault_ticks", "sample_refaults"),
+                          ("resident_ns", "sample_resident_ticks", "sample_resident")):
+        out[key] = round(sample[ticks] * 1e9 / tps / sample[n], 1) if sample[n] else None
+    return out
 
 
 def window_opens(m, workers: list, warm_pages: int) -> dict | None:
@@ -114,6 +135,8 @@ def attribution(m, t0: dict | None, t1: dict | None, per_worker: list[dict],
     tps = m.ticks_per_sec
     whole = zone_attribution(m)
     whole.update(refaults=total["refaults"], frees=total["frees"],
+                 refault_sample=refault_timing({k: total[k] for k in REFAULT_SAMPLE_COUNTERS},
+                                               tps),
                  worker_ns=round(sum((w["t_end"] - w["t_start"]) * 1e9 / tps
                                      for w in per_worker if w["t_end"] > w["t_start"])),
                  worker_cpu_ns=round(sum((w["cpu_user_us"] + w["cpu_sys_us"]) * 1e3
@@ -129,6 +152,9 @@ def attribution(m, t0: dict | None, t1: dict | None, per_worker: list[dict],
                **{k: z1[k] - z0[k] for k in ("free_hook_ticks", "free_hook_calls",
                                              "design_hook_calls")},
                "refaults": sum(t1["refaults"]) - sum(t0["refaults"]),
+               "refault_sample": refault_timing({k: t1["refault_sample"][k]
+                                                 - t0["refault_sample"][k]
+                                                 for k in REFAULT_SAMPLE_COUNTERS}, tps),
                "worker_ns": round((t1["ticks"] - t0["ticks"]) * 1e9 / tps * len(per_worker)),
                "worker_cpu_ns": (sum(t1["cpu_ns"]) - sum(t0["cpu_ns"])
                                  if t0["cpu_ns"] and t1["cpu_ns"] else 0)}
