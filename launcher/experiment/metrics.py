@@ -58,20 +58,40 @@ def footprint_gib_s(timeline: dict) -> float:
     return area / GIB
 
 
+def _resident_at_shrink(timeline: dict, freed_at: float | None,
+                        freed_bytes: int) -> float | None:
+    """Host-resident memory at the last sample before the workers' shrink;
+    None without a shrink (or a sample before it)."""
+    if freed_at is None or freed_bytes <= 0:
+        return None
+    before = [x for x, ts in zip(timeline["host_resident_bytes"], timeline["t_s"])
+              if ts <= freed_at]
+    return before[-1] if before else None
+
+
 def half_returned_s(timeline: dict, freed_at: float | None, freed_bytes: int) -> float | None:
     """Seconds from the moment the workers had freed their memory until the
     host held half of it less than then; None if that never happened."""
-    if freed_at is None or freed_bytes <= 0:
+    at_shrink = _resident_at_shrink(timeline, freed_at, freed_bytes)
+    if at_shrink is None:
         return None
-    t, r = timeline["t_s"], timeline["host_resident_bytes"]
-    before = [x for x, ts in zip(r, t) if ts <= freed_at]
-    if not before:
-        return None
-    target = before[-1] - freed_bytes / 2
-    for x, ts in zip(r, t):
+    target = at_shrink - freed_bytes / 2
+    for x, ts in zip(timeline["host_resident_bytes"], timeline["t_s"]):
         if ts > freed_at and x <= target:
             return round(ts - freed_at, 3)
     return None
+
+
+def returned_share(timeline: dict, freed_at: float | None, freed_bytes: int) -> float | None:
+    """The share of what the workers freed that the host no longer held at
+    the end of the run (host-resident memory when they had freed it, less at
+    the end, over what they freed; 0 when it grew), so that a "never" of
+    :func:`half_returned_s` says how far it got; None without a shrink."""
+    at_shrink = _resident_at_shrink(timeline, freed_at, freed_bytes)
+    if at_shrink is None:
+        return None
+    end = timeline["host_resident_bytes"][-1]
+    return round(max(0.0, min(1.0, (at_shrink - end) / freed_bytes)), 4)
 
 
 def bucket_upper(idx: int) -> int:

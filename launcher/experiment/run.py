@@ -79,6 +79,7 @@ from .metrics import (
     half_returned_s,
     launcher_rss_bytes,
     percentiles,
+    returned_share,
 )
 from .proc import describe_exit, process_state
 from .worker import worker_main
@@ -553,6 +554,8 @@ class Run:
             "host_page_bytes": hostpage.host_page_bytes(m.host_page_order),
             "refaulted_bytes": total["refaults"] * hostpage.host_page_bytes(m.host_page_order),
             "host_huge_share_at_max": huge_share_at_max(self.timeline),
+            "returned_share_end": returned_share(self.timeline, freed_at,
+                                                 total["released_pages"] * PAGE_SIZE),
             "timeline": self.timeline,
         }
         if outcome == "ok":
