@@ -135,7 +135,7 @@ def compare_file(out: str, name: str, variants: list, rounds: int, order_seed: i
     if runs[-1]["outcome"] != "ok":
         raise SystemExit(f"{script}: {name}: {runs[-1]['label']} aborted: "
                          f"{runs[-1]['abort_reason']}")
-    analysis = build_analysis(runs, variants, order_seed, unit)
+    analysis = build_analysis(runs, variants, unit)
     analysis["rounds_wall_s"] = round(wall, 3)
     doc = results.document(runs, collect_metadata(warm),
                            comparison=build_comparison(runs, variants, order_seed),

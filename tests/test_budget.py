@@ -39,7 +39,7 @@ def simulate(kind: str, seed: int, peek: bool = False) -> tuple[bool, float, flo
     their planned length, 20 % less to 10 % more."""
     rng = np.random.default_rng(seed)
     budget_s = float(rng.uniform(60, 300))
-    p = budget.plan(budget_s, n_variants=8, duration_s=1.0)
+    p = budget.plan(budget_s, n_variants=2, duration_s=4.75)     # none, none#2: 10 s a round
     clock = FakeClock()
     deadline = budget.Deadline(budget_s, clock=clock)
     ratios = aa_ratios(kind, p.rounds, rng)
@@ -103,7 +103,9 @@ def test_plan_buys_whole_rounds_and_refuses_too_few():
     with pytest.raises(budget.BudgetError) as e:
         budget.plan(30, n_variants=8, duration_s=1.0)
     assert str(e.value) == ("--budget 30 s buys 3 rounds of 8 variants x 1 s (about 10.0 s a "
-                            "round); a 95 % interval needs 6: give at least 1 min")
+                            "round); an interval for each needs 9: give at least 1 min 30 s")
+    # one variant against the baseline: 6 rounds will do
+    assert budget.plan(30, n_variants=2, duration_s=1.0).rounds == 12
 
 
 def test_the_deadline_only_cuts_short_and_never_overruns():
@@ -126,7 +128,8 @@ def test_the_deadline_only_cuts_short_and_never_overruns():
 
 
 def test_the_command_that_narrows_it():
-    argv = ["compare", "--strategies", "none,mainline", "--repeat", "9", "--duration", "1s"]
+    argv = ["compare", "--strategies", "none,mainline", "--repeat", "9", "--duration", "1s",
+            "--json", "c.json", "--force"]
     assert budget.command_with_rounds(argv, 120) == (
         "shmalloc compare --strategies none,mainline --duration 1s --repeat 120")
     assert budget.command_with_rounds(["compare", "--budget=10m", "--variant", "a=--x 'y z'"],

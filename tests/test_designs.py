@@ -287,7 +287,8 @@ def marked_unsafe(lines: list[str]) -> set[str]:
 
 @pytest.mark.timeout(600)
 def test_compare_tiny(tmp_path):
-    from launcher.comparison.compare import DEFAULT_LINEUP, format_compare, unsafe
+    from launcher.comparison.compare import DEFAULT_LINEUP, unsafe
+    from launcher.comparison.tables import format_tables
     out = tmp_path / "c.json"
     res = shmalloc("compare", "--memory", "64M", "--duration", "1", "--json", str(out))
     assert res.returncode == 0, res.stderr
@@ -298,8 +299,8 @@ def test_compare_tiny(tmp_path):
     doc = results.load(str(out))
     labels = [r["label"] for r in doc["runs"]]
     assert sorted(labels) == sorted(DEFAULT_LINEUP)          # one round, in a random order
-    for label in labels:      # the two side-by-side tables and where the cost went
-        assert sum(line.startswith(label + " ") for line in res.stdout.splitlines()) == 3
+    for label in labels:      # locks, gives back, at what risk, where the cost went
+        assert sum(line.startswith(label + " ") for line in res.stdout.splitlines()) == 4
     # the marker sits on exactly the rows of the runs that were unsafe, and
     # only callback/discard may be unsafe (its race may or may not have
     # happened in 1 s)
@@ -310,7 +311,7 @@ def test_compare_tiny(tmp_path):
     # made to have happened, the race marks callback/discard's row and no other
     victim = next(r for r in runs if r["label"] == "callback/discard")
     victim["safety"]["use_after_discard"] = max(victim["safety"]["use_after_discard"], 7)
-    lines = format_compare(runs)
+    lines = format_tables(runs)
     assert marked_unsafe(lines) == {"callback/discard"}
     assert [line.split(":")[1].strip() for line in lines if line.startswith("UNSAFE:")] == \
         ["callback/discard"]

@@ -39,8 +39,8 @@ LATENCY_KEYS = ["p50", "p99", "p99_9", "max", "histogram"]
 MEMORY_KEYS = ["guest_bytes", "host_resident_bytes_start", "host_resident_bytes_end",
                "host_resident_bytes_min", "host_resident_bytes_max", "reported_bytes",
                "discarded_bytes", "footprint_gib_s", "half_returned_s",
-               "free_unreportable_bytes_end", "host_page_bytes", "refaulted_bytes",
-               "host_huge_share_at_max", "timeline"]
+               "returned_share_end", "free_unreportable_bytes_end", "host_page_bytes",
+               "refaulted_bytes", "host_huge_share_at_max", "timeline"]
 TIMELINE_KEYS = ["t_s", "free_bytes", "host_resident_bytes", "reported_bytes",
                  "discarded_bytes", "refaults", "first_touches"]
 # passes, reports, ranges, pages, re-reports, time waiting for the host, pages
@@ -97,7 +97,7 @@ def hog_doc(tmp_path_factory):
 @pytest.mark.timeout(300)
 def test_metadata(hog_doc):
     doc = hog_doc
-    assert doc["format"] == "shmalloc-results" and doc["version"] == 2
+    assert doc["format"] == "shmalloc-results" and doc["version"] == 3
     meta = doc["metadata"]
     assert set(METADATA_KEYS) <= set(meta)
     assert meta["python"] == platform.python_version()
@@ -211,6 +211,11 @@ def test_memory_record(hog_doc):
     half = half_back(tl, mem["freed_at_s"], mem["released_bytes"])
     assert half is not None and mem["half_returned_s"] == pytest.approx(half, abs=1e-3)
     assert mem["half_returned_s"] < 1.0          # boundary: a 0.1 s delay, one pass
+    # and how much of it was back by the end: what came off the host since the shrink
+    before = [x for x, t in zip(tl["host_resident_bytes"], tl["t_s"]) if t <= mem["freed_at_s"]]
+    assert mem["returned_share_end"] == pytest.approx(
+        (before[-1] - resident[-1]) / mem["released_bytes"], abs=1e-3)
+    assert mem["returned_share_end"] > 0.5
 
 
 @pytest.mark.timeout(300)
@@ -228,9 +233,9 @@ def test_compare_repeat_interleaves_and_report_reads_several_files(tmp_path):
                for k in (1, 2))
     starts = [min(w["t_start"] for w in r["workers"]) for r in runs]
     assert starts == sorted(starts)
-    assert "median of 2 runs" in res.stdout
+    assert "zone locks, workers / reporter (median over rounds)" in res.stdout
     # report, given the same runs in two files (none's, then mainline's),
-    # prints each run and then the same side-by-side table
+    # prints each run and then the same side-by-side tables
     halves, order = [], []
     for i, label in enumerate(("none", "mainline")):
         part = [r for r in runs if r["label"] == label]
@@ -244,7 +249,11 @@ def test_compare_repeat_interleaves_and_report_reads_several_files(tmp_path):
     heads = [line for line in lines if line.startswith("shmalloc run: ")]
     assert [h.split("strategy ")[1].split(",")[0] for h in heads] == \
         [run_label(r) for r in order]
-    out = res.stdout.rstrip("\n").splitlines()
-    table = out[next(i for i, line in enumerate(out) if line.startswith("shmalloc compare: ")):]
+    out = res.stdout.splitlines()
+    first = out.index("zone locks, workers / reporter (median over rounds)")
+    last = next(i for i, line in enumerate(out) if line.startswith(("+-2 %", "fixed cost")))
+    table = out[first:last]
+    while table and not table[-1]:
+        table.pop()
     start = lines.index(table[0])
     assert lines[start:start + len(table)] == table

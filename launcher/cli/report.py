@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from ..comparison.compare import format_compare, format_comparison, format_costs, format_noise
+from ..comparison.compare import PART_COST, PART_GIVE_BACK
+from ..comparison.tables import format_comparison, format_costs, format_noise, format_tables
 from ..errors import UsageError
 from ..output import results
 from ..output.plots import PlotError, draw_all
@@ -45,7 +46,7 @@ def cmd_report(args) -> int:
             guest = run.get("system") == "qemu"
             print("\n".join(format_guest_run(run) if guest else format_run(run)))
             print()
-        for doc in docs:                     # version 2 compare files: the paired tables
+        for doc in docs:                     # compare files: the paired tables
             if doc.get("comparison") and doc["comparison"]["rounds"] >= 2:
                 analysis = doc.get("analysis") or {}
                 lines = format_comparison(doc["comparison"])
@@ -53,10 +54,16 @@ def cmd_report(args) -> int:
                     lines += [""] + format_costs(analysis) + [""] + format_noise(
                         analysis, doc["comparison"]["baseline"])
                 print("\n".join(lines + [""]))
-        if len(runs_of_model) > 1:
-            lines = format_compare(runs_of_model)
-            lines[0] = heading(runs_of_model) or lines[0]   # compare's, for one configuration
-            print("\n".join(lines))
+        if len(runs) > 1:
+            # a main job's give-back runs and its rounds are different experiments
+            parts = {r.get("part") for r in runs}
+            for part in (PART_GIVE_BACK, PART_COST, None):
+                group = [r for r in runs if r.get("part") == part]
+                if len(group) > 1 or (group and len(parts) > 1):
+                    title = heading(group) or "side by side"
+                    if len(parts) > 1:
+                        title += f" ({part or 'other'} runs)"
+                    print("\n".join(format_tables(group, title=title)))
     if args.plot:
         try:
             for path in draw_all(runs, args.plot):

@@ -33,7 +33,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 
-from .stats import MIN_ROUNDS
+from .stats import family_confidence, min_rounds
 
 #: what a run costs beyond its --duration, for the plan: creating the
 #: machine, forking and binding, stopping, the invariant check and the
@@ -70,16 +70,19 @@ def round_seconds(n_variants: int, duration_s: float,
 def plan(budget_s: float, n_variants: int, duration_s: float,
          overhead_s: float = RUN_OVERHEAD_S) -> Plan:
     """The rounds ``budget_s`` buys: as many whole rounds as fit.
-    :class:`BudgetError` when that is fewer than :data:`MIN_ROUNDS` (no
-    95 % interval), naming the budget that would do."""
+    :class:`BudgetError` when that is fewer than an interval needs at the
+    comparison's level (:func:`launcher.comparison.stats.min_rounds` of the
+    family confidence: 6 for one variant against the baseline, 9 for seven),
+    naming the budget that would do."""
     round_s = round_seconds(n_variants, duration_s, overhead_s)
     rounds = math.floor(budget_s / round_s + 1e-9)
-    if rounds < MIN_ROUNDS:
+    need = min_rounds(family_confidence(n_variants - 1))
+    if rounds < need:
         raise BudgetError(
             f"--budget {_fmt_s(budget_s)} buys {rounds} round{'s' if rounds != 1 else ''} "
             f"of {n_variants} variants x {duration_s:g} s (about {round_s:.1f} s a round); "
-            f"a 95 % interval needs {MIN_ROUNDS}: give at least "
-            f"{_fmt_s(math.ceil(MIN_ROUNDS * round_s))}")
+            f"an interval for each needs {need}: give at least "
+            f"{_fmt_s(math.ceil(need * round_s))}")
     return Plan(rounds, round_s, budget_s)
 
 
@@ -136,17 +139,18 @@ def run_planned(p: Plan, run_round, deadline: Deadline) -> int:
 
 def command_with_rounds(argv: list[str], rounds: int, prog: str = "shmalloc") -> str:
     """The command line ``argv`` (a compare's, without the program) with its
-    ``--repeat``/``--budget`` replaced by ``--repeat rounds``, quoted for a
-    shell: the command the +-2 % line prints."""
+    ``--repeat``/``--budget`` replaced by ``--repeat rounds`` and without
+    ``--json PATH``/``--force`` (the file exists now), quoted for a shell:
+    the command the +-2 % line prints."""
     out, skip = [], False
     for arg in argv:
         if skip:
             skip = False
             continue
-        if arg in ("--repeat", "--budget"):
+        if arg in ("--repeat", "--budget", "--json"):
             skip = True
             continue
-        if arg.startswith(("--repeat=", "--budget=")):
+        if arg == "--force" or arg.startswith(("--repeat=", "--budget=", "--json=")):
             continue
         out.append(arg)
     return shlex.join([prog, *out, "--repeat", str(rounds)])

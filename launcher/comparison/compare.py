@@ -3,29 +3,41 @@ variants (designs, or any run flags), in interleaved rounds, then tables.
 
 It answers the question Michal Hocko asked of every 2019 proposal ("How does
 this compare to it?") with measurements: what a design costs the allocator
-(throughput against the baseline, allocation latency, zone-lock acquisitions,
-contentions, wait and hold time split between the workers and the reporter)
-and what it gives back (bytes reported and discarded, how fast freed memory
-returned to the host, the memory footprint, refaults, re-reports), and
-whether it is safe (use-after-discard, invariants).  An unsafe row is marked
-so nobody can miss it.
+(throughput against the baseline with its interval, allocation latency,
+zone-lock wait, and where the cost went) and what it gives back (bytes
+reported and discarded, how fast freed memory returned to the host, the
+memory footprint, refaults, re-reports), and at what risk (use-after-discard;
+the allocator's structure checked at the end).  An unsafe row is marked so
+nobody can miss it.
 
-How sure it is: ``--repeat N`` runs N rounds, each round every variant once
-in a fresh random order drawn from ``--order-seed`` (recorded); every kernel
-is compiled (:mod:`launcher.experiment.compile`) and the unit costs are measured once,
+The default main job (no --workload, --workers, --duration or --ops) answers
+the two halves from two parts, because one run cannot serve both: the cost
+from :data:`COST` (paired, interleaved rounds of a short, low-noise
+experiment: one worker, so that the two vCPUs do not make the noise; the
+study behind the choice is in docs/measuring.md), what it gives back from
+:data:`GIVE_BACK` (one run per design long enough for the designs' reporting
+cadence: mainline's 2 s delay, hostscan's 5 s scan).  With an experiment of
+the user's own, its rounds serve both tables.
+
+How sure it is: rounds (``--repeat N``, ``--budget TIME`` or the main job's
+:data:`COST_ROUNDS`), each every variant once in a fresh random order drawn
+from ``--order-seed`` (recorded); every kernel is compiled
+(:mod:`launcher.experiment.compile`) and the unit costs are measured once,
 before the first round.  Ctrl-C or SIGTERM between two runs stops at once
 and names the phase ("between rounds", "between designs"); during a run, the
-runs so far are reported.
-With N >= 2 the first table pairs every variant with the baseline (the first
-variant) round by round: the median ratio and its 95 % order-statistic interval
-(:mod:`launcher.comparison.stats`) for throughput over the steady window, alloc p99 and
-total zone-lock wait, and a verdict; then where the cost went
-(:mod:`launcher.comparison.cost`), then the noise (steal, fixed cost, the baseline's
-spread) and its warnings.
+runs so far are reported.  The paired comparison: per variant against the
+baseline (the first), round by round, the median ratio and its 95 %
+order-statistic interval (:mod:`launcher.comparison.stats`) for throughput
+over the steady window, alloc p99 and total zone-lock wait, and a verdict;
+where the cost went (:mod:`launcher.comparison.cost`), with the points the
+counts leave unexplained; the noise (steal, fixed cost, the baseline's
+spread) and what a +-2 % answer would take.  The tables are
+:mod:`launcher.comparison.tables`.
 """
 
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 from dataclasses import dataclass, replace
@@ -39,8 +51,6 @@ from ..experiment import designs, interrupt
 from ..experiment.config import RunConfig
 from ..experiment.run import execute
 from ..output.report import run_label
-from ..output.summary import describe, replay_notes
-from ..units import fmt_bytes
 from . import stats
 from .cost import COST_KEYS, SERVICE_CALLERS, WORKER_CALLERS, attributed_cost, pct
 
@@ -50,8 +60,17 @@ DEFAULT_LINEUP = ("none", "mainline", "boundary", "callback/hint", "callback/dis
 #: the kernel group of the unit costs prepare() measures (launcher.experiment.compile)
 UNIT_COSTS = "unit costs"
 
-#: the built-in default experiment (``shmalloc compare`` with no flags)
-DEFAULTS = dict(workload="phased", duration=10.0)
+#: the default main job's two parts (docs/measuring.md, "How the main job spends
+#: its time"): the cost from COST_ROUNDS paired rounds of COST, what each design
+#: gives back from one run of GIVE_BACK
+COST = dict(workload="thp", workers=1, duration=0.4)
+COST_ROUNDS = 12
+GIVE_BACK = dict(workload="phased", workers=2, duration=6.0)
+#: flags that make an experiment of the user's own (one part, its rounds for
+#: both tables) instead of the main job
+EXPERIMENT_KEYS = ("workload", "workers", "duration", "ops")
+#: the parts of a comparison, as each RUN record's ``part`` names them
+PART_COST, PART_GIVE_BACK = "cost", "give-back"
 
 @dataclass(frozen=True)
 class Variant:
@@ -167,30 +186,38 @@ def prepare(variants: list[Variant], command: str = "shmalloc compare", stream=N
 
 
 def run_rounds(variants: list[Variant], rounds: int, order_seed: int, unit: dict,
-               progress: bool = False, lines: bool = False) -> list[dict]:
+               progress: bool = False, lines: bool = False, deadline=None,
+               part: str = PART_COST, done: int = 0, total: int | None = None) -> list[dict]:
     """Run ``rounds`` rounds, each every variant once in its round's order;
-    returns the RUN records with ``label``, ``round`` (from 1), ``position``
-    in the round (from 1) and ``cost``.  Stops at the first aborted run (its
-    record is the last one; a run cut short by a signal keeps its
-    ``interrupted``).  A signal between two runs raises
-    :class:`launcher.experiment.interrupt.Interrupted` naming the phase ("between
-    rounds", "between designs").  ``progress``: a progress bar during each
-    run (a terminal); ``progress`` or ``lines``: a line on stderr as each
-    run ends."""
+    returns the RUN records with ``part``, ``label``, ``round`` (from 1),
+    ``position`` in the round (from 1) and ``cost``.  Stops at the first
+    aborted run (its record is the last one; a run cut short by a signal
+    keeps its ``interrupted``), and before a round ``deadline``
+    (:class:`launcher.comparison.budget.Deadline`) vetoes.  A signal between
+    two runs raises :class:`launcher.experiment.interrupt.Interrupted`
+    naming the phase ("between rounds", "between designs").  ``progress``:
+    a progress bar during each run (a terminal); ``progress`` or ``lines``:
+    a line on stderr as each run ends, numbered from ``done`` + 1 of
+    ``total`` (default: these rounds' runs)."""
     runs = []
-    total = len(variants) * rounds
+    total = total or len(variants) * rounds
     for r, order in enumerate(round_orders(len(variants), rounds, order_seed), 1):
         if r > 1:
+            if deadline is not None and not deadline.allows():
+                break
             interrupt.enter(f"between rounds ({r - 1} of {rounds} done)")
             interrupt.checkpoint("between-rounds")
+        if deadline is not None:
+            deadline.begin()
         for pos, i in enumerate(order, 1):
-            if pos > 1:
-                interrupt.enter(f"between designs ({len(runs)} of {total} runs done)")
+            if pos > 1 or done + len(runs) > 0:
+                interrupt.enter(f"between designs ({done + len(runs)} of {total} runs done)")
                 interrupt.checkpoint("between-designs")
             v = variants[i]
-            tag = f"[{len(runs) + 1}/{total}] round {r} {v.label:<17} "
+            where = "give-back" if part == PART_GIVE_BACK else f"round {r}"
+            tag = f"[{done + len(runs) + 1}/{total}] {where} {v.label:<17} "
             run = execute(v.config, progress=progress, label=tag)
-            run["label"], run["round"], run["position"] = v.label, r, pos
+            run["part"], run["label"], run["round"], run["position"] = part, v.label, r, pos
             if v.flags is not None:
                 run["variant_flags"] = v.flags
             run["cost"] = attributed_cost(run, unit)
@@ -201,6 +228,8 @@ def run_rounds(variants: list[Variant], rounds: int, order_seed: int, unit: dict
                 sys.stderr.flush()
             if run["outcome"] != "ok":
                 return runs
+        if deadline is not None:
+            deadline.end()
     return runs
 
 
@@ -219,7 +248,14 @@ def lock_wait_us(run: dict) -> float:
     return sum(lk["waittime_total_us"] for lk in run["locks"])
 
 
-def _series(runs: list[dict], labels: list[str]) -> tuple[list[int], dict]:
+def passes(run: dict) -> int:
+    """A run's reporting passes: its reporter's cycles, or the host's scans
+    (hostscan); 0 for none."""
+    rep = run.get("reporting") or {}
+    return int(rep.get("cycles") or rep.get("scans") or 0)
+
+
+def paired_series(runs: list[dict], labels: list[str]) -> tuple[list[int], dict]:
     """The rounds in which every label has an ok run, and {(label, round): run}."""
     by = {(r["label"], r.get("round", 1)): r for r in runs if r["outcome"] == "ok"}
     rounds = sorted({r.get("round", 1) for r in runs})
@@ -227,12 +263,13 @@ def _series(runs: list[dict], labels: list[str]) -> tuple[list[int], dict]:
 
 
 def _paired(by: dict, complete: list[int], base: str, label: str, metric,
-            order_seed: int) -> tuple:
+            confidence: float) -> tuple:
     """``label`` against ``base`` over the ``complete`` rounds: the median
-    per-round ratio of ``metric`` and its 95 % interval ([lo, hi] or None)."""
+    per-round ratio of ``metric`` and its interval at ``confidence``
+    ([lo, hi] or None)."""
     ratios = stats.paired_ratios([metric(by[(base, k)]) for k in complete],
                                  [metric(by[(label, k)]) for k in complete])
-    med, lo, hi = stats.median_ci(ratios)
+    med, lo, hi = stats.median_ci(ratios, confidence)
     return med, None if lo is None else [lo, hi]
 
 
@@ -242,11 +279,13 @@ def build_comparison(runs: list[dict], variants: list[Variant], order_seed: int)
     interval for throughput, alloc p99 and total zone-lock wait, and the
     throughput verdict."""
     labels = [v.label for v in variants]
-    complete, by = _series(runs, labels)
+    complete, by = paired_series(runs, labels)
     base = labels[0]
+    conf = stats.family_confidence(len(variants) - 1)
+    needs = stats.min_rounds(conf)
 
     def paired(label, metric):
-        return _paired(by, complete, base, label, metric, order_seed)
+        return _paired(by, complete, base, label, metric, conf)
 
     rows = []
     for v in variants[1:]:
@@ -254,10 +293,30 @@ def build_comparison(runs: list[dict], variants: list[Variant], order_seed: int)
         p99, p99_ci = paired(v.label, lambda r: r["latency_ns"]["alloc"]["p99"])
         wait, wait_ci = paired(v.label, lock_wait_us)
         rows.append({"label": v.label, "strategy": v.strategy, "ratio": _r(ratio),
-                     "ci95": _r(ci), "verdict": stats.verdict(ratio, *(ci or (None, None))),
+                     "ci95": _r(ci), "verdict": stats.verdict(ratio, *(ci or (None, None)),
+                                                              needs=needs),
                      "p99_ratio": _r(p99), "p99_ci95": _r(p99_ci),
-                     "lock_wait_ratio": _r(wait), "lock_wait_ci95": _r(wait_ci)})
-    return {"baseline": base, "rounds": len(complete), "order_seed": order_seed, "rows": rows}
+                     "lock_wait_ratio": _r(wait), "lock_wait_ci95": _r(wait_ci),
+                     "passes": _median([passes(by[(v.label, k)]) for k in complete])})
+    return {"baseline": base, "rounds": len(complete), "order_seed": order_seed,
+            "confidence": _r(conf, 6), "min_rounds": needs, "rows": rows}
+
+
+def unexplained(measured: list | None, attributed: list | None,
+                m_mid: float | None, a_mid: float | None) -> dict | None:
+    """Where the measured slowdown's interval and the attributed total's do
+    not overlap, how many points of worker time the counts leave unexplained
+    (``points`` > 0: the medians' difference, ``at_least``: the gap between
+    the intervals) or charge beyond what was measured (``points`` < 0: a
+    unit cost overstates); None when the intervals overlap or one is
+    missing."""
+    if not measured or not attributed or m_mid is None or a_mid is None:
+        return None
+    if measured[0] > attributed[1]:
+        return {"points": _r(m_mid - a_mid, 2), "at_least": _r(measured[0] - attributed[1], 2)}
+    if attributed[0] > measured[1]:
+        return {"points": _r(m_mid - a_mid, 2), "at_least": _r(attributed[0] - measured[1], 2)}
+    return None
 
 
 def _r(x, nd: int = 4):
@@ -268,49 +327,63 @@ def _r(x, nd: int = 4):
     return round(float(x), nd)
 
 
-def build_analysis(runs: list[dict], variants: list[Variant], order_seed: int,
-                   unit: dict) -> dict:
+def build_analysis(runs: list[dict], variants: list[Variant], unit: dict,
+                   round_s: float | None = None) -> dict:
     """What stands beside the comparison: how it was computed, the rounds'
-    orders, the cost table, the noise and the warnings."""
+    orders, the cost table (with what the counts leave unexplained), each
+    variant's spread and what a +-2 % answer would take (``round_s``: the
+    wall time of a round, measured), the noise and the warnings."""
     labels = [v.label for v in variants]
-    complete, by = _series(runs, labels)
+    complete, by = paired_series(runs, labels)
     base = labels[0]
-    costs = []
+    conf = stats.family_confidence(len(variants) - 1)
+    costs, widths = [], {}
     for v in variants:
         group = [by[(v.label, k)] for k in complete]
-        total = [(r.get("cost") or {}).get("total_pct_of_worker_time") for r in group]
-        med, lo, hi = stats.median_ci(total)
+        group_costs = [r.get("cost") or {} for r in group]
+        total = [c.get("total_pct_of_worker_time") for c in group_costs]
+        med, lo, hi = stats.median_ci(total, conf)
         row = {"label": v.label}
         for key in COST_KEYS:
-            row[key.replace("_ns", "_pct")] = _r(_median([pct(r.get("cost"), key)
-                                                          for r in group]))
+            row[key.replace("_ns", "_pct")] = _r(_median([pct(c, key) for c in group_costs]))
         row["total_pct"] = _r(med)
         row["total_pct_ci95"] = None if lo is None else _r([lo, hi])
-        row["design_cpu_s"] = _r(_median([(r.get("cost") or {}).get("design_cpu_ns", 0) / 1e9
-                                          for r in group]))
+        row["design_cpu_s"] = _r(_median([c.get("design_cpu_ns", 0) / 1e9
+                                          for c in group_costs]))
+        timed = [c for c in group_costs if c.get("refault_source") == "run"]
+        row["refault_ns_each"] = _r(_median([c["refault_ns_each"] for c in timed]), 1)
+        row["refault_rounds_timed"] = len(timed)
         if v.label != base:             # the paired table's ratio and interval, as a slowdown
-            m, ci = _paired(by, complete, base, v.label, steady_rate, order_seed)
+            m, ci = _paired(by, complete, base, v.label, steady_rate, conf)
+            if ci and ci[0] > 0:
+                widths[v.label] = (math.log(ci[1]) - math.log(ci[0])) / 2
             row["measured_slowdown_pct"] = None if m is None else _r(100 * (1 - m))
             row["measured_slowdown_ci95"] = (None if ci is None
                                              else _r([100 * (1 - ci[1]), 100 * (1 - ci[0])]))
+            row["unexplained"] = unexplained(row["measured_slowdown_ci95"],
+                                             row["total_pct_ci95"],
+                                             row["measured_slowdown_pct"], row["total_pct"])
         costs.append(row)
     base_rates = [steady_rate(by[(base, k)]) for k in complete]
-    sds = [stats.log_spread(stats.paired_ratios(base_rates, [steady_rate(by[(v.label, k)])
-                                                         for k in complete]))
-           for v in variants[1:]]
-    sds = [s for s in sds if s is not None]
+    spreads = {v.label: stats.log_spread(stats.paired_ratios(
+        base_rates, [steady_rate(by[(v.label, k)]) for k in complete])) for v in variants[1:]}
+    sds = [s for s in spreads.values() if s is not None]
     base_cv = stats.cv(base_rates)
     steal = [r["noise"]["steal_pct"] for r in runs if r.get("noise")]
     fixed = [r["timing"] for r in runs if r.get("timing")]
     analysis = {
         "ci": {"method": f"{stats.METHOD}, of the median per-round ratio",
-               "confidence": stats.CONFIDENCE, "min_rounds": stats.MIN_ROUNDS},
+               "confidence": _r(conf, 6), "family_confidence": stats.CONFIDENCE,
+               "comparisons": len(variants) - 1, "min_rounds": stats.min_rounds(conf)},
         "throughput": "pages per second over the steady window (see docs/measuring.md)",
         "round_order": [[r["label"] for r in sorted((x for x in runs if x.get("round") == k),
                                                     key=lambda x: x["position"])]
                         for k in sorted({x.get("round", 1) for x in runs})],
         "baseline_cv": _r(base_cv),
         "ratio_spread": _r(max(sds)) if sds else None,
+        "spreads": {k: _r(v) for k, v in spreads.items()},
+        "round_s": _r(round_s, 2),
+        "sharper": sharper(widths, spreads, round_s, conf),
         "steal_pct": {"median": _r(_median(steal)),
                       "max": _r(max((s for s in steal if s is not None), default=None))},
         "fixed_cost_s": {k: _r(_median([t.get(k) for t in fixed]))
@@ -320,87 +393,28 @@ def build_analysis(runs: list[dict], variants: list[Variant], order_seed: int,
         "unit_costs": unit,
         "costs": costs,
     }
-    analysis["warnings"] = stats.noise_warnings(steal, base_cv, max(sds) if sds else None, base)
+    analysis["warnings"] = stats.noise_warnings(steal, base_cv, max(sds) if sds else None, base,
+                                                conf)
     return analysis
 
 
-def format_comparison(comparison: dict, analysis: dict | None = None) -> list[str]:
-    """The paired table (lines): every variant against the baseline."""
-    rows = comparison["rows"]
-    n = comparison["rounds"]
-    lines = [f"paired against {comparison['baseline']}: median of {n} per-round ratios, "
-             f"rounds in random order (order seed {comparison['order_seed']}), 95 % "
-             "order-statistic interval"]
-    if not rows:
-        return lines + ["  (only the baseline: nothing to pair)"]
-    w = max(8, max(len(r["label"]) for r in rows) + 2)
-    lines.append(f"{'variant':<{w}}{'throughput':<24}{'verdict':<34}{'alloc p99':<24}"
-                 "zone-lock wait")
-    for r in rows:
-        lines.append(f"{r['label']:<{w}}{stats.fmt_ci(r['ratio'], r['ci95']):<24}"
-                     f"{r['verdict']:<34}{stats.fmt_ci(r['p99_ratio'], r['p99_ci95']):<24}"
-                     f"{stats.fmt_ci(r['lock_wait_ratio'], r['lock_wait_ci95'])}")
-    lines.append("throughput: pages/s over the steady window; a ratio below 1 is slower. "
-                 "alloc p99 and zone-lock wait: above 1 is more; '-': the baseline had none")
-    return lines
-
-
-def format_costs(analysis: dict) -> list[str]:
-    """"Where the cost went" (lines): each part as a share of worker time."""
-    costs = analysis.get("costs") or []
-    if not costs:
-        return []
-    w = max(8, max(len(c["label"]) for c in costs) + 2)
-    mw = 24 if any(c.get("measured_slowdown_ci95") for c in costs) else 10
-    lines = ["where the cost went, % of worker time (median over rounds; design CPU apart)",
-             f"{'variant':<{w}}{'measured':>{mw}}{'lock wait behind':>18}{'refaults':>10}"
-             f"{'hooks':>9}{'attributed total [95 % CI]':>30}{'design CPU s':>14}",
-             f"{'':<{w}}{'slowdown':>{mw}}{'reporter/host':>18}"]
-
-    def cell(v, width, nd=2):
-        return f"{'-' if v is None else format(v, f'.{nd}f'):>{width}}"
-
-    def with_ci(v, ci, nd):
-        if v is None:
-            return "-"
-        return f"{v:.{nd}f}" + (f" [{ci[0]:.{nd}f}, {ci[1]:.{nd}f}]" if ci else "")
-
-    for c in costs:
-        total = with_ci(c["total_pct"], c.get("total_pct_ci95"), 2)
-        slow = with_ci(c.get("measured_slowdown_pct"), c.get("measured_slowdown_ci95"), 1)
-        lines.append(f"{c['label']:<{w}}{slow:>{mw}}"
-                     f"{cell(c['lock_wait_behind_reporter_pct'], 18)}"
-                     f"{cell(c['refault_pct'], 10)}{cell(c['hook_pct'], 9)}{total:>30}"
-                     f"{cell(c['design_cpu_s'], 14, 3)}")
-    u = analysis["unit_costs"]
-    hooks = ", ".join(f"{k} {v:.1f}" for k, v in u["free_path_hooks"].items())
-    lines.append(f"charged: a refault {refault_charges(u['refault'])}, a hook call "
-                 f"ns: {hooks} (measured before round 1); --free-hook-ns as spun")
-    return lines
-
-
-def refault_charges(refault: dict) -> str:
-    """'3114 ns', or per host page size '3114 ns (4k), 98000 ns (2m)'."""
-    if "cost_ns_per_page" in refault:             # results from before --host-pages
-        return f"{refault['cost_ns_per_page']:.0f} ns"
-    return ", ".join(f"{rf['cost_ns']:.0f} ns ({hp} host pages)" for hp, rf in refault.items())
-
-
-def format_noise(analysis: dict, baseline: str) -> list[str]:
-    lines = []
-    f = analysis.get("fixed_cost_s")
-    if f:
-        lines.append(f"fixed cost per run (beyond --duration): median {f['fixed_s']:.2f} s, max "
-                     f"{analysis['fixed_cost_max_s']:.2f} s (create {f['create_s']:.2f}, fork and "
-                     f"bind {f['start_s']:.2f}, stop {f['stop_s']:.2f}, check and tear down "
-                     f"{f['collect_teardown_s']:.2f})")
-    st = analysis["steal_pct"]
-    cv = analysis.get("baseline_cv")
-    lines.append("noise: steal " + ("unknown" if st["median"] is None else
-                                    f"{st['median']:.2f} % median, {st['max']:.2f} % max")
-                 + (f"; {baseline}'s throughput CV across rounds {100 * cv:.1f} %"
-                    if cv is not None else ""))
-    return lines + list(analysis.get("warnings") or [])
+def sharper(widths: dict, spreads: dict, round_s: float | None,
+            confidence: float = stats.CONFIDENCE) -> dict | None:
+    """What narrowing the widest throughput interval to +-2 % would take:
+    the variant whose interval is widest (``widths``: half-widths in log
+    terms, about a fraction), how wide it is, and from that variant's
+    spread in these rounds (``spreads``, :func:`stats.log_spread`) the rounds
+    the order-statistic interval needs for +-2 % and, with ``round_s`` (a
+    round's wall time), how long they take.  None without an interval or a
+    spread."""
+    known = {k: w for k, w in widths.items() if spreads.get(k) is not None}
+    if not known:
+        return None
+    label = max(known, key=known.get)
+    need = stats.rounds_for_halfwidth(spreads[label], confidence=confidence)
+    return {"label": label, "halfwidth": _r(known[label]), "spread": _r(spreads[label]),
+            "target": stats.TARGET_HALFWIDTH, "rounds": need,
+            "seconds": None if need is None or round_s is None else round(need * round_s)}
 
 
 def _split(lock: dict, key: str, callers, agg) -> float:
@@ -457,6 +471,9 @@ def flat_metrics(run: dict) -> dict:
         "host_resident_bytes_end": m["host_resident_bytes_end"],
         "footprint_gib_s": m["footprint_gib_s"],
         "half_returned_s": m.get("half_returned_s"),
+        "freed_at_s": m.get("freed_at_s"),
+        "returned_share_end": m.get("returned_share_end"),
+        "passes": passes(run),
         "free_unreportable_bytes_end": m["free_unreportable_bytes_end"],
         "refaults": run["refaults"],
         "re_reports": rep["re_reports"],
@@ -464,6 +481,7 @@ def flat_metrics(run: dict) -> dict:
         "use_after_discard": s["use_after_discard"],
         "double_allocations": s["double_allocations"],
         "invariant_errors": len(s["invariant_errors"]),
+        "charged_pct": (run.get("cost") or {}).get("total_pct_of_worker_time"),
     }
 
 
@@ -519,74 +537,3 @@ def aggregate(runs: list[dict], labels: list[str] | None = None) -> list[tuple[s
         row["unsafe"] = [why for r in group for why in unsafe(r)]
         rows.append((label, row, len(group)))
     return rows
-
-
-def format_compare(runs: list[dict], labels: list[str] | None = None) -> list[str]:
-    """The side-by-side tables (lines); with several runs of a variant, its
-    medians (and the throughput's spread).  The baseline is the first of
-    ``labels``, else ``none`` if it ran, else the first run's."""
-    if not runs:
-        return []
-    rows = aggregate(runs, labels)
-    repeats = max(n for _, _, n in rows)
-    seen = [label for label, _, _ in rows]
-    base_label = labels[0] if labels else ("none" if "none" in seen else seen[0])
-    base = next((row for label, row, _ in rows if label == base_label), None)
-    base_rate = base["steady_pages_per_sec"] if base else None
-    first = runs[0]
-    putbacks = {r["config"].get("putback") for r in runs} - {None}
-    starts = {r["config"].get("start") for r in runs} - {None}
-    hosts = sorted({r["config"].get("host_pages") or "4k" for r in runs})
-    host = f"host pages {hosts[0]}" if len(hosts) == 1 else "host pages per variant"
-    lines = [f"shmalloc compare: {describe(first['config'], strategy=False, host_pages=False)}, "
-             f"{first['config']['duration']:g} s each, {host}"
-             + (f", putback {putbacks.pop()} (mainline, isolate)" if len(putbacks) == 1 else "")
-             + (f", start {starts.pop()} (mainline, boundary, hostscan)" if len(starts) == 1
-                else "")
-             + (f", median of {repeats} runs" if repeats > 1 else ""), ""]
-    w = max(len(label) for label, _, _ in rows) + 2
-    spread = repeats > 1
-    lines.append("what it costs the allocator (zone locks: workers / reporter)")
-    vs = f"vs {base_label}"
-    vw = max(9, len(vs) + 2)
-    lines.append(f"{'variant':<{w}}{'M pages/s':>10}" + (f"{'spread':>15}" if spread else "")
-                 + f"{vs:>{vw}}{'alloc p99':>10}{'acquisitions':>20}{'contentions':>18}"
-                 f"{'wait ms':>16}{'avg hold ns':>13}{'max hold us':>18}")
-    for label, f, _ in rows:
-        rate = f["steady_pages_per_sec"]
-        rel = f"{100 * rate / base_rate:.1f}%" if base_rate else "-"
-        rng = f"{f['rate_min'] / 1e6:.2f}-{f['rate_max'] / 1e6:.2f}" if spread else ""
-        lines.append(
-            f"{label:<{w}}{rate / 1e6:>10.3f}" + (f"{rng:>15}" if spread else "")
-            + f"{rel:>{vw}}{f['alloc_p99_ns']:>10.0f}"
-            f"{f['lock_acquisitions_workers']:>11.0f} / {f['lock_acquisitions_reporter']:<6.0f}"
-            f"{f['lock_contentions_workers']:>10.0f} / {f['lock_contentions_reporter']:<5.0f}"
-            f"{f['lock_wait_ms_workers']:>8.1f} / {f['lock_wait_ms_reporter']:<5.1f}"
-            f"{f['lock_hold_avg_ns_workers']:>8.0f} / {f['lock_hold_avg_ns_reporter']:<5.0f}"
-            f"{f['lock_hold_max_us_workers']:>9.1f} / {f['lock_hold_max_us_reporter']:<6.1f}")
-    lines += ["", "what it gives back, and at what risk"]
-    lines.append(f"{'variant':<{w}}{'reported':>12}{'discarded':>12}{'half back':>11}"
-                 f"{'footprint':>11}{'host end':>12}{'refaults':>10}{'re-reports':>12}"
-                 f"{'use-after-discard':>19}{'invariants':>12}")
-    for label, f, _ in rows:
-        inv = "ok" if not f["invariant_errors"] else "VIOLATED"
-        mark = "   <-- UNSAFE" if f["unsafe"] else ""
-        lines.append(
-            f"{label:<{w}}{fmt_bytes(f['reported_bytes']):>12}"
-            f"{fmt_bytes(f['discarded_bytes']):>12}{_fmt(f['half_returned_s'], '.2f'):>9} s"
-            f"{f['footprint_gib_s']:>9.2f}  {fmt_bytes(f['host_resident_bytes_end']):>11}"
-            f"{f['refaults']:>10.0f}{f['re_reports']:>12.0f}"
-            f"{f['use_after_discard']:>19.0f}{inv:>12}{mark}")
-    lines += ["", "M pages/s: over the steady window (from when every worker had written its "
-              "working set once, to the stop); footprint: host-resident memory integrated over "
-              "the run, GiB*s; half back: seconds from the workers' shrink until the host held "
-              "half of what they freed"]
-    if spread:
-        lines.append(f"{vs}: the ratio of the medians, without an interval (the paired "
-                     "table of compare --repeat gives one)")
-    for label, f, _ in rows:
-        for why in dict.fromkeys(f["unsafe"]):
-            lines.append(f"UNSAFE: {label}: {why}")
-    lines += [f"NOTE: {n}" for n in dict.fromkeys(f"{run_label(r)}: {n}" for r in runs
-                                                  for n in replay_notes(r))]
-    return lines

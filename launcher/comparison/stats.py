@@ -29,6 +29,15 @@ its promise at every n (``tests/test_stats.py`` checks the A/A rate on
 lognormal, bimodal and heavy-tailed ratios); the price is a somewhat wider
 interval, which :func:`expected_halfwidth` and the +-2 % line account for.
 
+Many designs against one baseline: each interval at 95 % would call one of
+seven designs that do not differ at all slower or faster by chance in about
+one run in four (measured: the main job's first runs called callback/discard
+"slower by 1.8 %" and callback/hint "faster by 3.8 %" in rounds too short for
+either to report anything).  compare therefore puts each of its m intervals
+at 1 - 5 %/m (:func:`family_confidence`, Bonferroni), so that all of them
+hold together with at least 95 %; the price is width, and rounds: 9 before
+there is any interval with seven designs, 12 for ``[x(2), x(11)]``.
+
 A verdict reads the interval: ``slower by X % [lo, hi]`` when it lies below
 1, ``faster by X % [lo, hi]`` above 1, ``indistinguishable`` when it holds 1.
 
@@ -51,6 +60,24 @@ STEAL_WARN_PCT = 2.0
 CV_WARN = 0.10
 #: the resolution the warning asks for: +-2 %
 TARGET_HALFWIDTH = 0.02
+
+
+def family_confidence(comparisons: int, confidence: float = CONFIDENCE) -> float:
+    """The level of each of ``comparisons`` intervals such that all of them
+    hold their true values together with probability ``confidence`` at
+    least (Bonferroni): 1 - (1 - confidence) / comparisons.  Seven designs
+    against none: 99.29 % each, so that a design is called slower or faster
+    by chance in at most one comparison in twenty, not in one in four."""
+    return 1 - (1 - confidence) / max(comparisons, 1)
+
+
+def min_rounds(confidence: float = CONFIDENCE) -> int:
+    """The fewest values that have an interval of their median at
+    ``confidence``: [min, max] covers 1 - 2^(1-n).  6 at 95 %, 9 at 99.29 %."""
+    n = 1
+    while coverage(n, 1) < confidence:
+        n += 1
+    return n
 
 
 def coverage(n: int, k: int) -> float:
@@ -81,15 +108,16 @@ def order_k(n: int, confidence: float = CONFIDENCE) -> int | None:
     return k or None
 
 
-def median_ci(values) -> tuple[float | None, float | None, float | None]:
-    """(median, lo, hi): the median of ``values`` and its 95 %
-    order-statistic interval; lo and hi are None with fewer than
-    :data:`MIN_ROUNDS` values."""
+def median_ci(values, confidence: float = CONFIDENCE
+              ) -> tuple[float | None, float | None, float | None]:
+    """(median, lo, hi): the median of ``values`` and its order-statistic
+    interval at ``confidence`` (95 %); lo and hi are None with fewer values
+    than :func:`min_rounds` (6 at 95 %)."""
     x = np.sort(np.asarray([v for v in values if v is not None and math.isfinite(v)], float))
     if len(x) == 0:
         return None, None, None
     med = float(np.median(x))
-    k = order_k(len(x))
+    k = order_k(len(x), confidence)
     if k is None:
         return med, None, None
     return med, float(x[k - 1]), float(x[len(x) - k])
@@ -105,14 +133,15 @@ def paired_ratios(baseline: list, variant: list) -> list[float | None]:
 
 
 def verdict(ratio: float | None, lo: float | None, hi: float | None,
-            higher_is_better: bool = True) -> str:
+            higher_is_better: bool = True, needs: int = MIN_ROUNDS) -> str:
     """``slower by X % [lo, hi]``, ``faster by ...`` or ``indistinguishable``
     for a throughput ratio (``higher_is_better=False``: a latency or a wait,
-    where a ratio above 1 is worse)."""
+    where a ratio above 1 is worse); without an interval, the rounds one
+    ``needs``."""
     if ratio is None:
         return "no data"
     if lo is None or hi is None:
-        return f"no interval (fewer than {MIN_ROUNDS} rounds)"
+        return f"no interval (fewer than {needs} rounds)"
     if lo <= 1 <= hi:
         return "indistinguishable"
     below = hi < 1
@@ -145,40 +174,41 @@ def log_spread(ratios) -> float | None:
     return float(1.4826 * np.median(np.abs(logs - np.median(logs))))
 
 
-def _halfwidths(sd: float, ns: np.ndarray) -> np.ndarray:
+def _halfwidths(sd: float, ns: np.ndarray, confidence: float = CONFIDENCE) -> np.ndarray:
     """:func:`expected_halfwidth` of every n in ``ns``, inf where none."""
     # imported here for start-up, as binom above
     from scipy.stats import norm
-    ks = _order_ks(ns)
+    ks = _order_ks(ns, confidence)
     with np.errstate(divide="ignore"):
         hw = -sd * norm.ppf((ks - 0.375) / (ns + 0.25))
     return np.where(ks > 0, hw, np.inf)
 
 
-def expected_halfwidth(sd: float, rounds: int) -> float | None:
-    """The half-width, as a fraction (0.02 is +-2 %), that the 95 % interval
-    of the median of ``rounds`` per-round ratios is expected to have when
-    their logs spread with standard deviation ``sd``: half the distance
-    between the expected order statistics x(k) and x(n+1-k) of normal data
-    (Blom's approximation, ``(i - 3/8) / (n + 1/4)``).  None below
-    :data:`MIN_ROUNDS`.  It is not monotonic in n: k steps by whole values,
-    so 9 rounds (k = 2, coverage 96.1 %) are narrower than 10 or 11."""
-    hw = float(_halfwidths(sd, np.array([rounds]))[0])
+def expected_halfwidth(sd: float, rounds: int, confidence: float = CONFIDENCE) -> float | None:
+    """The half-width, as a fraction (0.02 is +-2 %), that the interval at
+    ``confidence`` of the median of ``rounds`` per-round ratios is expected
+    to have when their logs spread with standard deviation ``sd``: half the
+    distance between the expected order statistics x(k) and x(n+1-k) of
+    normal data (Blom's approximation, ``(i - 3/8) / (n + 1/4)``).  None
+    below :func:`min_rounds`.  It is not monotonic in n: k steps by whole
+    values, so at 95 % 9 rounds (k = 2, coverage 96.1 %) are narrower than
+    10 or 11."""
+    hw = float(_halfwidths(sd, np.array([rounds]), confidence)[0])
     return None if math.isinf(hw) else hw
 
 
 def rounds_for_halfwidth(sd: float, halfwidth: float = TARGET_HALFWIDTH,
-                         limit: int = 100_000) -> int | None:
-    """The fewest rounds whose expected 95 % interval
+                         limit: int = 100_000, confidence: float = CONFIDENCE) -> int | None:
+    """The fewest rounds whose expected interval at ``confidence``
     (:func:`expected_halfwidth`) is +-``halfwidth`` or narrower at per-round
     spread ``sd``; None when that takes more than ``limit``."""
-    ns = np.arange(MIN_ROUNDS, limit + 1)
-    ok = np.nonzero(_halfwidths(sd, ns) <= halfwidth)[0]
+    ns = np.arange(min_rounds(confidence), limit + 1)
+    ok = np.nonzero(_halfwidths(sd, ns, confidence) <= halfwidth)[0]
     return int(ns[ok[0]]) if len(ok) else None
 
 
 def noise_warnings(steal_pcts: list, baseline_cv: float | None, ratio_sd: float | None,
-                   baseline: str) -> list[str]:
+                   baseline: str, confidence: float = CONFIDENCE) -> list[str]:
     """compare's warnings: steal above 2 % in any run, the baseline's
     throughput varying more than 10 % across rounds; the latter names the
     rounds that would resolve +-2 % at the spread seen (the paired ratios'
@@ -193,7 +223,7 @@ def noise_warnings(steal_pcts: list, baseline_cv: float | None, ratio_sd: float 
                      "cpu time from this guest; its figures are less comparable")
     if baseline_cv is not None and baseline_cv > CV_WARN:
         sd = ratio_sd if ratio_sd is not None else math.sqrt(2) * baseline_cv
-        n = rounds_for_halfwidth(sd)
+        n = rounds_for_halfwidth(sd, confidence=confidence)
         lines.append(f"WARNING: {baseline}'s throughput varies by {100 * baseline_cv:.1f} % "
                      f"(CV) across rounds, above {100 * CV_WARN:.0f} %; at the spread seen "
                      f"(robust sd of log ratios {sd:.3f}) "

@@ -35,9 +35,20 @@ Format history:
   (versions, accelerator, argv), ``memory`` with the model's keys and its
   ``timeline``, ``reporting.passes``, ``figures``, ``host_faults``,
   ``guest_scans``, ``events``, ``safety``, ``timing``; no ``throughput``,
-  ``latency_ns`` or ``locks``).  A file is written at the lowest version
-  that holds its runs: 2 without a real-guest run, so readers of version 2
-  keep reading what the model writes.
+  ``latency_ns`` or ``locks``).  And compare's intervals are order-statistic intervals of the median
+  (``analysis.ci``: ``method``, ``confidence``, ``min_rounds``; no
+  resamples, no seed), and none below 6 rounds.  Each RUN of a compare has
+  ``part``: ``cost`` for the paired rounds, ``give-back`` for the main job's
+  one run per design (``analysis.parts`` says what each part ran, rounds
+  planned and complete, and ``--budget``).  A RUN's ``attribution`` (and its
+  ``whole_run``) has ``refault_sample`` (first writes timed by the workers:
+  ``refaults``, ``resident``, ``dropped``, ``refault_ns``, ``resident_ns``),
+  its ``cost`` ``refault_ns_each``, ``refault_source`` (``run`` or
+  ``bench``) and ``refaults_timed``; ``memory`` has ``returned_share_end``;
+  each worker has the sample counters.  ``comparison.rows`` have
+  ``passes``; ``analysis.costs`` rows have ``unexplained``,
+  ``refault_ns_each`` and ``refault_rounds_timed``; ``analysis`` has
+  ``spreads``, ``round_s`` and ``sharper``.
 
 :func:`load` reads versions 1 to 3 and rejects other formats and versions
 with one clear message.  A version 1 RUN's ``config`` gets ``free_hook_ns``
@@ -67,8 +78,7 @@ import tempfile
 from ..experiment.designs import DESIGNS
 
 FORMAT = "shmalloc-results"
-VERSION = 2                  # a file of model runs
-QEMU_VERSION = 3             # a file with a real guest's run (system "qemu")
+VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 
 
@@ -78,7 +88,7 @@ class ResultsError(Exception):
 
 def document(runs: list[dict], metadata: dict, comparison: dict | None = None,
              analysis: dict | None = None) -> dict:
-    version = QEMU_VERSION if any(r.get("system") == "qemu" for r in runs) else VERSION
+    version = VERSION
     doc = {"format": FORMAT, "version": version, "metadata": metadata, "runs": runs}
     if comparison is not None:
         doc["comparison"] = comparison
