@@ -355,6 +355,7 @@ def format_mmtests_comparison(runs: list[dict], labels: list[str], comparison: d
     return ([title, ""] + format_mmtests(mmtests_figures(runs, labels, comparison), labels)
             + [""] + legend(
                 f"{n} paired rounds; each row's statistic over the rounds, the percentage "
-                f"against {labels[0]} (positive is better); *...* on Amean and Hmean: the 95 % "
+                f"against {labels[0]} (positive is better); *...* on Amean and Hmean: the "
                 "order-statistic interval of the variant's median per-round ratio to the "
-                "baseline excludes 1 (shmalloc compare's verdict), not a t-test."))
+                f"baseline, at {level(comparison)}, excludes 1 (shmalloc compare's verdict), "
+                "not a t-test."))
