@@ -60,8 +60,8 @@ def cmd_report(args) -> int:
             for part in (PART_GIVE_BACK, PART_COST, None):
                 group = [r for r in runs if r.get("part") == part]
                 if len(group) > 1 or (group and len(parts) > 1):
-                    title = heading(group) or "side by side"
-                    if len(parts) > 1:
+                    title = heading(group)          # None: the runs' own heading
+                    if title and len(parts) > 1:
                         title += f" ({part or 'other'} runs)"
                     print("\n".join(format_tables(group, title=title)))
     if args.plot:

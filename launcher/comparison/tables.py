@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from ..output.mmtests import Figure, format_mmtests
 from ..output.report import run_label
-from ..output.summary import half_back, replay_notes, structure
+from ..output.summary import describe, half_back, replay_notes, structure
 from ..units import fmt_bytes
 from . import stats
 from .budget import command_with_rounds, fmt_duration
@@ -247,10 +247,10 @@ def format_tables(runs: list[dict], labels: list[str] | None = None,
     if not runs:
         return []
     rows = aggregate(runs, labels)
-    many = max(n for _, _, n in rows) > 1
+    repeats = max(n for _, _, n in rows)
     w = max(9, max(len(label) for label, _, _ in rows) + 2)
-    median = " (median over rounds)" if many else ""
-    lines = [title] if title else []
+    median = " (median over rounds)" if repeats > 1 else ""
+    lines = [title or runs_heading(runs, repeats)]
     lines += ["", f"zone locks, workers / reporter{median}",
               f"{'variant':<{w}}{'acquisitions':>14}{'':8}{'contentions':>11}{'':7}"
               f"{'wait ms':>11}{'':7}{'avg hold ns':>11}{'':7}{'max hold us':>12}"]
@@ -310,6 +310,15 @@ def format_tables(runs: list[dict], labels: list[str] | None = None,
     lines += [f"NOTE: {n}" for n in dict.fromkeys(f"{run_label(r)}: {n}" for r in runs
                                                   for n in replay_notes(r))]
     return lines
+
+
+def runs_heading(runs: list[dict], repeats: int) -> str:
+    """The line naming what a set of runs of one configuration shares."""
+    first = runs[0]["config"]
+    putbacks = {r["config"].get("putback") for r in runs} - {None}
+    return (f"shmalloc compare: {describe(first, strategy=False)}, {first['duration']:g} s each"
+            + (f", putback {putbacks.pop()} (mainline, isolate)" if len(putbacks) == 1 else "")
+            + (f", median of {repeats} runs" if repeats > 1 else ""))
 
 
 def _half_back(f: dict) -> str:
