@@ -140,6 +140,11 @@ def test_warnings_steal_and_cv_with_the_rounds_they_need():
     assert len(cv) == 1 and "15.0 % (CV)" in cv[0] and f"about {expect} rounds" in cv[0]
     paired = stats.noise_warnings([0.0], 0.15, 0.04, "none")
     assert f"about {stats.rounds_for_halfwidth(0.04)} rounds would resolve +-2 %" in paired[0]
+    # beside compare's +-2 % line the warning does not say it again (nor differently)
+    told = stats.noise_warnings([0.0], 0.15, 0.04, "none", sharper_line=True)
+    assert told == ["WARNING: none's throughput varies by 15.0 % (CV) across rounds, above 10 %: "
+                    "the intervals are the wider for it (the +-2 % line says what a narrower "
+                    "one takes)"]
     assert stats.cv([10.0, 10.0]) == 0.0 and stats.cv([3.0]) is None
 
 

@@ -100,17 +100,32 @@ def test_what_it_gives_back_explains_every_figure():
 
 
 def test_the_sharper_line_names_its_rounds_time_and_command():
-    analysis = {"sharper": {"label": "bitmap", "halfwidth": 0.071, "spread": 0.076,
+    analysis = {"sharper": {"label": "boundary", "halfwidth": 0.071, "spread": 0.076,
                             "target": 0.02, "rounds": 120, "seconds": 588}}
-    line = " ".join(x.strip() for x in tables.format_sharper(
-        analysis, ["compare", "--strategies", "none,bitmap", "--repeat", "9"]))
-    assert line == ("+-2 %: the widest throughput interval (bitmap's, +-7.1 %) would narrow to "
-                    "+-2 % in about 120 rounds, about 9 min 48 s of rounds, at the spread these "
-                    "rounds showed (robust sd of the log ratios 0.076): shmalloc compare "
-                    "--strategies none,bitmap --repeat 120")
+    line = joined(tables.format_sharper(
+        analysis, ["compare", "--strategies", "none,boundary", "--repeat", "12"], "none"))
+    assert line == ("+-2 %: the widest throughput interval (boundary's, +-7.1 % of none's "
+                    "throughput) would narrow to +-2 % in about 120 rounds, about 9 min 48 s of "
+                    "rounds, at the spread these rounds showed (robust sd of the log ratios "
+                    "0.076): shmalloc compare --strategies none,boundary --repeat 120")
     narrow = {"sharper": {**analysis["sharper"], "halfwidth": 0.015}}
-    assert tables.format_sharper(narrow, []) == [
-        "+-2 %: every throughput interval is within it (the widest: bitmap's, +-1.5 %)."]
+    assert joined(tables.format_sharper(narrow, [], "none")) == (
+        "+-2 %: every throughput interval is within it (the widest: boundary's, +-1.5 % of "
+        "none's throughput).")
+
+
+def test_the_widest_interval_is_measured_in_the_baselines_throughput():
+    """bitmap's 0.010 [0.007, 0.014] is +-0.35 % of none's throughput, not
+    the +-37 % its logs spread: the +-2 % line names the design whose verdict
+    is least sure, and asks for the rounds that would sharpen it."""
+    from launcher.comparison.compare import sharper
+    widths = {"bitmap": (0.0035, 0.010), "mainline": (0.184, 0.956)}
+    spreads = {"bitmap": 0.292, "mainline": 0.10}
+    s = sharper(widths, spreads, round_s=4.0, confidence=stats.family_confidence(7))
+    assert s["label"] == "mainline" and s["halfwidth"] == 0.184
+    assert s["rounds"] == stats.rounds_for_halfwidth(0.10 * 0.956,
+                                                     confidence=stats.family_confidence(7))
+    assert s["seconds"] == round(4.0 * s["rounds"])
 
 
 def test_runs_memory_words():

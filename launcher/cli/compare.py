@@ -307,5 +307,5 @@ def format_main(runs: list, comparison: dict, analysis: dict, labels: list,
     else:
         out += [""] + format_tables([r for r in runs if r["part"] == PART_COST], labels,
                                     "what it gives back, and at what risk: the rounds' runs")
-    out += [""] + format_sharper(analysis, argv) + format_noise(analysis, base)
+    out += [""] + format_sharper(analysis, argv, base) + format_noise(analysis, base)
     return out

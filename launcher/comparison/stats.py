@@ -208,12 +208,14 @@ def rounds_for_halfwidth(sd: float, halfwidth: float = TARGET_HALFWIDTH,
 
 
 def noise_warnings(steal_pcts: list, baseline_cv: float | None, ratio_sd: float | None,
-                   baseline: str, confidence: float = CONFIDENCE) -> list[str]:
+                   baseline: str, confidence: float = CONFIDENCE,
+                   sharper_line: bool = False) -> list[str]:
     """compare's warnings: steal above 2 % in any run, the baseline's
-    throughput varying more than 10 % across rounds; the latter names the
+    throughput varying more than 10 % across rounds.  The latter names the
     rounds that would resolve +-2 % at the spread seen (the paired ratios'
     :func:`log_spread` when there are pairs, else the baseline's CV times
-    sqrt(2), the spread of a ratio of two independent runs)."""
+    sqrt(2), the spread of a ratio of two independent runs), unless compare
+    prints its +-2 % line (``sharper_line``), which says it already."""
     lines = []
     steals = [s for s in steal_pcts if s is not None]
     high = [s for s in steals if s > STEAL_WARN_PCT]
@@ -222,11 +224,15 @@ def noise_warnings(steal_pcts: list, baseline_cv: float | None, ratio_sd: float 
                      f"{len(steals)} runs (up to {max(high):.1f} %): the hypervisor took "
                      "cpu time from this guest; its figures are less comparable")
     if baseline_cv is not None and baseline_cv > CV_WARN:
+        head = (f"WARNING: {baseline}'s throughput varies by {100 * baseline_cv:.1f} % "
+                f"(CV) across rounds, above {100 * CV_WARN:.0f} %")
+        if sharper_line:
+            lines.append(f"{head}: the intervals are the wider for it (the +-2 % line says "
+                         "what a narrower one takes)")
+            return lines
         sd = ratio_sd if ratio_sd is not None else math.sqrt(2) * baseline_cv
         n = rounds_for_halfwidth(sd, confidence=confidence)
-        lines.append(f"WARNING: {baseline}'s throughput varies by {100 * baseline_cv:.1f} % "
-                     f"(CV) across rounds, above {100 * CV_WARN:.0f} %; at the spread seen "
-                     f"(robust sd of log ratios {sd:.3f}) "
+        lines.append(f"{head}; at the spread seen (robust sd of log ratios {sd:.3f}) "
                      + (f"about {n} rounds would resolve" if n else
                         "more than 100,000 rounds would be needed to resolve")
                      + f" +-{100 * TARGET_HALFWIDTH:.0f} %")

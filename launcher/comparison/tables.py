@@ -194,17 +194,17 @@ def format_costs(analysis: dict) -> list[str]:
 # Noise, and what a sharper answer costs
 # ---------------------------------------------------------------------------
 
-def format_sharper(analysis: dict, argv: list[str] | None) -> list[str]:
+def format_sharper(analysis: dict, argv: list[str] | None, baseline: str = "none") -> list[str]:
     """One line: the rounds, and their time, that would narrow the widest
-    throughput interval to +-2 % at the spread these rounds showed, and the
-    command that runs them."""
+    throughput interval to +-2 % of the baseline's throughput at the spread
+    these rounds showed, and the command that runs them."""
     s = analysis.get("sharper")
     if not s:
         return []
     target = f"+-{100 * s['target']:.0f} %"
-    now = f"{s['label']}'s, +-{100 * s['halfwidth']:.1f} %"
+    now = f"{s['label']}'s, +-{100 * s['halfwidth']:.1f} % of {baseline}'s throughput"
     if s["halfwidth"] <= s["target"]:
-        return [f"{target}: every throughput interval is within it (the widest: {now})."]
+        return wrap(f"{target}: every throughput interval is within it (the widest: {now}).")
     if s["rounds"] is None:
         return wrap(f"{target}: the widest throughput interval ({now}) would need more than "
                     f"100,000 rounds at the spread these rounds showed (robust sd of the log "
