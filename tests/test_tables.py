@@ -148,3 +148,12 @@ def test_a_refault_costs_what_it_cost_in_its_own_run():
     few = {"refault_sample": {**timed["refault_sample"], "refaults": 31}}
     assert refault_cost(few, unit) == (2610.0, "bench", 31)
     assert refault_cost({}, unit) == (2610.0, "bench", 0)       # a record without samples
+
+
+def test_the_headline_says_what_the_variants_ran_and_where_they_differ():
+    from launcher.cli.compare import headline
+    runs = [records.run("w1", "none", part="cost", config={"workers": 1, "duration": 1.0}),
+            records.run("w2", "none", part="cost", config={"workers": 2, "duration": 1.0})]
+    line = headline({"cost": {"rounds_complete": 12}}, ["w1", "w2"], runs)
+    assert line == ("shmalloc compare: 1 variant against w1; 1.00 GiB guest, 1 zone, pcp 63/378, "
+                    "seed 1; 12 paired rounds of 1 s, phased, workers per variant (1, 2)")

@@ -272,8 +272,17 @@ def headline(parts: dict, labels: list, runs: list) -> str:
         common += f", putback {putbacks.pop()} (mainline, isolate)"
     cost = parts[PART_COST]
     n = cost["rounds_complete"]
-    rounds = (f"{n} paired round{'s' if n != 1 else ''} of {cost['duration_s']:g} s, "
-              f"{cost['workload']}, {_workers(cost['workers'])}")
+    own = [r["config"] for r in runs if r.get("part", PART_COST) == PART_COST]
+
+    def each(key: str, say) -> str:          # the variants' own flags may differ
+        values = list(dict.fromkeys(c[key] for c in own))
+        if len(values) == 1:
+            return say(values[0])
+        return f"{key} per variant ({', '.join(map(str, values))})"
+
+    rounds = ", ".join([f"{n} paired round{'s' if n != 1 else ''} "
+                        + each("duration", lambda v: f"of {v:g} s"),
+                        each("workload", str), each("workers", _workers)])
     others = len(labels) - 1
     line = (f"shmalloc compare: {others} variant{'s' if others != 1 else ''} against "
             f"{labels[0]}; {common}")
