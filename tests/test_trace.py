@@ -6,12 +6,14 @@ either is missing.  Everything else runs anywhere."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -50,17 +52,23 @@ for advice in (mmap.MADV_NOHUGEPAGE, mmap.MADV_HUGEPAGE):
 
 @pytest.fixture
 def tracefs_root():
-    """The tracefs mount, or a skip saying what is missing."""
+    """The tracefs mount, or a skip saying what is missing; held by one test
+    at a time across the suite's worker processes.  Their mount namespaces
+    are their own, but tracefs's instances and global switches are the
+    kernel's: a recording in another worker is an instance this test's
+    checks would see (it once failed so: ``instances: shmalloc-10675``)."""
     from launcher.capture import tracefs
     if os.geteuid() != 0:
         pytest.skip("recording needs root (tracefs and the kmem tracepoints are root-only)")
-    try:
-        mounted = tracefs.check_environment()
-    except tracefs.TraceSetupError as e:
-        pytest.skip(f"cannot record here: {e}")
-    yield tracefs.TRACEFS
-    if mounted:
-        tracefs.unmount()
+    with open(os.path.join(tempfile.gettempdir(), "shmalloc-tests-tracefs.lock"), "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)            # released when the file closes
+        try:
+            mounted = tracefs.check_environment()
+        except tracefs.TraceSetupError as e:
+            pytest.skip(f"cannot record here: {e}")
+        yield tracefs.TRACEFS
+        if mounted:
+            tracefs.unmount()
 
 
 def _state():

@@ -270,6 +270,9 @@ def headline(parts: dict, labels: list, runs: list) -> str:
     putbacks = {r["config"].get("putback") for r in runs} - {None}
     if len(putbacks) == 1:
         common += f", putback {putbacks.pop()} (mainline, isolate)"
+    starts = {r["config"].get("start") for r in runs} - {None}
+    if len(starts) == 1:
+        common += f", start {starts.pop()} (mainline, boundary, hostscan)"
     cost = parts[PART_COST]
     n = cost["rounds_complete"]
     own = [r["config"] for r in runs if r.get("part", PART_COST) == PART_COST]

@@ -54,11 +54,11 @@ def cmd_report(args) -> int:
                     lines += [""] + format_costs(analysis) + [""] + format_noise(
                         analysis, doc["comparison"]["baseline"])
                 print("\n".join(lines + [""]))
-        if len(runs) > 1:
+        if len(runs_of_model) > 1:
             # a main job's give-back runs and its rounds are different experiments
-            parts = {r.get("part") for r in runs}
+            parts = {r.get("part") for r in runs_of_model}
             for part in (PART_GIVE_BACK, PART_COST, None):
-                group = [r for r in runs if r.get("part") == part]
+                group = [r for r in runs_of_model if r.get("part") == part]
                 if len(group) > 1 or (group and len(parts) > 1):
                     title = heading(group)          # None: the runs' own heading
                     if title and len(parts) > 1:

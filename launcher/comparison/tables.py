@@ -165,7 +165,7 @@ def format_costs(analysis: dict) -> list[str]:
     u = analysis["unit_costs"]
     timed = [f"{c['label']} {c['refault_ns_each']:,.0f}" for c in costs
              if c.get("refault_ns_each") is not None]
-    bench = u["refault"]["cost_ns_per_page"]
+    bench = refault_charges(u["refault"])
     hooks = ", ".join(f"{k} {v:.1f}" for k, v in u["free_path_hooks"].items())
     lines.append("")
     lines += legend(
@@ -182,12 +182,20 @@ def format_costs(analysis: dict) -> list[str]:
         "a refault is charged what one cost in its own run: the workers time a sample of their "
         "first writes, and a refault costs the mean refaulting write less the mean resident "
         "one (median ns" + (f": {', '.join(timed)}" if timed else "") + f"; where a run timed "
-        f"fewer than 32 refaults, the {bench:,.0f} ns measured before round 1 stands in).",
+        f"fewer than 32 refaults, the {bench} measured before round 1 stands in).",
         f"a hook call is charged what one cost before round 1 (ns: {hooks}); a calibration "
         "spin (--free-hook-ns, a busy-wait on every free) as long as it spun by its own clock.",
         "design CPU s: the reporter's and the hypervisor stub's CPU time, apart: on two vCPUs "
         "it competes with the workers, but not inside their operations.")
     return lines
+
+
+def refault_charges(refault: dict) -> str:
+    """'3,114 ns', or per host page size '3,114 ns (4k host pages), 303,025
+    ns (2m host pages)': the bench's refault before round 1."""
+    if "cost_ns_per_page" in refault:             # results from before --host-pages
+        return f"{refault['cost_ns_per_page']:,.0f} ns"
+    return ", ".join(f"{rf['cost_ns']:,.0f} ns ({hp} host pages)" for hp, rf in refault.items())
 
 
 # ---------------------------------------------------------------------------
