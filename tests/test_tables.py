@@ -157,3 +157,15 @@ def test_the_headline_says_what_the_variants_ran_and_where_they_differ():
     line = headline({"cost": {"rounds_complete": 12}}, ["w1", "w2"], runs)
     assert line == ("shmalloc compare: 1 variant against w1; 1.00 GiB guest, host pages 4k, 1 zone, "
                     "pcp 63/378, seed 1; 12 paired rounds of 1 s, phased, workers per variant (1, 2)")
+
+
+def test_refaults_are_counted_in_the_runs_host_pages():
+    from launcher.comparison import tables
+    for host_pages, size in (("2m", "2 MiB"), ("4k", "4 KiB"), (None, "4 KiB")):
+        runs = [records.run(v, config={"host_pages": host_pages}) for v in ("none", "mainline")]
+        text = joined(tables.format_tables(runs, ["none", "mainline"], "gives back"))
+        assert f"refaults: first writes to host pages ({size}) the host had discarded" in text
+    mixed = [records.run("none", config={"host_pages": "4k"}),
+             records.run("mainline", config={"host_pages": "2m"})]
+    text = joined(tables.format_tables(mixed, ["none", "mainline"], "gives back"))
+    assert "host pages (of each run's size)" in text

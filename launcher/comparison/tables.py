@@ -273,6 +273,9 @@ def format_tables(runs: list[dict], labels: list[str] | None = None,
     lines += legend("reporter: the design's reporter, or hostscan's host scan; avg and max "
                     "hold: how long one acquisition kept the lock.")
     guest = fmt_bytes(runs[0]["config"]["memory"])
+    sizes = sorted({r["config"].get("host_pages") or "4k" for r in runs})
+    host = {"4k": "4 KiB", "2m": "2 MiB"}.get(sizes[0], sizes[0]) if len(sizes) == 1 else \
+        "of each run's size"
     lines += ["", f"what it gives back{median}",
               f"{'variant':<{w}}{'reported':>14}{'discarded':>12}{'   half back':<32}"
               f"{'footprint':>10}{'host end':>12}{'passes':>8}",
@@ -308,7 +311,8 @@ def format_tables(runs: list[dict], labels: list[str] | None = None,
         "canary came back zeroed): data lost. allocator structure: the invariant check of "
         "free lists, counts and owners at the end; consistent says nothing of what the host "
         "did to a page, use-after-discard does.",
-        "refaults: first writes to pages the host had discarded. re-reports: blocks reported "
+        f"refaults: first writes to host pages ({host}) the host had discarded, each a host "
+        "fault that zeroes one. re-reports: blocks reported "
         "again whose memory the host no longer held. charged: what the design's counted "
         "events took of the workers' CPU time in this run (as in 'where the cost went'; one "
         "run, no interval).")
