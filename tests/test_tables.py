@@ -90,6 +90,7 @@ def test_what_it_gives_back_explains_every_figure():
     assert "M pages/s" not in text and "vs none" not in text       # no throughput, no %
     assert "(cumulative)" in text and "a block reported again counts again" in text
     assert "can report more than the guest's 1.00 GiB" in text
+    assert "backed or not (a range no worker wrote gives nothing back" in text
     hostscan = next(x for x in lines if x.startswith("hostscan ") and "never" in x)
     assert "never (43 % back by the end)" in hostscan
     unsafe = next(x for x in lines if x.rstrip().endswith("<-- UNSAFE"))

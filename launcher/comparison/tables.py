@@ -289,7 +289,8 @@ def format_tables(runs: list[dict], labels: list[str] | None = None,
         "reported (cumulative): what the guest told the host over the run; a block reported "
         "again counts again, so a design that does not remember what it reported (callback, "
         f"isolate, bitmap) can report more than the guest's {guest}. discarded: what the host "
-        "punched out of guest memory (callback/hint's host only records).",
+        "punched out of guest memory, backed or not (a range no worker wrote gives nothing "
+        "back; callback/hint's host only records).",
         "half back: seconds from the workers' shrink until the host held half of what they "
         "freed less. never (N % back by the end): not before the run ended, N % being what "
         "the host had got back by then (none and callback/hint give nothing back; hostscan "
