@@ -67,13 +67,16 @@ _MOUNTED: list[bool] = []
 
 
 def unmount_mqueue() -> None:
-    """Leave the machine as the session found it: unmount what
-    mount_mqueue mounted, and remove the directory if it made it."""
+    """Unmount what mount_mqueue mounted.  The directory stays, even one
+    this session made: removing a mount point detaches whatever is mounted
+    on it in every other mount namespace too (Linux >= 3.18), so a session
+    that ended beside another one took the other's workers' /dev/mqueue with
+    it (their check that the session mounted it failed, and their leak
+    fixture could no longer list queues).  An empty directory on devtmpfs
+    harms nothing and is gone at the next boot."""
     while _MOUNTED:
-        created = _MOUNTED.pop()
+        _MOUNTED.pop()
         subprocess.run(["umount", shm.MQUEUE_DIR], capture_output=True)
-        if created and not mqueue_mounted():
-            _rmdir(shm.MQUEUE_DIR)
 
 
 def _rmdir(path: str) -> None:

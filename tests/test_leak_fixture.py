@@ -165,3 +165,47 @@ def test_xdist_workers_have_namespaces_of_their_own():
         mine = os.readlink(f"/proc/self/ns/{ns}")
         controller = os.readlink(f"/proc/{os.getppid()}/ns/{ns}")
         assert mine != controller, ns
+
+
+MOUNTER = '''
+import sys
+sys.path.insert(0, sys.argv[1])
+import leaks
+leaks.shm.MQUEUE_DIR = sys.argv[2]
+print(leaks.mount_mqueue(), flush=True)
+sys.stdin.readline()
+leaks.unmount_mqueue()
+print("unmounted", flush=True)
+'''
+
+
+@pytest.mark.timeout(60)
+def test_a_session_ending_leaves_another_namespaces_mqueue_mounted(tmp_path):
+    """A session that mounted mqueue on a directory it made, ending while
+    another mount namespace (a worker of another session) has its own mqueue
+    on that directory: the other's mount stays.  Both run in namespaces of
+    their own, on a directory under tmp_path standing in for /dev/mqueue."""
+    if not ROOTED or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) to make mount namespaces")
+    where = str(tmp_path / "mqueue")
+    unshare = ["unshare", "--mount", "--propagation", "private"]
+    session = subprocess.Popen([*unshare, sys.executable, "-c", MOUNTER, TESTS, where],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    other = None
+    try:
+        assert session.stdout.readline().strip() == "mounted by the test session"
+        other = subprocess.Popen(
+            [*unshare, "sh", "-c", f'mount -t mqueue none {where} && echo up && read x && '
+             f'grep -c " {where} mqueue " /proc/self/mounts'],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert other.stdout.readline().strip() == "up"
+        session.stdin.write("\n")
+        session.stdin.flush()
+        assert session.stdout.readline().strip() == "unmounted"
+        out, _ = other.communicate("\n", timeout=30)
+        assert out.strip() == "1", "the other namespace's mqueue went with the session's end"
+    finally:
+        for p in (session, other):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.communicate()
