@@ -400,10 +400,15 @@ class Run:
                 self.jiffies.append(procstat.cpu_jiffies())
                 self.rusage0 = resource.getrusage(resource.RUSAGE_SELF)
                 self.t_go = time.monotonic()
-                self.machine.zs[H_GO] = 1
-                interrupt.enter(f"while running{' ' + self.label.strip() if self.label else ''}")
-                interrupt.checkpoint("running")
                 try:
+                    # from the go on, a signal aborts the run and keeps its
+                    # record; a signal during the test checkpoint (which
+                    # creates its flag file, then writes it) used to escape
+                    # to the caller, which then printed no tables
+                    self.machine.zs[H_GO] = 1
+                    interrupt.enter("while running"
+                                    f"{' ' + self.label.strip() if self.label else ''}")
+                    interrupt.checkpoint("running")
                     self._watch()
                     self._stop()
                 except RunAborted as e:
