@@ -156,8 +156,9 @@ def test_the_headline_says_what_the_variants_ran_and_where_they_differ():
     runs = [records.run("w1", "none", part="cost", config={"workers": 1, "duration": 1.0}),
             records.run("w2", "none", part="cost", config={"workers": 2, "duration": 1.0})]
     line = headline({"cost": {"rounds_complete": 12}}, ["w1", "w2"], runs)
-    assert line == ("shmalloc compare: 1 variant against w1; 1.00 GiB guest, host pages 4k, 1 zone, "
-                    "pcp 63/378, seed 1; 12 paired rounds of 1 s, phased, workers per variant (1, 2)")
+    assert line == ("shmalloc compare: 1 variant against w1; 1.00 GiB guest, host pages 4k, "
+                    "1 zone, pcp 63/378, seed 1; 12 paired rounds of 1 s, phased, "
+                    "workers per variant (1, 2)")
 
 
 def test_refaults_are_counted_in_the_runs_host_pages():
