@@ -10,16 +10,27 @@ within a second).
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import fields
 
 from .. import units as opt
 from ..errors import UsageError
 from ..experiment import metadata
-from ..output import results
+from ..output import plots, results
+from ..vm import compare
 from ..vm.config import WORKLOADS, GuestConfig
 from ..vm.host import INSTALL, VmUsageError
 from ..vm.run import execute
 from ..vm.summary import format_run
+
+
+def _orders(text: str) -> tuple[int, ...]:
+    """--report-order: N, or for vm compare a list N,N (each 0..10, no repeats)."""
+    one = opt.int_range(0, 10)
+    orders = tuple(one(x) for x in text.split(","))
+    if len(set(orders)) != len(orders):
+        raise argparse.ArgumentTypeError(f"an order given twice: {text!r}")
+    return orders
 
 
 def add_guest_flags(p) -> None:
@@ -49,10 +60,11 @@ def add_guest_flags(p) -> None:
                    help="guest memory, whole MiB (default 1G)")
     g.add_argument("--vcpus", type=opt.int_range(1, 16), default=1, metavar="N",
                    help="virtual cpus (default 1)")
-    g.add_argument("--report-order", type=opt.int_range(0, 10), default=9, metavar="N",
+    g.add_argument("--report-order", type=_orders, default=None, metavar="N",
                    help="page_reporting_order, 0..MAX_ORDER-1 (default 9, pageblock_order); "
                    "written to /sys/module/page_reporting/parameters after virtio_balloon "
-                   "loads, as Linux 6.1 overwrites the boot parameter when it registers")
+                   "loads, as Linux 6.1 overwrites the boot parameter when it registers; "
+                   "vm compare takes a list, e.g. 9,10: a guest and a model run at each")
     g.add_argument("--start", default="idle", choices=("idle", "boot"),
                    help="idle: start the workload once the guest's reporter has gone idle "
                    "after boot (every free block reported); boot: at once (default idle)")
@@ -81,35 +93,74 @@ def add_guest_flags(p) -> None:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("vm", help="boot a real guest kernel under QEMU and run a workload in it",
+    p = sub.add_parser("vm", help="boot a real guest kernel under QEMU and run a workload in it; "
+                       "vm compare: the same workload in the model beside it",
+                       usage="shmalloc vm [compare] [flags]",
                        description="Boot the installed distribution kernel under QEMU with "
                        "virtio-balloon free page reporting, run one of the model's workloads in "
                        "it, and record what the host sees (QEMU's resident memory and page "
                        "faults every 100 ms) and what the guest sees (free memory, Reported "
-                       "pages, each reporting pass), as a run of the results file. Needs "
+                       "pages, each reporting pass), as a run of the results file. "
+                       "'shmalloc vm compare' (compare first) then runs the same workload in the "
+                       "model, configured as the guest was (mainline, its report order, "
+                       "capacity, delay, start state, host page size and per-cpu high mark), "
+                       "and prints a table of figures (real, model, difference), flagging those "
+                       "that differ by more than the sampling interval or 15 %%. Needs "
                        f"{INSTALL}. Exit 0 ok, 2 bad input or missing packages, 3 when the "
-                       "guest fails.")
+                       "guest or the model's run fails.")
+    p.add_argument("action", nargs="?", choices=("compare",), default=None,
+                   help="compare: the real guest, then the model, side by side")
     add_guest_flags(p)
+    g = p.add_argument_group("vm compare")
+    g.add_argument("--real", metavar="FILE", default=None,
+                   help="take the real guest's runs from this results file (shmalloc vm "
+                   "--json) instead of booting one; one run per --report-order")
+    g.add_argument("--plot", metavar="FILE", default=None,
+                   help="draw both timelines of host-resident memory (PNG), a panel per order")
+    g.add_argument("--model-pcp", default="guest", choices=("guest", "default"),
+                   help="the model's per-cpu lists' high mark: the guest kernel's (measured "
+                   "in the guest; 6.1 derives it from the low watermark) or the model's "
+                   "default 378 pages (default guest)")
+    g.add_argument("--model-blocks", default="user", choices=("user", "buddy"),
+                   help="random, phased: the model's blocks are user mappings, 2^n order-0 "
+                   "pages as the guest program's mmap (user), or physical blocks of order n "
+                   "from the buddy allocator, the model's own workload (buddy) (default user)")
     g = p.add_argument_group("output")
     g.add_argument("--json", metavar="PATH", default=None,
-                   help="write the results file (versioned JSON) here")
-    g.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+                   help="write the results file (versioned JSON) here; vm compare: the "
+                   "comparison, with both systems' runs")
+    g.add_argument("--force", action="store_true", help="overwrite an existing --json or --plot")
     g.add_argument("--quiet", action="store_true", help="no progress lines and no summary")
     p.set_defaults(func=cmd_vm)
 
 
-def guest_config(args) -> GuestConfig:
-    return GuestConfig(**{f.name: getattr(args, f.name) for f in fields(GuestConfig)
-                          if hasattr(args, f.name)})
+def guest_config(args, order: int | None = None) -> GuestConfig:
+    values = {f.name: getattr(args, f.name) for f in fields(GuestConfig) if hasattr(args, f.name)}
+    values["report_order"] = (args.report_order or (9,))[0] if order is None else order
+    return GuestConfig(**values)
+
+
+def _check_outputs(args) -> None:
+    for flag, path in (("--json", args.json), ("--plot", getattr(args, "plot", None))):
+        if path:
+            try:
+                results.check_output(path, args.force)
+            except results.ResultsError as e:
+                raise VmUsageError(f"{flag}: {e}") from None
+    if args.json and args.plot and args.json == args.plot:
+        raise VmUsageError("--json and --plot name the same file")
 
 
 def cmd_vm(args) -> int:
+    if args.action == "compare":
+        return cmd_compare(args)
     try:
-        if args.json:
-            try:
-                results.check_output(args.json, args.force)
-            except results.ResultsError as e:
-                raise VmUsageError(f"--json: {e}") from None
+        for flag in ("real", "plot"):
+            if getattr(args, flag) is not None:
+                raise VmUsageError(f"--{flag} belongs to vm compare (shmalloc vm compare ...)")
+        if args.report_order and len(args.report_order) > 1:
+            raise VmUsageError("--report-order: one order; a list is for vm compare")
+        _check_outputs(args)
         run = execute(guest_config(args), quiet=args.quiet)
     except VmUsageError as e:
         raise UsageError(f"shmalloc vm: {e}") from None
@@ -117,4 +168,34 @@ def cmd_vm(args) -> int:
         print("\n".join(format_run(run)))
     if args.json:
         results.write(args.json, results.document([run], metadata.collect()), force=args.force)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    choices = compare.ModelChoices(pcp=args.model_pcp, blocks=args.model_blocks)
+    try:
+        _check_outputs(args)
+        orders = list(args.report_order or (9,))
+        real_runs = cfg = None
+        if args.real:
+            real_runs = compare.load_real(args.real, args.report_order and orders)
+            orders = [r["config"]["report_order"] for r in real_runs]
+        else:
+            cfg = guest_config(args).resolved()
+            compare.check(cfg, orders, choices)
+        if args.plot:
+            try:
+                plots.pyplot()
+            except plots.PlotError as e:
+                raise VmUsageError(f"--plot: {e}") from None
+        pairs = compare.execute(cfg, orders, choices, real_runs, quiet=args.quiet)
+    except VmUsageError as e:
+        raise UsageError(f"shmalloc vm compare: {e}") from None
+    docs, ratio_doc = compare.tables(pairs)
+    if not args.quiet:
+        print("\n".join(compare.format_lines(pairs, docs, ratio_doc)))
+    if args.json:
+        results.write(args.json, compare.document(pairs, docs, ratio_doc), force=args.force)
+    if args.plot:
+        compare.plot(pairs, args.plot)
     return 0
