@@ -21,6 +21,12 @@
     everything (shrink), stay idle until 70 %, then grow and churn again:
     throughput, reclaim and reuse of reclaimed memory in one run.
 
+``random`` and ``phased`` take a block of order n from the buddy allocator
+(``--blocks buddy``, the default: the kernel's own and drivers' multi-page
+allocations), or as a user program gets it (``--blocks user``,
+:func:`run_random_user`): 2^n order-0 pages, one page fault each, freed page
+by page at munmap.
+
 Every allocated page gets a canary in its first 8 bytes: ``(agent + 1) << 48
 | generation << 32 | pfn``.  Before writing it the worker reads the page: zero
 in a page that was written before (PG_TOUCHED) means the host discarded it
@@ -319,6 +325,110 @@ def run_random(frames, zs, mem, agent, target_pages, max_order, max_ops, seed, n
         if n == 0 or pages < target_pages:
             zs[ws + WC_ITERATIONS] += 1
     return n
+
+
+@jit
+def free_user_block(frames, zs, mem, agent, head, pg_pfn, pg_next, free_slots, top, ws,
+                    ns_per_tick):
+    """munmap of a user mapping: check and free its order-0 pages in the
+    order they were faulted in, giving their slots back; returns the new top
+    of the slot stack."""
+    s = head
+    while s >= 0:
+        check_and_free(frames, zs, mem, agent, pg_pfn[s], 0, ws, ns_per_tick)
+        free_slots[top] = s
+        top += 1
+        s = pg_next[s]
+    return top
+
+
+@jit
+def run_random_user(frames, zs, mem, agent, target_pages, max_order, max_ops, seed, ns_per_tick,
+                    blk_head, blk_order, blk_long, pg_pfn, pg_next, free_slots, deadline):
+    """``random`` with user mappings (``--blocks user``): the same draws as
+    :func:`run_random`, but a block of order n is what a user program gets
+    from mmap of 2^n pages, each written once: 2^n order-0 allocations
+    through the pcp lists (one page fault each), freed one by one in the
+    same order at its munmap.  A user program cannot ask the buddy allocator
+    for an order; its frees make order-0 pages, which merge into blocks of
+    the report order only where every buddy is free too.
+
+    Blocks are ``blk_*[:n]``; a block's pages are a list of slots in
+    ``pg_pfn``/``pg_next`` from ``blk_head`` (-1 ends it); ``free_slots`` is
+    the stack of unused slots.  A mapping that cannot be faulted in whole
+    (out of memory) gives back what it got and counts as a failed
+    allocation.  Returns ``n``, the blocks still held."""
+    np.random.seed(seed)
+    ws = wstats_base(zs, agent)
+    nslots = len(pg_pfn)
+    for s in range(nslots):
+        free_slots[s] = nslots - 1 - s
+    top = nslots
+    n = 0
+    pages = 0
+    cap = len(blk_head)
+    while not should_stop(zs, ws, max_ops) and not past(deadline):
+        if pages < target_pages and n < cap:
+            order = random_order(max_order)
+            count = 1 << order
+            head = -1
+            prev = -1
+            got = 0
+            while got < count and top > 0:
+                pfn = timed_alloc(frames, zs, agent, 0, ws, ns_per_tick)
+                if pfn < 0:
+                    break
+                write_block(frames, zs, mem, agent, pfn, 0, ws)
+                top -= 1
+                s = free_slots[top]
+                pg_pfn[s] = pfn
+                pg_next[s] = -1
+                if prev < 0:
+                    head = s
+                else:
+                    pg_next[prev] = s
+                prev = s
+                got += 1
+            if got == count:
+                blk_head[n] = head
+                blk_order[n] = order
+                blk_long[n] = 1 if np.random.random() < 0.2 else 0
+                n += 1
+                pages += count
+                continue
+            top = free_user_block(frames, zs, mem, agent, head, pg_pfn, pg_next, free_slots,
+                                  top, ws, ns_per_tick)
+            if n == 0:
+                continue
+        j = np.random.randint(0, n)
+        if blk_long[j] != 0 and pages < 2 * target_pages and np.random.random() < 0.9:
+            continue
+        top = free_user_block(frames, zs, mem, agent, blk_head[j], pg_pfn, pg_next, free_slots,
+                              top, ws, ns_per_tick)
+        pages -= 1 << blk_order[j]
+        n -= 1
+        blk_head[j] = blk_head[n]
+        blk_order[j] = blk_order[n]
+        blk_long[j] = blk_long[n]
+        if n == 0 or pages < target_pages:
+            zs[ws + WC_ITERATIONS] += 1
+    return n
+
+
+@jit
+def user_pages(blk_head, n, pg_pfn, pg_next, out_pfn, out_order):
+    """The pages of user blocks ``blk_head[:n]`` as order-0 entries of
+    ``out_*`` (block by block, each in fault order), for the frees of the
+    shrink and the exit; returns how many."""
+    k = 0
+    for b in range(n):
+        s = blk_head[b]
+        while s >= 0:
+            out_pfn[k] = pg_pfn[s]
+            out_order[k] = 0
+            k += 1
+            s = pg_next[s]
+    return k
 
 
 @jit

@@ -330,6 +330,7 @@ def test_compile_groups_cover_what_a_command_needs():
              for s in ("none", "mainline", "boundary", "callback", "isolate", "bitmap",
                        "hostscan") for w in ("page_fault1", "thp", "random", "hog", "phased",
                                              f"trace:{ROOT}/traces/compileall.trace")]
+    every.append(RunConfig(workload="phased", blocks="user").resolved())
     assert set(kernels.groups_for(every)) == set(kernels.GROUPS) - {"bench", "unit costs"}
 
 

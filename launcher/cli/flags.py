@@ -50,6 +50,11 @@ def add_machine_flags(p, strategy: bool = True) -> None:
     g.add_argument("--working-set", type=units.size_range(4096), default=None, metavar="SIZE",
                    help="per worker: page_fault1/thp round size, random's target "
                    "(default min(128M, 80%% of memory / workers))")
+    g.add_argument("--blocks", default="buddy", metavar="HOW",
+                   help="random, phased: a block of order n is taken from the buddy allocator "
+                   "(buddy: the kernel's own multi-page allocations) or, as a user program's "
+                   "mmap gets it, as 2^n order-0 pages faulted in and freed one by one (user) "
+                   "(default buddy)")
     g.add_argument("--hog-share", type=units.float_range(0, 1, lo_open=True), default=0.9,
                    metavar="FRACTION", help="hog: share of guest memory allocated (default 0.9)")
     g.add_argument("--hog-hold", type=units.duration_range(0, 86400), default=1.0, metavar="TIME",

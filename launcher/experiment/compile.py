@@ -68,6 +68,8 @@ GROUPS: dict[str, list[tuple[str, str]]] = {
                   ("shmalloc.workload.free_blocks", "fzmiaaid")],
     "page_fault1/thp": [("shmalloc.workload.run_chunks", "fzmiiiidaa")],
     "random/phased": [("shmalloc.workload.run_random", "fzmiiiiidaaai")],
+    "user blocks": [("shmalloc.workload.run_random_user", "fzmiiiiidaaaaaai"),
+                    ("shmalloc.workload.user_pages", "aiaaaa")],
     "hog": [("shmalloc.workload.hog_alloc", "fzmiiidaa")],
     "mainline": [("reporter.mainline.reporting_cycle_step", "fziiiiaaiibib"),
                  ("reporter.mainline.drain_batch", "fziiaaibb"),
@@ -123,6 +125,7 @@ ESTIMATE_S = {"lock.now_ticks": 0.2, "page_alloc.init_free_lists": 0.7,
               "page_alloc.alloc_pages": 4.5, "page_alloc.free_pages": 0.8,
               "workload.free_blocks": 1.1, "workload.run_chunks": 1.7,
               "workload.run_random": 1.3, "workload.hog_alloc": 0.5,
+              "workload.run_random_user": 1.3,
               "mainline.reporting_cycle_step": 1.3, "boundary.boundary_cycle_step": 0.8,
               "isolate.isolate_pageblock": 0.4, "isolate.undo_isolate_page_range": 0.4,
               "bitmap.bitmap_scan": 0.9, "bitmap.bitmap_return": 0.2,
@@ -136,7 +139,8 @@ ALLOC_SIDE = ("shmalloc.lock.now_ticks", "shmalloc.page_alloc.init_free_lists",
 FREE_SIDE = ("shmalloc.page_alloc.free_pages", "shmalloc.pcp.drain_pages",
              "shmalloc.pcp.pcp_service_drain")
 #: groups whose kernels inline the same workload helpers: one process
-WORKLOADS = ("allocator", "page_fault1/thp", "random/phased", "hog", "trace", "bench")
+WORKLOADS = ("allocator", "page_fault1/thp", "random/phased", "user blocks", "hog", "trace",
+             "bench")
 
 
 @dataclass(frozen=True)
@@ -180,7 +184,9 @@ def groups_for(cfgs) -> list[str]:
     """The groups the runs of ``cfgs`` (RunConfigs) need, allocator first."""
     groups = ["allocator"]
     for cfg in cfgs:
-        for g in (WORKLOAD_GROUP.get(cfg.workload, "trace"), cfg.strategy):
+        user = getattr(cfg, "blocks", "buddy") == "user"
+        for g in (WORKLOAD_GROUP.get(cfg.workload, "trace"), "user blocks" if user else None,
+                  cfg.strategy):
             if g in GROUPS and g not in groups:
                 groups.append(g)
     return groups

@@ -30,6 +30,9 @@ PAGE_FAULT1_BYTES = 128 << 20    # will-it-scale's page_fault1 maps 128 MiB per 
 #: --host-pages by default: what QEMU's guest memory gets on a typical host,
 #: transparent huge pages (docs/run.md says whose measurement)
 DEFAULT_HOST_PAGES = "2m"
+#: --blocks: how random and phased get a block of order n (shmalloc.workload)
+BLOCKS = ("buddy", "user")
+USER_BLOCK_WORKLOADS = ("random", "phased")
 
 
 def default_host_pages(report_order: int = PAGEBLOCK_ORDER) -> str:
@@ -85,6 +88,7 @@ class RunConfig:
     host_pages: str | None = None       # 4k or 2m; None: DEFAULT_HOST_PAGES where it can be had
     start: str | None = None            # designs that record what the host has: unreported
                                         # (None: that) or reported (the initial flush done)
+    blocks: str = "buddy"               # random, phased: buddy blocks or user mappings
 
     @property
     def trace(self) -> str | None:
@@ -157,6 +161,12 @@ class RunConfig:
             if self.working_set > self.memory:
                 raise ConfigError("--working-set", f"{self.working_set} bytes per worker is more "
                                   f"than the guest ({self.memory} bytes)")
+        if self.blocks not in BLOCKS:
+            raise ConfigError("--blocks", f"must be {' or '.join(BLOCKS)}, got {self.blocks!r}")
+        if self.blocks == "user" and self.workload not in USER_BLOCK_WORKLOADS:
+            raise ConfigError("--blocks", f"user applies to {' and '.join(USER_BLOCK_WORKLOADS)}"
+                              f", not {self.workload} (its blocks are order-0 pages or THPs "
+                              "already)")
         if not 0 < self.hog_share <= 1:
             raise ConfigError("--hog-share", f"must be in (0, 1], got {self.hog_share}")
         if self.stall_timeout <= 0:
@@ -231,4 +241,4 @@ class RunConfig:
                           hog_pages=hog_pages, hog_hold_s=self.hog_hold,
                           max_ops=self.ops if self.ops else -1,
                           seed=self.seed * 1_000_003 + worker, max_order=self.max_order,
-                          duration_s=self.duration)
+                          duration_s=self.duration, blocks=self.blocks)

@@ -45,6 +45,8 @@ from shmalloc.workload import (
     hog_alloc,
     run_chunks,
     run_random,
+    run_random_user,
+    user_pages,
 )
 
 POLL_S = 0.01
@@ -64,6 +66,7 @@ class WorkerPlan:
     duration_s: float = 0.0   # the run's length (phased schedules its phases on it)
     cpu: int | None = None    # the cpu this worker is pinned to, if any
     replay: object = None     # trace:FILE: the replay's shared state (shmalloc.replay.Shared)
+    blocks: str = "buddy"     # random, phased: buddy blocks, or user mappings of order-0 pages
 
     def capacity(self) -> int:
         """Blocks the worker can hold at most (its private held arrays)."""
@@ -71,7 +74,32 @@ class WorkerPlan:
             return max(1, self.working_set // (PAGE_SIZE << THP_ORDER))
         if self.workload == "hog":
             return max(1, self.hog_pages)
+        if self.blocks == "user":         # pages: the last mapping may pass the target
+            return max(1, self.working_set // PAGE_SIZE) + (1 << min(9, self.max_order - 1))
         return max(1, self.working_set // PAGE_SIZE)
+
+
+class UserBlocks:
+    """--blocks user: a worker's user mappings (blocks of slots of order-0
+    pages, :func:`shmalloc.workload.run_random_user`)."""
+
+    def __init__(self, plan: WorkerPlan):
+        blocks, slots = max(1, plan.working_set // PAGE_SIZE), plan.capacity()
+        self.head = np.zeros(blocks, np.int64)
+        self.order = np.zeros(blocks, np.int64)
+        self.long = np.zeros(blocks, np.int64)
+        self.pfn = np.zeros(slots, np.int64)
+        self.next = np.zeros(slots, np.int64)
+        self.free_slots = np.zeros(slots, np.int64)
+
+    def run(self, machine, agent, target, plan, seed, ns_per_tick, held_pfn, held_order,
+            deadline) -> int:
+        """``random`` until ``deadline`` (0: none); the pages still held end
+        up in ``held_*`` (order 0); returns how many."""
+        n = run_random_user(machine.frames, machine.zs, machine.mem, agent, target,
+                            plan.max_order, plan.max_ops, seed, ns_per_tick, self.head,
+                            self.order, self.long, self.pfn, self.next, self.free_slots, deadline)
+        return user_pages(self.head, n, self.pfn, self.next, held_pfn, held_order)
 
 
 def run_plan(machine, agent: int, plan: WorkerPlan, held_pfn, held_order, held_long) -> int:
@@ -86,18 +114,23 @@ def run_plan(machine, agent: int, plan: WorkerPlan, held_pfn, held_order, held_l
         return run_chunks(frames, zs, mem, agent, order, len(held_pfn), plan.max_ops,
                           ns_per_tick, held_pfn, held_order)
     target = plan.working_set // PAGE_SIZE
+    user = UserBlocks(plan) if plan.blocks == "user" else None
+
+    def random(seed, deadline):
+        if user is not None:
+            return user.run(machine, agent, target, plan, seed, ns_per_tick, held_pfn,
+                            held_order, deadline)
+        return run_random(frames, zs, mem, agent, target, plan.max_order, plan.max_ops, seed,
+                          ns_per_tick, held_pfn, held_order, held_long, deadline)
+
     if plan.workload == "random":
-        return run_random(frames, zs, mem, agent, target, plan.max_order, plan.max_ops,
-                          plan.seed, ns_per_tick, held_pfn, held_order, held_long, 0)
+        return random(plan.seed, 0)
     if plan.workload == "phased":
         t0, tps = now_ticks(), machine.ticks_per_sec
-        shrink_at = t0 + int(PHASED_SHRINK_AT * plan.duration_s * tps)
-        n = run_random(frames, zs, mem, agent, target, plan.max_order, plan.max_ops, plan.seed,
-                       ns_per_tick, held_pfn, held_order, held_long, shrink_at)
+        n = random(plan.seed, t0 + int(PHASED_SHRINK_AT * plan.duration_s * tps))
         _release(machine, agent, held_pfn, held_order, n)
         _idle(machine, agent, (PHASED_REGROW_AT - PHASED_SHRINK_AT) * plan.duration_s)
-        return run_random(frames, zs, mem, agent, target, plan.max_order, plan.max_ops,
-                          plan.seed + 1, ns_per_tick, held_pfn, held_order, held_long, 0)
+        return random(plan.seed + 1, 0)
     # hog: allocate, hold, free everything, idle until the stop flag; with an
     # operation budget (--ops) the run ends when every worker has, so the
     # hog ends once it has freed what it allocated
