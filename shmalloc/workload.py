@@ -344,7 +344,8 @@ def free_user_block(frames, zs, mem, agent, head, pg_pfn, pg_next, free_slots, t
 
 @jit
 def run_random_user(frames, zs, mem, agent, target_pages, max_order, max_ops, seed, ns_per_tick,
-                    blk_head, blk_order, blk_long, pg_pfn, pg_next, free_slots, deadline):
+                    blk_head, blk_order, blk_long, pg_pfn, pg_next, free_slots, deadline,
+                    pace):
     """``random`` with user mappings (``--blocks user``): the same draws as
     :func:`run_random`, but a block of order n is what a user program gets
     from mmap of 2^n pages, each written once: 2^n order-0 allocations
@@ -357,9 +358,14 @@ def run_random_user(frames, zs, mem, agent, target_pages, max_order, max_ops, se
     ``pg_pfn``/``pg_next`` from ``blk_head`` (-1 ends it); ``free_slots`` is
     the stack of unused slots.  A mapping that cannot be faulted in whole
     (out of memory) gives back what it got and counts as a failed
-    allocation.  Returns ``n``, the blocks still held."""
+    allocation.  ``pace`` > 0 (ticks, ``--page-rate``): the k-th page fault
+    waits until ``pace * k`` ticks after the start, spinning, as a guest
+    whose page faults take that long (TCG's).  Returns ``n``, the blocks
+    still held."""
     np.random.seed(seed)
     ws = wstats_base(zs, agent)
+    t_pace = ticks()
+    faults = 0
     nslots = len(pg_pfn)
     for s in range(nslots):
         free_slots[s] = nslots - 1 - s
@@ -375,6 +381,10 @@ def run_random_user(frames, zs, mem, agent, target_pages, max_order, max_ops, se
             prev = -1
             got = 0
             while got < count and top > 0:
+                if pace > 0:
+                    faults += 1
+                    while ticks() < t_pace + pace * faults and not should_stop(zs, ws, max_ops):
+                        pass
                 pfn = timed_alloc(frames, zs, agent, 0, ws, ns_per_tick)
                 if pfn < 0:
                     break

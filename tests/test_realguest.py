@@ -120,6 +120,27 @@ def test_rises_after_the_free_are_memory_faulted_back():
     assert f["refaulted_bytes"] == 64 * MIB
 
 
+def test_a_real_guests_faults_on_guest_memory_are_its_rises_over_its_host_page():
+    """QEMU's fault counter also counts its own (1,000 in a run that faulted
+    no guest memory back): the faults on guest memory are the rises of the
+    guest-RAM mapping over the host page its THP share says; the model's are
+    its counted refaults and first touches."""
+    def real(share):
+        tl = timeline(10.0, GIB, 1.0, [(2.0, 512 * MIB, 0.0), (5.0, -64 * MIB, 0.0)],
+                      faults=[(6.0, 1000)])
+        r = run("qemu", tl, 1.0, 512 * MIB)
+        r["memory"]["anon_huge_share_at_max"] = share
+        return r
+    huge, small = rg.figures(real(1.0)), rg.figures(real(0.1))
+    assert huge["host_faults"] == small["host_faults"] == 1000
+    assert huge["guest_memory_faults"] == 32                 # 64 MiB in 2 MiB pages
+    assert small["guest_memory_faults"] == 64 * MIB // 4096
+    tl = timeline(10.0, GIB, 1.0, [(2.0, 512 * MIB, 0.0), (5.0, -64 * MIB, 0.0)],
+                  faults=[(6.0, 40)])
+    model = rg.figures(run("model", tl, 1.0, 512 * MIB, host_pages="2m"))
+    assert model["guest_memory_faults"] == model["host_faults"] == 40
+
+
 def test_the_table_flags_the_order_10_half_back_of_issue_23():
     """The issue's order-10 pair: same budget and cadence, but the model's
     first step came 0.19 s after the free (its reporter mid-chain), the
@@ -178,7 +199,11 @@ def test_ratios_at_report_order_9_against_10():
     assert rate["model"] == pytest.approx(11.0 / 8.0)       # order 10 took 11 s, 9 took 8
     assert row(doc, "host_faults")["model"] == pytest.approx(3.0)
     assert row(doc, "host_faults")["real"] == pytest.approx(400 / 420)
-    assert doc["flagged"] == ["return_rate", "host_faults"]  # refaulted bytes: 0 / 0, none
+    # refaulted bytes: 0 / 0 on both sides; faults on guest memory: the
+    # model counted them (3.0), the real guest's rises were 0 / 0
+    assert doc["flagged"] == ["return_rate", "host_faults", "guest_memory_faults"]
+    assert row(doc, "guest_memory_faults")["model"] == pytest.approx(3.0)
+    assert row(doc, "guest_memory_faults")["flag"] == "only the model has it"
     assert row(doc, "refaulted_bytes")["real"] is None
     lines = rg.format_table(doc)
     assert any("order 9 / order 10" in line and "1.38" in line for line in lines)

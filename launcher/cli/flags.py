@@ -55,6 +55,10 @@ def add_machine_flags(p, strategy: bool = True) -> None:
                    "(buddy: the kernel's own multi-page allocations) or, as a user program's "
                    "mmap gets it, as 2^n order-0 pages faulted in and freed one by one (user) "
                    "(default buddy)")
+    g.add_argument("--page-rate", type=units.float_range(0, 1e9), default=0.0, metavar="N",
+                   help="--blocks user: at most N page faults per second per worker, as a "
+                   "slower guest (a real one under TCG: vm compare sets the guest's rate); "
+                   "0: as fast as the model goes (default 0)")
     g.add_argument("--hog-share", type=units.float_range(0, 1, lo_open=True), default=0.9,
                    metavar="FRACTION", help="hog: share of guest memory allocated (default 0.9)")
     g.add_argument("--hog-hold", type=units.duration_range(0, 86400), default=1.0, metavar="TIME",

@@ -128,6 +128,10 @@ def add_parser(sub) -> None:
                    help="random, phased: the model's blocks are user mappings, 2^n order-0 "
                    "pages as the guest program's mmap (user), or physical blocks of order n "
                    "from the buddy allocator, the model's own workload (buddy) (default user)")
+    g.add_argument("--model-rate", default="guest", choices=("guest", "full"),
+                   help="--model-blocks user: the model's page faults at the guest's measured "
+                   "rate (its workers' faults over the time they ran; under TCG some 30,000 "
+                   "a second) or as fast as the model goes, 100 times that (default guest)")
     g = p.add_argument_group("output")
     g.add_argument("--json", metavar="PATH", default=None,
                    help="write the results file (versioned JSON) here; vm compare: the "
@@ -176,7 +180,7 @@ def cmd_vm(args) -> int:
     if args.action == "compare":
         return cmd_compare(args)
     try:
-        for flag in ("real", "plot"):
+        for flag in ("real", "plot"):     # and the --model-* flags are left unused
             if getattr(args, flag) is not None:
                 raise VmUsageError(f"--{flag} belongs to vm compare (shmalloc vm compare ...)")
         if args.report_order and len(args.report_order) > 1:
@@ -193,7 +197,8 @@ def cmd_vm(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    choices = compare.ModelChoices(pcp=args.model_pcp, blocks=args.model_blocks)
+    choices = compare.ModelChoices(pcp=args.model_pcp, blocks=args.model_blocks,
+                                   rate=args.model_rate)
     try:
         _check_outputs(args)
         orders = list(args.report_order or (9,))

@@ -89,6 +89,7 @@ class RunConfig:
     start: str | None = None            # designs that record what the host has: unreported
                                         # (None: that) or reported (the initial flush done)
     blocks: str = "buddy"               # random, phased: buddy blocks or user mappings
+    page_rate: float = 0.0              # --blocks user: page faults per second per worker
 
     @property
     def trace(self) -> str | None:
@@ -167,6 +168,11 @@ class RunConfig:
             raise ConfigError("--blocks", f"user applies to {' and '.join(USER_BLOCK_WORKLOADS)}"
                               f", not {self.workload} (its blocks are order-0 pages or THPs "
                               "already)")
+        if self.page_rate < 0:
+            raise ConfigError("--page-rate", f"must be >= 0, got {self.page_rate}")
+        if self.page_rate and self.blocks != "user":
+            raise ConfigError("--page-rate", "paces the page faults of user mappings: needs "
+                              "--blocks user")
         if not 0 < self.hog_share <= 1:
             raise ConfigError("--hog-share", f"must be in (0, 1], got {self.hog_share}")
         if self.stall_timeout <= 0:
@@ -241,4 +247,5 @@ class RunConfig:
                           hog_pages=hog_pages, hog_hold_s=self.hog_hold,
                           max_ops=self.ops if self.ops else -1,
                           seed=self.seed * 1_000_003 + worker, max_order=self.max_order,
-                          duration_s=self.duration, blocks=self.blocks)
+                          duration_s=self.duration, blocks=self.blocks,
+                          page_rate=self.page_rate)

@@ -67,6 +67,7 @@ class WorkerPlan:
     cpu: int | None = None    # the cpu this worker is pinned to, if any
     replay: object = None     # trace:FILE: the replay's shared state (shmalloc.replay.Shared)
     blocks: str = "buddy"     # random, phased: buddy blocks, or user mappings of order-0 pages
+    page_rate: float = 0.0    # --blocks user: page faults per second at most (0: no limit)
 
     def capacity(self) -> int:
         """Blocks the worker can hold at most (its private held arrays)."""
@@ -96,9 +97,11 @@ class UserBlocks:
             deadline) -> int:
         """``random`` until ``deadline`` (0: none); the pages still held end
         up in ``held_*`` (order 0); returns how many."""
+        pace = int(machine.ticks_per_sec / plan.page_rate) if plan.page_rate else 0
         n = run_random_user(machine.frames, machine.zs, machine.mem, agent, target,
                             plan.max_order, plan.max_ops, seed, ns_per_tick, self.head,
-                            self.order, self.long, self.pfn, self.next, self.free_slots, deadline)
+                            self.order, self.long, self.pfn, self.next, self.free_slots, deadline,
+                            pace)
         return user_pages(self.head, n, self.pfn, self.next, held_pfn, held_order)
 
 

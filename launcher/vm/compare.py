@@ -43,6 +43,7 @@ from dataclasses import dataclass, replace
 
 from shmalloc.config import PAGE_SIZE
 from shmalloc.machine import ConfigError
+from shmalloc.workload import PHASED_REGROW_AT, PHASED_SHRINK_AT
 
 from ..comparison import realguest
 from ..errors import RunAborted
@@ -58,7 +59,6 @@ from .run import execute as execute_guest
 WORKLOADS = ("hog", "page_fault1", "thp", "random", "phased")
 #: where the model's blocks are user mappings under --model-blocks user
 USER_BLOCK_WORKLOADS = ("random", "phased")
-HUGE_SHARE = 0.5             # QEMU's guest RAM counts as on 2 MiB pages from this share
 
 
 @dataclass(frozen=True)
@@ -67,16 +67,29 @@ class ModelChoices:
 
     pcp: str = "guest"            # guest: the guest's pcp high mark; default: the model's
     blocks: str = "user"          # random/phased: user mappings, or the model's buddy blocks
+    rate: str = "guest"           # user blocks: the guest's page-fault rate, or the model's own
 
 
 def host_pages_of(real: dict) -> str:
-    share = real["memory"].get("anon_huge_share_at_max")
-    return "2m" if share is not None and share >= HUGE_SHARE else "4k"
+    return realguest.host_pages(real)
 
 
 def start_of(real: dict) -> str:
     state = real.get("guest", {}).get("start_state", {})
     return "reported" if state.get("idle") else "unreported"
+
+
+def guest_fault_rate(real: dict) -> float | None:
+    """Page faults per second of one of the guest's workers while its
+    workload ran (random: the whole run; phased: all but the idle from 40 %
+    to 70 %): with THP never, each is one order-0 allocation."""
+    faults = real.get("guest", {}).get("minor_faults")
+    c = real["config"]
+    if not faults or c["workload"] not in USER_BLOCK_WORKLOADS:
+        return None
+    active = c["duration"] * (1 - (PHASED_REGROW_AT - PHASED_SHRINK_AT)
+                              if c["workload"] == "phased" else 1)
+    return faults / c["workers"] / active
 
 
 def model_config(real: dict, choices: ModelChoices = ModelChoices()) -> RunConfig:
@@ -99,6 +112,9 @@ def model_config(real: dict, choices: ModelChoices = ModelChoices()) -> RunConfi
         values["pcp_high"] = max(1, high // PAGE_SIZE)
     if choices.blocks == "user" and c["workload"] in USER_BLOCK_WORKLOADS:
         values["blocks"] = "user"
+        rate = guest_fault_rate(real)
+        if choices.rate == "guest" and rate:
+            values["page_rate"] = round(rate, 1)
     return RunConfig(**values).resolved()
 
 
@@ -119,6 +135,15 @@ def check(cfg: GuestConfig, orders: list[int], choices: ModelChoices) -> None:
             raise VmUsageError(f"the model cannot run this workload: {e}") from None
 
 
+def describe(cfg: RunConfig) -> str:
+    """How the model was set up, in one phrase."""
+    out = (f"mainline, report order {cfg.report_order}, start {cfg.start}, host pages "
+           f"{cfg.host_pages}, pcp high {cfg.pcp_high} pages")
+    if cfg.blocks == "user":
+        out += ", user mappings" + (f" at {cfg.page_rate:,.0f} faults/s" if cfg.page_rate else "")
+    return out
+
+
 def _say(quiet: bool, text: str) -> None:
     if not quiet:
         print(f"shmalloc vm compare: {text}", file=sys.stderr, flush=True)
@@ -126,9 +151,7 @@ def _say(quiet: bool, text: str) -> None:
 
 def run_model(real: dict, choices: ModelChoices, quiet: bool) -> dict:
     cfg = model_config(real, choices)
-    _say(quiet, f"the model: mainline, report order {cfg.report_order}, start {cfg.start}, "
-                f"host pages {cfg.host_pages}, pcp high {cfg.pcp_high} pages, "
-                f"{cfg.workload} for {cfg.duration:g} s")
+    _say(quiet, f"the model: {describe(cfg)}, {cfg.workload} for {cfg.duration:g} s")
     run = execute_model(cfg, label=" model")
     status = run.pop("exit_status")
     interrupted = run.pop("interrupted", None)
@@ -198,11 +221,10 @@ def format_lines(pairs: list[dict], docs: dict, ratio_doc: dict | None) -> list[
     for p in pairs:
         name = _name(p)
         doc = docs[name]
-        m, r = doc["model"], p["real"]
+        r = p["real"]
+        model = RunConfig(**p["model"]["config"])
         lines += [f"{name}: real guest ({r['qemu']['accel'].upper() if 'qemu' in r else '?'}, "
-                  f"start {r['config']['start']}) against the model (mainline, start "
-                  f"{m['start']}, host pages {m['host_pages']}, pcp high "
-                  f"{p['model']['config']['pcp_high']} pages)"]
+                  f"start {r['config']['start']}) against the model ({describe(model)})"]
         lines += realguest.format_table(doc) + [""]
     if ratio_doc is not None:
         lines += realguest.format_table(ratio_doc, "order 9 against order 10") + [""]
