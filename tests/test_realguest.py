@@ -90,6 +90,9 @@ def test_how_long_the_free_took_on_either_side():
     assert took["flag"] == "beyond the sampling interval and 15 %"
     began = row(doc, "first_step_from_freeing_s")             # the phase, from the request
     assert began["real"] == pytest.approx(2.92) and began["model"] == pytest.approx(2.04)
+    half = row(doc, "half_back_from_freeing_s")              # two 256 MiB steps: 7 s - freeing
+    assert half["real"] == pytest.approx(4.92) and half["model"] == pytest.approx(4.04)
+    assert row(doc, "half_back_s")["real"] == pytest.approx(4.0)
 
 
 def test_what_stays_resident_at_the_end_and_why():
