@@ -439,3 +439,123 @@ def test_initramfs_holds_init_program_and_modules(tmp_path, monkeypatch):
     assert files["init"][1] == initramfs.guest_file("init")
     assert files["shmguest"][1][:4] == b"\x7fELF" and files["bin/sh"][1] == b"busybox"
     assert sys.byteorder == "little"
+
+
+# ---------------------------------------------------------------------------
+# vm compare
+# ---------------------------------------------------------------------------
+
+BAD_COMPARE = [
+    (["compare", "--report-order", "9,9"], "shmalloc vm: argument --report-order: an order "
+     "given twice: '9,9'"),
+    (["compare", "--report-order", "9,11"], "--report-order: must be 0..10, got 11"),
+    (["--report-order", "9,10"], "shmalloc vm: --report-order: one order; a list is for vm "
+     "compare"),
+    (["--plot", "x.png"], "shmalloc vm: --plot belongs to vm compare"),
+    (["compare", "--real", "/nonexistent/guest.json"], "shmalloc vm compare: --real: "),
+    (["compare", "--plot", "/nonexistent/dir/x.png"], "shmalloc vm compare: --plot: "
+     "/nonexistent/dir/x.png: folder /nonexistent/dir does not exist"),
+    (["compare", "--workload", "page_fault2"], "shmalloc vm compare: --workload page_fault2: "
+     "vm compare runs hog, page_fault1, thp, random, phased"),
+    (["compare", "--model-pcp", "none"], "invalid choice: 'none'"),
+    (["compare", "--memory", "128M"], "the guest needs at least 256M"),
+]
+
+
+@pytest.mark.parametrize("argv,fragment", BAD_COMPARE, ids=[" ".join(a) for a, _ in BAD_COMPARE])
+@pytest.mark.timeout(60)
+def test_bad_input_of_compare(argv, fragment):
+    proc = start_shmalloc("vm", *argv)
+    out, err = proc.communicate(timeout=50)
+    res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    assert_usage_error(res, fragment)
+    assert _left_by(proc.pid) == []
+
+
+@pytest.mark.timeout(60)
+def test_compare_refuses_a_file_without_a_guest_and_the_same_file_twice(tmp_path):
+    from launcher.output import results
+
+    path = tmp_path / "model.json"
+    results.write(str(path), results.document([{"config": {}, "memory": {}}], {}))
+    assert_usage_error(shmalloc("vm", "compare", "--real", str(path)),
+                       f"shmalloc vm compare: --real {path}: no real guest's run in it")
+    rec = _canned_record()
+    results.write(str(tmp_path / "guest.json"), results.document([rec], {}))
+    assert_usage_error(shmalloc("vm", "compare", "--real", str(tmp_path / "guest.json"),
+                                "--report-order", "10"),
+                       "no real guest's run at report order 10")
+    assert_usage_error(shmalloc("vm", "compare", "--json", "a.png", "--plot", "a.png"),
+                       "--json and --plot name the same file")
+
+
+def _canned_record(**config) -> dict:
+    rec = record.build(_canned_run(), {"qemu": "QEMU emulator version 7.2.22"},
+                       {"accel": "tcg", "chosen_by": "--accel"}, {"modules": []})
+    rec["config"].update(config)
+    return rec
+
+
+def test_the_model_is_configured_as_the_guest_was():
+    """vm compare's model: mainline with the guest kernel's constants, the
+    order the guest used, reported when its reporter was idle, the host page
+    its THP share says, its pcp high mark; user mappings at its fault rate
+    for random and phased."""
+    from launcher.experiment.config import default_host_pages
+    from launcher.vm import compare
+
+    rec = _canned_record()
+    rec["guest"]["pcp_high_bytes"] = 54 << 20
+    cfg = compare.model_config(rec)
+    assert (cfg.strategy, cfg.capacity, cfg.delay, cfg.putback) == ("mainline", 32, 2.0, "tail")
+    assert (cfg.workload, cfg.memory, cfg.hog_share, cfg.duration) == ("hog", 2 << 30, 0.5, 10)
+    assert cfg.report_order == 9 and cfg.start == "reported"
+    assert cfg.host_pages == default_host_pages(9)            # 2m where root can have it
+    assert cfg.pcp_high == 54 << 8 and cfg.blocks == "buddy" and cfg.page_rate == 0
+    assert compare.model_config(rec, compare.ModelChoices(pcp="default")).pcp_high == 378
+    rec["guest"]["report_order_effective"] = 10             # what the guest really used
+    rec["guest"]["start_state"]["idle"] = False
+    rec["memory"]["anon_huge_share_at_max"] = 0.2
+    cfg = compare.model_config(rec)
+    assert (cfg.report_order, cfg.start, cfg.host_pages) == (10, "unreported", "4k")
+    ph = _canned_record(workload="phased", duration=20.0)
+    cfg = compare.model_config(ph)
+    assert cfg.blocks == "user"                  # 262159 faults in 14 s (the idle 6 s aside)
+    assert cfg.page_rate == pytest.approx(262159 / 14, abs=0.1)
+    assert compare.model_config(ph, compare.ModelChoices(rate="full")).page_rate == 0
+    assert compare.model_config(ph, compare.ModelChoices(blocks="buddy")).blocks == "buddy"
+
+
+@pytest.mark.timeout(180)
+def test_compare_a_recorded_guest_with_the_model(tmp_path):
+    """vm compare --real: the model runs the recorded guest's workload (made
+    small here: 512 MiB, 4 s), prints the table, writes the JSON with both
+    runs, draws the plot; nothing is left behind."""
+    pytest.importorskip("matplotlib")
+    from launcher.output import results
+
+    rec = _canned_record(memory=512 << 20, duration=4.0)
+    path = tmp_path / "guest.json"
+    results.write(str(path), results.document([rec], {"command": "test"}))
+    out, png = tmp_path / "compare.json", tmp_path / "compare.png"
+    proc = start_shmalloc("vm", "compare", "--real", str(path), "--json", str(out),
+                          "--plot", str(png))
+    stdout, stderr = proc.communicate(timeout=170)
+    assert proc.returncode == 0, stderr
+    assert _left_by(proc.pid) == []
+    lines = stdout.splitlines()
+    assert lines[0].startswith("hog, report order 9: real guest (TCG, start idle) against the "
+                               "model (mainline, report order 9, start reported, host pages")
+    assert lines[1].split()[:4] == ["figure", "real", "guest", "model"]
+    per_pass = next(line for line in lines if line.startswith("memory returned per pass"))
+    assert "256.00 MiB" in per_pass                          # the canned guest's two passes
+    assert "the model: mainline, report order 9" in stderr
+    doc = json.loads(out.read_text())
+    assert doc["format"] == "shmalloc-vm-compare" and list(doc["pairs"]) == ["hog, report order 9"]
+    pair = doc["pairs"]["hog, report order 9"]
+    assert pair["real"]["system"] == "qemu" and pair["model"]["system"] == "model"
+    assert pair["model"]["start"] == "reported" and pair["model"]["memory"] == 512 << 20
+    runs = doc["results"]["runs"]
+    assert [r.get("system", "model") for r in runs] == ["qemu", "model"]
+    assert runs[1]["outcome"] == "ok" and runs[1]["memory"]["released_bytes"] > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

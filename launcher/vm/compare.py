@@ -48,7 +48,7 @@ from shmalloc.workload import PHASED_REGROW_AT, PHASED_SHRINK_AT
 from ..comparison import realguest
 from ..errors import RunAborted
 from ..experiment import metadata
-from ..experiment.config import RunConfig
+from ..experiment.config import RunConfig, default_host_pages
 from ..experiment.run import execute as execute_model
 from ..output import results
 from .config import GUEST_KERNEL_CONSTANTS, GuestConfig
@@ -70,8 +70,12 @@ class ModelChoices:
     rate: str = "guest"           # user blocks: the guest's page-fault rate, or the model's own
 
 
-def host_pages_of(real: dict) -> str:
-    return realguest.host_pages(real)
+def host_pages_of(real: dict, report_order: int) -> str:
+    """The real guest's host page, if the model can have it here (2m needs
+    root, for its huge tmpfs: else 4k, which the heading then shows)."""
+    if realguest.host_pages(real) == "2m":
+        return default_host_pages(report_order)
+    return "4k"
 
 
 def start_of(real: dict) -> str:
@@ -98,15 +102,16 @@ def model_config(real: dict, choices: ModelChoices = ModelChoices()) -> RunConfi
     was measured to have (report order, start state, host page, pcp high)."""
     c = real["config"]
     order = real.get("guest", {}).get("report_order_effective")
+    order = c["report_order"] if order is None else order
     values = dict(strategy="mainline", workload=c["workload"], workers=c["workers"],
                   duration=c["duration"], seed=c["seed"], working_set=c.get("working_set"),
                   hog_share=c["hog_share"], hog_hold=c["hog_hold"], memory=c["memory"],
-                  report_order=c["report_order"] if order is None else order,
+                  report_order=order,
                   capacity=GUEST_KERNEL_CONSTANTS["capacity"],
                   delay=GUEST_KERNEL_CONSTANTS["delay"],
                   putback=GUEST_KERNEL_CONSTANTS["putback"],
                   max_order=GUEST_KERNEL_CONSTANTS["max_order"],
-                  start=start_of(real), host_pages=host_pages_of(real))
+                  start=start_of(real), host_pages=host_pages_of(real, order))
     high = real.get("guest", {}).get("pcp_high_bytes")
     if choices.pcp == "guest" and high:
         values["pcp_high"] = max(1, high // PAGE_SIZE)
@@ -120,15 +125,15 @@ def model_config(real: dict, choices: ModelChoices = ModelChoices()) -> RunConfi
 
 def check(cfg: GuestConfig, orders: list[int], choices: ModelChoices) -> None:
     """Refuse, before a guest boots, what the model cannot run: the model's
-    configuration as the guest is expected to give it (idle start, 2 MiB
-    host pages where root can have them; the model falls back to 4k)."""
+    configuration as the guest is expected to give it (its start state, 2 MiB
+    host pages)."""
     if cfg.workload not in WORKLOADS:
         raise VmUsageError(f"--workload {cfg.workload}: vm compare runs "
                            f"{', '.join(WORKLOADS)} (both systems know these)")
     for order in orders:
         real = {"config": {**cfg.resolved().record(), "report_order": order},
                 "guest": {"start_state": {"idle": cfg.start == "idle"}},
-                "memory": {"anon_huge_share_at_max": None}}
+                "memory": {"anon_huge_share_at_max": 1.0}}
         try:
             model_config(real, choices)
         except ConfigError as e:
