@@ -7,6 +7,8 @@ plain Python."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -14,7 +16,15 @@ from hypervisor_stub.stub import Hypervisor, StubOptions
 from shmalloc import invariants
 from shmalloc.config import WORDS_PER_PAGE
 from shmalloc.layout import H_STOP, WORKER_COUNTERS
-from shmalloc.workload import canary, free_blocks, hog_alloc, run_chunks, run_random
+from shmalloc.workload import (
+    canary,
+    free_blocks,
+    hog_alloc,
+    run_chunks,
+    run_random,
+    run_random_user,
+    user_pages,
+)
 
 pytestmark = pytest.mark.nojit
 
@@ -118,6 +128,57 @@ def test_random_workload_is_seeded_keeps_its_target_and_stops_on_the_budget(make
     assert held[0] == held[1]                      # the same seed, the same blocks
 
 
+def _user(m, target, budget, seed, pace=0, slots=None):
+    """run_random_user on fresh arrays; returns (blocks, their pages as
+    order-0 (pfn, order) arrays, the blocks' orders)."""
+    slots = slots or target + 512
+    head, order, long_lived = (np.zeros(target, np.int64) for _ in range(3))
+    pfn, nxt, free_slots = (np.zeros(slots, np.int64) for _ in range(3))
+    n = run_random_user(m.frames, m.zs, m.mem, AGENT, target, m.max_order, budget, seed,
+                        ns_per_tick(m), head, order, long_lived, pfn, nxt, free_slots, 0, pace)
+    out_pfn, out_order = arrays(slots)
+    k = user_pages(head, n, pfn, nxt, out_pfn, out_order)
+    return n, out_pfn[:k], out_order[:k], order[:n]
+
+
+def test_user_mappings_are_order_0_pages_and_freed_page_by_page(make_machine):
+    """--blocks user: the same draws as random, but a block of order n is 2^n
+    order-0 allocations (a user program's mmap and its page faults): every
+    call is for one page, the pages held are what the blocks' orders add up
+    to, the same seed gives the same pages, and freeing them all leaves a
+    consistent allocator."""
+    held = []
+    for _ in range(2):
+        m = make_machine(memory=16 << 20, pcp_batch=3, pcp_high=7)
+        n, pfn, orders, block_orders = _user(m, 256, 3000, 7)
+        c = counters(m)
+        # the budget ends the workload between mappings: a mapping begun is faulted in whole
+        assert 3000 <= c["ops"] < 3000 + 512
+        assert c["free_errors"] == 0 and c["use_after_discard"] == 0
+        assert c["allocs"] == c["pages_allocated"]          # one page per call: order 0
+        assert len(pfn) == int(np.sum(np.left_shift(1, block_orders)))
+        assert block_orders.max() > 0                       # the orders were drawn
+        assert not orders.any() and len(set(pfn.tolist())) == len(pfn)
+        assert 0 < len(pfn) < 256 + 512
+        assert canaries_hold(m, pfn, orders)
+        assert invariants.check(m, held={AGENT: list(zip(pfn, orders))}) == []
+        held.append(sorted(pfn.tolist()))
+        free_blocks(m.frames, m.zs, m.mem, AGENT, pfn, orders, len(pfn), ns_per_tick(m))
+        assert invariants.check(m, held={AGENT: []}) == []
+    assert held[0] == held[1]
+
+
+def test_user_mappings_pace_their_page_faults(m):
+    """--page-rate: the k-th page fault comes no sooner than k paces after
+    the start."""
+    pace = m.ticks_per_sec // 20_000                        # 20,000 faults a second
+    t0 = time.monotonic()
+    _user(m, 64, 400, 1, pace=pace)
+    took = time.monotonic() - t0
+    faults = counters(m)["allocs"]
+    assert faults >= 200 and took >= faults / 20_000 * 0.9
+
+
 def test_hog_allocates_until_memory_runs_out(m):
     pfn, orders = arrays(m.nr_pages + 1)
     n = hog_alloc(m.frames, m.zs, m.mem, AGENT, m.nr_pages + 1, -1, ns_per_tick(m), pfn, orders)
@@ -135,6 +196,7 @@ def test_the_stop_flag_ends_every_workload(m):
     assert run_random(m.frames, m.zs, m.mem, AGENT, 64, m.max_order, -1, 1, 1.0, pfn, orders,
                       np.zeros(64, np.int64), 0) == 0
     assert hog_alloc(m.frames, m.zs, m.mem, AGENT, 64, -1, 1.0, pfn, orders) == 0
+    assert _user(m, 64, -1, 1)[0] == 0
     assert counters(m)["ops"] == 0
 
 
