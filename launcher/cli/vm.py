@@ -34,7 +34,7 @@ def _orders(text: str) -> tuple[int, ...]:
 
 
 def add_guest_flags(p) -> None:
-    """The flags of one real-guest run (``vm``, and later ``vm compare``)."""
+    """The flags of one real-guest run (``vm`` and ``vm compare``)."""
     g = p.add_argument_group("workload (the model's names and meanings)")
     g.add_argument("--workload", default="hog", metavar="NAME",
                    help=f"what the guest's workers do: {', '.join(WORKLOADS)} (default hog)")
@@ -108,7 +108,7 @@ def add_parser(sub) -> None:
                        "model, configured as the guest was (mainline, its report order, "
                        "capacity, delay, start state, host page size and per-cpu high mark), "
                        "and prints a table of figures (real, model, difference), flagging those "
-                       "that differ by more than the sampling interval or 15 %%. Needs "
+                       "that differ by more than the sampling interval or 15 %. Needs "
                        f"{INSTALL}. Exit 0 ok, 2 bad input or missing packages, 3 when the "
                        "guest or the model's run fails.")
     p.add_argument("action", nargs="?", choices=("compare",), default=None,
@@ -117,7 +117,8 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("vm compare")
     g.add_argument("--real", metavar="FILE", default=None,
                    help="take the real guest's runs from this results file (shmalloc vm "
-                   "--json) instead of booting one; one run per --report-order")
+                   "--json) instead of booting one: the workload and guest flags are the "
+                   "file's; --report-order picks its runs (default all)")
     g.add_argument("--plot", metavar="FILE", default=None,
                    help="draw both timelines of host-resident memory (PNG), a panel per order")
     g.add_argument("--model-pcp", default="guest", choices=("guest", "default"),
