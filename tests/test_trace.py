@@ -77,14 +77,23 @@ def _state():
 
 
 def _recording(root: str) -> bool:
-    """A recorder's instance is tracing (CMD has been released)."""
+    """A recorder's instance is tracing its events (``Instance.start``: CMD
+    is being released).  tracing_on alone is not enough: a new instance has
+    it on from its mkdir until ``Instance.create`` turns it off, and a signal
+    sent in that window found no CMD started and no trace written (the test
+    once failed so, in a fresh clone's suite)."""
+    from launcher.capture import tracefs
     for name in os.listdir(os.path.join(root, "instances")):
+        inst = os.path.join(root, "instances", name)
         try:
-            with open(os.path.join(root, "instances", name, "tracing_on")) as f:
-                if name.startswith("shmalloc-") and f.read().strip() == "1":
-                    return True
+            with open(os.path.join(inst, "tracing_on")) as f:
+                on = f.read().strip() == "1"
+            with open(os.path.join(inst, "events", "kmem", tracefs.EVENTS[0], "enable")) as f:
+                on = on and f.read().strip() == "1"
         except OSError:
-            pass
+            continue
+        if name.startswith("shmalloc-") and on:
+            return True
     return False
 
 
