@@ -228,3 +228,71 @@ def test_the_plot_draws_both_timelines(tmp_path):
              ("order 10", hog("qemu", first=5.0), hog("model", first=3.2))]
     assert rg.plot(pairs, str(path)) == str(path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def churn(system: str, refaulted: int, **config) -> dict:
+    """A phased-like pair side: 512 MiB freed at 1 s and returned at 3 s,
+    then ``refaulted`` faulted back at 6 s."""
+    tl = timeline(10.0, GIB, 1.0, [(3.0, 512 * MIB, 0.0), (6.0, -refaulted, 0.0)])
+    return run(system, tl, 1.0, 512 * MIB, workload="phased", **config)
+
+
+def test_rounds_give_medians_and_ranges_and_flag_a_model_outside_the_guests_own_spread():
+    """The order-9 churn of docs/real-guest.md: the guest faulted back 222,
+    186 and 118 MiB in three runs of one workload.  A model median inside
+    that range (widened by 15 %) is not flagged; one below it is."""
+    real = [churn("qemu", m * MIB) for m in (222, 186, 118)]
+    inside = rg.across_rounds([rg.compare(r, churn("model", m * MIB))
+                               for r, m in zip(real, (106, 140, 150))])
+    faulted = row(inside, "refaulted_bytes")
+    assert faulted["real"] == [222 * MIB, 186 * MIB, 118 * MIB]
+    assert faulted["real_median"] == 186 * MIB and faulted["real_range"] == [118 * MIB, 222 * MIB]
+    assert faulted["model_median"] == 140 * MIB and faulted["model_range"] == [106 * MIB, 150 * MIB]
+    assert faulted["model_over_real"] == pytest.approx(140 / 186)
+    assert faulted["flag"] is None and inside["rounds"] == 3
+    # the range widened by 15 % of the real median (27.9 MiB): 90.1-249.9 MiB
+    below = rg.across_rounds([rg.compare(r, churn("model", m * MIB))
+                              for r, m in zip(real, (106, 89, 60))])
+    assert row(below, "refaulted_bytes")["model_median"] == 89 * MIB
+    assert row(below, "refaulted_bytes")["flag"] == \
+        "the model's median is outside the real guest's range"
+    assert "refaulted_bytes" in below["flagged"] and "step_bytes" not in below["flagged"]
+    edge = rg.across_rounds([rg.compare(r, churn("model", m * MIB))
+                             for r, m in zip(real, (91, 91, 91))])
+    assert row(edge, "refaulted_bytes")["flag"] is None
+    above = rg.across_rounds([rg.compare(r, churn("model", m * MIB))
+                              for r, m in zip(real, (251, 251, 251))])
+    assert row(above, "refaulted_bytes")["flag"] is not None
+
+
+def test_rounds_table_shows_each_sides_median_and_range_in_one_unit():
+    real = [churn("qemu", m * MIB) for m in (222, 186, 118)]
+    doc = rg.across_rounds([rg.compare(r, churn("model", m * MIB))
+                            for r, m in zip(real, (60, 80, 70))])
+    lines = rg.format_rounds_table(doc, "phased, report order 9")
+    assert lines[0] == "phased, report order 9"
+    assert lines[1].split() == ["figure", "real", "guest,", "3", "runs", "model,", "3", "runs",
+                                "model/real", "note"]
+    faulted = next(line for line in lines if line.startswith("memory faulted back after"))
+    assert "186 MiB [118, 222]" in faulted and "70.0 MiB [60.0, 80.0]" in faulted
+    assert " 0.38  DIFFERS: the model's median is outside the real guest's range" in faulted
+    passes = next(line for line in lines if line.startswith("memory returned per pass"))
+    assert passes.split()[4:] == ["512", "MiB", "[512,", "512]", "512", "MiB", "[512,", "512]",
+                                  "1.00"]
+
+
+def test_a_figure_no_round_of_one_side_has_is_flagged_over_rounds():
+    real = [hog("qemu", first=5.0) for _ in range(2)]
+    model = [hog("model", first=5.0, n=0) for _ in range(2)]  # never gave anything back
+    doc = rg.across_rounds([rg.compare(r, m) for r, m in zip(real, model)])
+    assert row(doc, "half_back_s")["flag"] == "only the real guest has it"
+    assert row(doc, "half_back_s")["model_median"] is None
+    assert rg.format_rounds_table(doc)[1:] and doc["rounds"] == 2
+
+
+def test_the_plot_draws_every_rounds_timelines(tmp_path):
+    path = tmp_path / "rounds.png"
+    pairs = [("order 9", [hog("qemu", first=5.0), hog("qemu", first=5.3)],
+              [hog("model", first=5.0), hog("model", first=4.1)])]
+    assert rg.plot(pairs, str(path)) == str(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

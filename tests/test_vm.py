@@ -459,6 +459,9 @@ BAD_COMPARE = [
      "vm compare runs hog, page_fault1, thp, random, phased"),
     (["compare", "--model-pcp", "none"], "invalid choice: 'none'"),
     (["compare", "--memory", "128M"], "the guest needs at least 256M"),
+    (["compare", "--rounds", "0"], "--rounds: must be 1-20, got 0"),
+    (["compare", "--rounds", "two"], "--rounds: a whole number 1-20, got 'two'"),
+    (["--rounds", "3"], "shmalloc vm: --rounds belongs to vm compare"),
 ]
 
 
@@ -559,3 +562,55 @@ def test_compare_a_recorded_guest_with_the_model(tmp_path):
     assert [r.get("system", "model") for r in runs] == ["qemu", "model"]
     assert runs[1]["outcome"] == "ok" and runs[1]["memory"]["released_bytes"] > 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rounds_interleave_the_orders_and_the_two_systems(monkeypatch):
+    """--rounds 2 at orders 9,10: guest 9, model 9, guest 10, model 10, then
+    again; each pair knows its round."""
+    from launcher.vm import compare
+
+    calls = []
+
+    def guest(cfg, quiet):
+        calls.append(("guest", cfg.report_order))
+        return _canned_record(report_order=cfg.report_order)
+
+    def model(real, choices, quiet):
+        calls.append(("model", real["config"]["report_order"]))
+        return {"config": {}, "label": "model"}
+
+    monkeypatch.setattr(compare, "execute_guest", guest)
+    monkeypatch.setattr(compare, "run_model", model)
+    cfg = GuestConfig(workload="phased", duration=20.0)
+    pairs = compare.execute(cfg, [9, 10], compare.ModelChoices(), quiet=True, rounds=2)
+    assert calls == [("guest", 9), ("model", 9), ("guest", 10), ("model", 10)] * 2
+    assert [(p["round"], p["order"]) for p in pairs] == [(1, 9), (1, 10), (2, 9), (2, 10)]
+    assert [[p["order"] for p in r] for r in compare.rounds_of(pairs)] == [[9, 10], [9, 10]]
+
+
+def test_a_recorded_comparison_gives_its_rounds_back(tmp_path):
+    """vm compare --real reads an earlier vm compare --json: its guests'
+    runs, a round per run at each order, in the file's order; a file whose
+    orders have unequal runs is refused, naming the counts."""
+    from launcher.output import results
+    from launcher.vm import compare
+    from launcher.vm.host import VmUsageError
+
+    guests = [_canned_record(report_order=o, seed=k) for k in (1, 2) for o in (9, 10)]
+    model = {"config": {}, "memory": {}}
+    doc = {"format": "shmalloc-vm-compare", "version": 1, "pairs": {},
+           "results": results.document([x for g in guests for x in (g, model)], {})}
+    path = tmp_path / "compare.json"
+    path.write_text(json.dumps(doc))
+    rounds = compare.load_real(str(path), None)
+    assert [[(r["config"]["report_order"], r["config"]["seed"]) for r in rnd]
+            for rnd in rounds] == [[(9, 1), (10, 1)], [(9, 2), (10, 2)]]
+    assert [[r["config"]["seed"] for r in rnd] for rnd in compare.load_real(str(path), [10])] \
+        == [[1], [2]]
+    doc["results"]["runs"].pop(0)                      # round 1's order-9 guest
+    path.write_text(json.dumps(doc))
+    with pytest.raises(VmUsageError, match="a round needs one run at each order, and it has "
+                       "1 at order 9, 2 at order 10"):
+        compare.load_real(str(path), None)
+    assert_usage_error(shmalloc("vm", "compare", "--real", str(path), "--rounds", "2"),
+                       "--rounds: with --real the rounds are the file's")

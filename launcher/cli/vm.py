@@ -33,6 +33,16 @@ def _orders(text: str) -> tuple[int, ...]:
     return orders
 
 
+def _rounds(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number 1-20, got {text!r}") from None
+    if not 1 <= n <= 20:
+        raise argparse.ArgumentTypeError(f"must be 1-20, got {n}")
+    return n
+
+
 def add_guest_flags(p) -> None:
     """The flags of one real-guest run (``vm`` and ``vm compare``)."""
     g = p.add_argument_group("workload (the model's names and meanings)")
@@ -119,6 +129,12 @@ def add_parser(sub) -> None:
                    help="take the real guest's runs from this results file (shmalloc vm "
                    "--json) instead of booting one: the workload and guest flags are the "
                    "file's; --report-order picks its runs (default all)")
+    g.add_argument("--rounds", type=_rounds, default=1, metavar="N",
+                   help="run the real guest and the model N times at each order, interleaved "
+                   "(round 1: order 9 guest, model, order 10 guest, model; then round 2 ...), "
+                   "and print each figure's median and range over the rounds on either side, "
+                   "flagging a model median outside the guest's range: under churn one guest "
+                   "run is not a measurement (1-20, default 1)")
     g.add_argument("--plot", metavar="FILE", default=None,
                    help="draw both timelines of host-resident memory (PNG), a panel per order")
     g.add_argument("--model-pcp", default="guest", choices=("guest", "default"),
@@ -184,6 +200,8 @@ def cmd_vm(args) -> int:
         for flag in ("real", "plot"):     # and the --model-* flags are left unused
             if getattr(args, flag) is not None:
                 raise VmUsageError(f"--{flag} belongs to vm compare (shmalloc vm compare ...)")
+        if args.rounds != 1:
+            raise VmUsageError("--rounds belongs to vm compare (shmalloc vm compare ...)")
         if args.report_order and len(args.report_order) > 1:
             raise VmUsageError("--report-order: one order; a list is for vm compare")
         _check_outputs(args)
@@ -205,8 +223,11 @@ def cmd_compare(args) -> int:
         orders = list(args.report_order or (9,))
         real_runs = cfg = None
         if args.real:
+            if args.rounds != 1:
+                raise VmUsageError("--rounds: with --real the rounds are the file's (a run "
+                                   "at each order per round)")
             real_runs = compare.load_real(args.real, args.report_order and orders)
-            orders = [r["config"]["report_order"] for r in real_runs]
+            orders = [r["config"]["report_order"] for r in real_runs[0]]
         else:
             cfg = guest_config(args).resolved()
             compare.check(cfg, orders, choices)
@@ -215,14 +236,14 @@ def cmd_compare(args) -> int:
                 plots.pyplot()
             except plots.PlotError as e:
                 raise VmUsageError(f"--plot: {e}") from None
-        pairs = compare.execute(cfg, orders, choices, real_runs, quiet=args.quiet)
+        pairs = compare.execute(cfg, orders, choices, real_runs, quiet=args.quiet,
+                                rounds=args.rounds)
     except VmUsageError as e:
         raise UsageError(f"shmalloc vm compare: {e}") from None
-    docs, ratio_doc = compare.tables(pairs)
     if not args.quiet:
-        print("\n".join(compare.format_lines(pairs, docs, ratio_doc)))
+        print("\n".join(compare.format_lines(pairs)))
     if args.json:
-        results.write(args.json, compare.document(pairs, docs, ratio_doc), force=args.force)
+        results.write(args.json, compare.document(pairs), force=args.force)
     if args.plot:
         compare.plot(pairs, args.plot)
     return 0

@@ -287,6 +287,45 @@ def ratios(real9: dict, real10: dict, model9: dict, model10: dict) -> dict:
     return {"rows": rows, "flagged": [row["key"] for row in rows if row["flag"]]}
 
 
+
+def across_rounds(docs: list[dict]) -> dict:
+    """Rows over rounds: ``docs`` are :func:`compare` (or :func:`ratios`)
+    documents of the same pair, one per round.  Each row gives both systems'
+    values in every round, their medians and ranges, the model's median over
+    the real guest's, and a flag where the model's median lies outside the
+    real guest's range widened by the tolerance (:func:`tolerance`, at the
+    real median): the model then differs from the guest by more than the
+    guest differs from itself from one run to the next.  One run of a real
+    guest under churn is not a measurement: the same workload, seed and
+    kernel faulted back 14 MiB in one run and 104 MiB in the next
+    (docs/real-guest.md)."""
+    sample_s = max((d.get("sample_interval_s") or 0.0) for d in docs)
+    rows = []
+    for i, first in enumerate(docs[0]["rows"]):
+        kind = first["kind"]
+        real = [d["rows"][i]["real"] for d in docs if d["rows"][i]["real"] is not None]
+        model = [d["rows"][i]["model"] for d in docs if d["rows"][i]["model"] is not None]
+        rm, mm = _median(real), _median(model)
+        row = {"key": first["key"], "figure": first["figure"], "kind": kind,
+               "real": [d["rows"][i]["real"] for d in docs],
+               "model": [d["rows"][i]["model"] for d in docs],
+               "real_median": rm, "model_median": mm,
+               "real_range": [min(real), max(real)] if real else None,
+               "model_range": [min(model), max(model)] if model else None,
+               "model_over_real": mm / rm if rm and mm is not None else None, "flag": None}
+        if not real and not model:
+            pass
+        elif not real or not model:
+            row["flag"] = f"only the {'model' if not real else 'real guest'} has it"
+        else:
+            tol = tolerance(kind, rm, sample_s) if kind != "ratio" else TOLERANCE * abs(rm)
+            if not min(real) - tol * (1 + 1e-9) <= mm <= max(real) + tol * (1 + 1e-9):
+                row["flag"] = "the model's median is outside the real guest's range"
+        rows.append(row)
+    return {"rounds": len(docs), "sample_interval_s": sample_s, "tolerance": TOLERANCE,
+            "rows": rows, "flagged": [row["key"] for row in rows if row["flag"]]}
+
+
 # ---------------------------------------------------------------------------
 # Output: a table, the JSON document, the plot
 # ---------------------------------------------------------------------------
@@ -323,6 +362,41 @@ def format_table(doc: dict, title: str = "") -> list[str]:
     return [line.rstrip() for line in lines]
 
 
+def _fmt_spread(median, span, kind: str) -> str:
+    """``median [lowest, highest]``, the three in one unit."""
+    if median is None:
+        return "-"
+    lo, hi = span
+    if kind in ("bytes", "rate"):
+        top = max(abs(lo), abs(hi), abs(median))
+        exp = next((i for i in range(4) if top < 1024 ** (i + 1)), 4)
+        unit = ("B", "KiB", "MiB", "GiB", "TiB")[exp] + ("/s" if kind == "rate" else "")
+        lo, hi, median = (x / 1024 ** exp for x in (lo, hi, median))
+        digits = 0 if exp == 0 or top / 1024 ** exp >= 100 else 1
+        return f"{median:.{digits}f} {unit} [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return f"{_fmt(median, kind)} [{_fmt(lo, kind).split()[0]}, {_fmt(hi, kind).split()[0]}]"
+
+
+def format_rounds_table(doc: dict, title: str = "") -> list[str]:
+    """An :func:`across_rounds` document as a table: per figure both systems'
+    median [lowest, highest] over the rounds, the model's median over the
+    real guest's, and why a row is flagged."""
+    cells = [(r["figure"], _fmt_spread(r["real_median"], r["real_range"], r["kind"]),
+              _fmt_spread(r["model_median"], r["model_range"], r["kind"]),
+              "-" if r["model_over_real"] is None else f"{r['model_over_real']:.2f}",
+              f"DIFFERS: {r['flag']}" if r["flag"] else "") for r in doc["rows"]]
+    w = [max(len(c[i]) for c in cells) + 2 for i in range(3)]
+    w[0] = max(w[0], len("figure") + 2)
+    n = doc["rounds"]
+    head = (f"{'figure':<{w[0]}}{f'real guest, {n} runs':>{max(w[1], 24)}}"
+            f"{f'model, {n} runs':>{max(w[2], 24)}}{'model/real':>12}  note")
+    lines = ([title] if title else []) + [head]
+    for c in cells:
+        lines.append(f"{c[0]:<{w[0]}}{c[1]:>{max(w[1], 24)}}{c[2]:>{max(w[2], 24)}}{c[3]:>12}  "
+                     + c[4])
+    return [line.rstrip() for line in lines]
+
+
 def document(pairs: dict, ratio_doc: dict | None = None) -> dict:
     """The comparison's JSON: ``pairs`` maps a name ("order 9") to a
     :func:`compare` document; ``ratios`` the order-9/10 ratios if both
@@ -333,17 +407,24 @@ def document(pairs: dict, ratio_doc: dict | None = None) -> dict:
     return doc
 
 
-def plot(pairs: list[tuple[str, dict, dict]], path: str) -> str:
+def plot(pairs: list[tuple[str, dict | list, dict | list]], path: str) -> str:
     """Both timelines of host-resident memory on one figure, a panel per
     (name, real run, model run), time counted from each system's free so
-    that passes line up; returns ``path``."""
+    that passes line up; a list of runs on either side (rounds) draws each,
+    in one colour per system; returns ``path``."""
     plt = pyplot()
     fig, axes = plt.subplots(len(pairs), 1, figsize=(9, 3.2 * len(pairs)), squeeze=False)
     for ax, (name, real, model) in zip(axes[:, 0], pairs):
-        for run, style, label in ((real, "-", "real guest (QEMU)"), (model, "--", "model")):
-            tl, freed = run["memory"]["timeline"], run["memory"].get("freed_at_s") or 0.0
-            ax.plot([t - freed for t in tl["t_s"]],
-                    [b / 2**30 for b in tl["host_resident_bytes"]], style, label=label)
+        for runs, style, colour, label in ((real, "-", "C0", "real guest (QEMU)"),
+                                           (model, "--", "C1", "model")):
+            runs = runs if isinstance(runs, list) else [runs]
+            if len(runs) > 1:
+                label += f", {len(runs)} runs"
+            for k, run in enumerate(runs):
+                tl, freed = run["memory"]["timeline"], run["memory"].get("freed_at_s") or 0.0
+                ax.plot([t - freed for t in tl["t_s"]],
+                        [b / 2**30 for b in tl["host_resident_bytes"]], style, color=colour,
+                        alpha=1.0 if len(runs) == 1 else 0.6, label=label if k == 0 else None)
         ax.axvline(0.0, color="grey", linewidth=0.8)
         ax.set_title(f"{name}: host-resident guest memory")
         ax.set_xlabel("seconds after the workers freed their memory")

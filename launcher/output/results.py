@@ -133,8 +133,10 @@ def write(path: str, doc: dict, force: bool = False) -> None:
             os.unlink(tmp)
 
 
-def load(path: str) -> dict:
-    """Read a results file; one-line ResultsError for anything else."""
+def load(path: str, inner: str | None = None) -> dict:
+    """Read a results file; one-line ResultsError for anything else.  With
+    ``inner``, a file of another shmalloc format holding a results document
+    under that key (``vm compare --json``'s ``results``) is read for it."""
     try:
         with open(path) as f:
             doc = json.load(f)
@@ -147,6 +149,9 @@ def load(path: str) -> dict:
                            f"{e.msg} at line {e.lineno}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ResultsError(f"{path}: cannot read: {e}") from None
+    if inner and isinstance(doc, dict) and str(doc.get("format", "")).startswith("shmalloc-") \
+            and isinstance(doc.get(inner), dict):
+        doc = doc[inner]
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ResultsError(f"{path}: not a shmalloc results file")
     version = doc.get("version")

@@ -33,7 +33,16 @@ with the configuration the real guest had (:func:`model_config`):
 The figures, the table, the JSON and the plot are
 :mod:`launcher.comparison.realguest`'s.  ``--real FILE`` takes the real
 guest's run from a results file instead of booting one (``shmalloc vm
---json``), so a recorded guest can be compared again.
+--json``, or an earlier ``vm compare --json``), so a recorded guest can be
+compared again.
+
+``--rounds N`` repeats the whole, interleaved (round 1: order 9's guest and
+model, order 10's guest and model; round 2 ...), and the table gives each
+figure's median and range over the rounds on either side
+(:func:`realguest.across_rounds`).  Under churn a single guest run is not a
+measurement: what its shrink leaves below the report order depends on which
+pages its last frees left on the per-cpu lists, and the same workload, seed
+and kernel faulted back 14 MiB in one run and 104 MiB in the next.
 """
 
 from __future__ import annotations
@@ -170,48 +179,72 @@ def run_model(real: dict, choices: ModelChoices, quiet: bool) -> dict:
 
 
 def execute(cfg: GuestConfig, orders: list[int], choices: ModelChoices,
-            real_runs: list[dict] | None = None, quiet: bool = False) -> list[dict]:
-    """For each report order: the real guest's run (or the recorded one of
-    ``real_runs``), then the model's.  Returns ``[{"order", "real",
+            real_runs: list[list[dict]] | None = None, quiet: bool = False,
+            rounds: int = 1) -> list[dict]:
+    """For each round, and in it each report order: the real guest's run (or
+    the recorded one of ``real_runs[round][i]``), then the model's, so that
+    the two systems and the orders interleave and a slow spell of the
+    machine falls on all of them.  Returns ``[{"round", "order", "real",
     "model"}]``."""
     out = []
-    for i, order in enumerate(orders):
-        if real_runs is not None:
-            real = real_runs[i]
-        else:
-            real = execute_guest(replace(cfg, report_order=order), quiet=quiet)
-        model = run_model(real, choices, quiet)
-        out.append({"order": real["config"]["report_order"], "real": real, "model": model})
+    n = rounds if real_runs is None else len(real_runs)
+    for k in range(n):
+        for i, order in enumerate(orders):
+            if n > 1:
+                _say(quiet, f"round {k + 1} of {n}, report order {order}")
+            if real_runs is not None:
+                real = real_runs[k][i]
+            else:
+                real = execute_guest(replace(cfg, report_order=order), quiet=quiet)
+            model = run_model(real, choices, quiet)
+            out.append({"round": k + 1, "order": real["config"]["report_order"], "real": real,
+                        "model": model})
     return out
 
 
-def load_real(path: str, orders: list[int] | None) -> list[dict]:
-    """The real guests' runs of a results file, one per report order (in
-    ``orders``' order if given)."""
+def load_real(path: str, orders: list[int] | None) -> list[list[dict]]:
+    """The real guests' runs of a results file (``shmalloc vm --json``) or of
+    a comparison (``vm compare --json``), as rounds: ``[round][i]`` is the
+    k-th run at report order ``orders[i]`` (default: every order the file
+    has, ascending).  Each order needs as many runs as the others."""
     try:
-        doc = results.load(path)
+        doc = results.load(path, inner="results")
     except results.ResultsError as e:
         raise VmUsageError(f"--real: {e}") from None
     runs = [r for r in doc["runs"] if r.get("system") == "qemu"]
     if not runs:
         raise VmUsageError(f"--real {path}: no real guest's run in it (shmalloc vm --json)")
-    by_order = {r["config"]["report_order"]: r for r in runs}
+    by_order: dict[int, list[dict]] = {}
+    for r in runs:
+        by_order.setdefault(r["config"]["report_order"], []).append(r)
     if orders is None:
-        return [by_order[o] for o in sorted(by_order)]
+        orders = sorted(by_order)
     missing = [o for o in orders if o not in by_order]
     if missing:
         raise VmUsageError(f"--real {path}: no real guest's run at report order "
                            f"{', '.join(map(str, missing))}")
-    return [by_order[o] for o in orders]
+    counts = {o: len(by_order[o]) for o in orders}
+    if len(set(counts.values())) > 1:
+        raise VmUsageError(f"--real {path}: a round needs one run at each order, and it has "
+                           + ", ".join(f"{c} at order {o}" for o, c in counts.items()))
+    return [[by_order[o][k] for o in orders] for k in range(counts[orders[0]])]
 
 
 def _name(pair: dict) -> str:
     return f"{pair['real']['config']['workload']}, report order {pair['order']}"
 
 
+def rounds_of(pairs: list[dict]) -> list[list[dict]]:
+    """``pairs`` grouped by round, in order."""
+    out: dict[int, list[dict]] = {}
+    for p in pairs:
+        out.setdefault(p.get("round", 1), []).append(p)
+    return [out[k] for k in sorted(out)]
+
+
 def tables(pairs: list[dict]) -> tuple[dict, dict | None]:
-    """The comparison documents: one per pair, and the order-9/10 ratios
-    when both orders ran."""
+    """The comparison documents of one round: one per pair, and the
+    order-9/10 ratios when both orders ran."""
     docs = {_name(p): realguest.compare(p["real"], p["model"]) for p in pairs}
     by_order = {p["order"]: p for p in pairs}
     ratio_doc = None
@@ -221,35 +254,104 @@ def tables(pairs: list[dict]) -> tuple[dict, dict | None]:
     return docs, ratio_doc
 
 
-def format_lines(pairs: list[dict], docs: dict, ratio_doc: dict | None) -> list[str]:
+def rounds_tables(pairs: list[dict]) -> tuple[list, dict, dict | None]:
+    """Each round's :func:`tables`, and over the rounds one
+    :func:`realguest.across_rounds` document per order and one for the
+    order-9/10 ratios."""
+    per_round = [tables(r) for r in rounds_of(pairs)]
+    names = list(per_round[0][0])
+    across = {name: realguest.across_rounds([docs[name] for docs, _ in per_round])
+              for name in names}
+    ratio_across = None
+    if per_round[0][1] is not None:
+        ratio_across = realguest.across_rounds([ratio for _, ratio in per_round])
+    return per_round, across, ratio_across
+
+
+def _heading(pairs_of_order: list[dict]) -> str:
+    """Who ran, for one order: the real guest (accelerator, start state)
+    and the model's set-up, with the range of fault rates over rounds."""
+    first = pairs_of_order[0]
+    r = first["real"]
+    model = RunConfig(**first["model"]["config"])
+    text = describe(replace(model, page_rate=0))
+    rates = sorted(p["model"]["config"].get("page_rate") or 0 for p in pairs_of_order)
+    if model.blocks == "user" and rates[-1]:
+        text += (f" at {rates[0]:,.0f} faults/s" if rates[0] == rates[-1]
+                 else f" at {rates[0]:,.0f}-{rates[-1]:,.0f} faults/s")
+    n = len(pairs_of_order)
+    return (f"{_name(first)}{f', {n} rounds' if n > 1 else ''}: real guest "
+            f"({r['qemu']['accel'].upper() if 'qemu' in r else '?'}, start "
+            f"{r['config']['start']}) against the model ({text})")
+
+
+def _flag_line(flagged: int, rounds: int) -> str:
+    if not flagged:
+        return ("no figure differs beyond the sampling interval or 15 %" if rounds == 1 else
+                "no model median lies outside the real guest's range over the rounds, widened "
+                "by the sampling interval or 15 %")
+    s = "" if flagged == 1 else "s"
+    if rounds == 1:
+        return (f"{flagged} figure{s} differ beyond the sampling interval or 15 % (DIFFERS); "
+                "docs/real-guest.md says why")
+    return (f"{flagged} figure{s}: the model's median outside the real guest's range over "
+            f"{rounds} rounds, widened by the sampling interval or 15 % (DIFFERS); "
+            "docs/real-guest.md says why")
+
+
+def format_lines(pairs: list[dict]) -> list[str]:
+    """The tables as printed: with one round, each order's figures (real,
+    model, difference); with more, each figure's median and range over the
+    rounds on either side."""
+    by_round = rounds_of(pairs)
     lines = []
-    for p in pairs:
-        name = _name(p)
-        doc = docs[name]
-        r = p["real"]
-        model = RunConfig(**p["model"]["config"])
-        lines += [f"{name}: real guest ({r['qemu']['accel'].upper() if 'qemu' in r else '?'}, "
-                  f"start {r['config']['start']}) against the model ({describe(model)})"]
-        lines += realguest.format_table(doc) + [""]
-    if ratio_doc is not None:
-        lines += realguest.format_table(ratio_doc, "order 9 against order 10") + [""]
-    flagged = sum(len(d["flagged"]) for d in docs.values())
+    if len(by_round) == 1:
+        docs, ratio_doc = tables(pairs)
+        for p in pairs:
+            lines += [_heading([p])] + realguest.format_table(docs[_name(p)]) + [""]
+        if ratio_doc is not None:
+            lines += realguest.format_table(ratio_doc, "order 9 against order 10") + [""]
+        flagged = sum(len(d["flagged"]) for d in docs.values())
+    else:
+        _, across, ratio_doc = rounds_tables(pairs)
+        for i, name in enumerate(across):
+            lines += ([_heading([r[i] for r in by_round])]
+                      + realguest.format_rounds_table(across[name]) + [""])
+        if ratio_doc is not None:
+            lines += realguest.format_rounds_table(
+                ratio_doc, f"order 9 against order 10, {len(by_round)} rounds") + [""]
+        flagged = sum(len(d["flagged"]) for d in across.values())
     if ratio_doc is not None:
         flagged += len(ratio_doc["flagged"])
-    lines.append(f"{flagged} figure{'' if flagged == 1 else 's'} differ beyond the sampling "
-                 "interval or 15 % (DIFFERS); docs/real-guest.md says why"
-                 if flagged else "no figure differs beyond the sampling interval or 15 %")
+    lines.append(_flag_line(flagged, len(by_round)))
     return lines
 
 
-def document(pairs: list[dict], docs: dict, ratio_doc: dict | None) -> dict:
+def document(pairs: list[dict]) -> dict:
     """The ``--json`` file: the comparison and both systems' runs (a results
-    document, which ``shmalloc report`` reads once saved on its own)."""
-    doc = realguest.document(docs, ratio_doc)
+    document, which ``shmalloc report`` reads once saved on its own, and
+    ``vm compare --real`` reads as it is).  With more than one round,
+    ``pairs`` and ``ratios`` are over the rounds
+    (:func:`realguest.across_rounds`) and ``per_round`` holds each round's
+    own."""
+    by_round = rounds_of(pairs)
+    if len(by_round) == 1:
+        doc = realguest.document(*tables(pairs))
+    else:
+        per_round, across, ratio_across = rounds_tables(pairs)
+        doc = realguest.document(across, ratio_across)
+        doc["rounds"] = len(by_round)
+        doc["per_round"] = [realguest.document(docs, ratio) for docs, ratio in per_round]
+        for d in doc["per_round"]:
+            del d["format"], d["version"]
     runs = [run for p in pairs for run in (p["real"], p["model"])]
     doc["results"] = results.document(runs, metadata.collect())
     return doc
 
 
 def plot(pairs: list[dict], path: str) -> str:
-    return realguest.plot([(_name(p), p["real"], p["model"]) for p in pairs], path)
+    """Both timelines, a panel per order, every round's run drawn."""
+    by_round = rounds_of(pairs)
+    return realguest.plot([(_name(p), [r[i]["real"] for r in by_round],
+                            [r[i]["model"] for r in by_round])
+                           for i, p in enumerate(by_round[0])], path)
