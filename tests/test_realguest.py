@@ -296,3 +296,23 @@ def test_the_plot_draws_every_rounds_timelines(tmp_path):
               [hog("model", first=5.0), hog("model", first=4.1)])]
     assert rg.plot(pairs, str(path)) == str(path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_end_is_the_workloads_end_on_both_sides():
+    """The guest program frees what it holds once its duration is up
+    (phased's regrow: blocks below the report order appear), the model's
+    workers drain their per-cpu lists as they exit (they vanish): neither
+    is in the other's timeline, so every figure reads up to the duration."""
+    def churn_end(system):
+        r = churn(system, 64 * MIB, duration=9.0)
+        tl = r["memory"]["timeline"]
+        after = [t > 9.0 for t in tl["t_s"]]
+        tl["free_unreportable_bytes"] = [
+            (300 * MIB if system == "qemu" else 0) if a else 2 * MIB for a in after]
+        tl["host_resident_bytes"] = [x + (32 * MIB if a and system == "qemu" else 0)
+                                     for x, a in zip(tl["host_resident_bytes"], after)]
+        return r
+    real, model = rg.figures(churn_end("qemu")), rg.figures(churn_end("model"))
+    assert real["unreportable_end_bytes"] == model["unreportable_end_bytes"] == 2 * MIB
+    assert real["resident_end_bytes"] == model["resident_end_bytes"] == GIB - 448 * MIB
+    assert real["refaulted_bytes"] == 64 * MIB          # the teardown's rise is not a refault

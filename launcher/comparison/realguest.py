@@ -30,7 +30,9 @@ how much (``memory.released_bytes``).  The figures:
                          delay after its first request, early in the free)
 ``return_rate``          returned memory per second: what the host got back
                          after the free, over the time it took to get it
-``resident_end_bytes``   host-resident at the end
+``resident_end_bytes``   host-resident at the end (of the workload: see
+                         :func:`until_end`; every figure reads the
+                         timeline up to there)
 ``resident_gain_bytes``  the same less host-resident at the start (a real
                          guest's kernel, initramfs and caches are resident
                          from its boot on; the model's guest holds nothing)
@@ -135,10 +137,28 @@ def host_pages(run: dict) -> str:
     return "2m" if share is not None and share >= HUGE_SHARE else "4k"
 
 
-def host_fault_series(run: dict) -> list[int] | None:
-    """Host faults so far at each sample: QEMU's minor and major faults, or
-    the model's refaults and first touches; None when the run lacks them."""
+def until_end(run: dict) -> dict:
+    """The run's timeline up to the workload's end (``config.duration``
+    from the workload's start, both systems' ``t_s`` origin).  What comes
+    after it is teardown, and the two systems' differ: the guest program
+    frees what it still holds (phased's regrow, 0.5-1 s under TCG, which
+    leaves blocks below the report order), the model's workers drain their
+    per-cpu lists as they exit.  "At the end" is the workload's end on both
+    sides."""
     tl = run["memory"]["timeline"]
+    end = run["config"].get("duration")
+    if not end:
+        return tl
+    n = sum(1 for t in tl["t_s"] if t <= end + 1e-9)
+    return {k: (v[:n] if isinstance(v, list) and len(v) == len(tl["t_s"]) else v)
+            for k, v in tl.items()}
+
+
+def host_fault_series(run: dict, tl: dict | None = None) -> list[int] | None:
+    """Host faults so far at each sample (of ``tl``, default the run's whole
+    timeline): QEMU's minor and major faults, or the model's refaults and
+    first touches; None when the run lacks them."""
+    tl = run["memory"]["timeline"] if tl is None else tl
     if system(run) == "qemu":
         pairs = ("host_minflt", "host_majflt")
     else:
@@ -166,7 +186,7 @@ def figures(run: dict) -> dict:
     """The comparison's figures of one run, either system (see the module
     docstring); a figure the run cannot give is None."""
     mem = run["memory"]
-    tl = mem["timeline"]
+    tl = until_end(run)
     t, r = tl["t_s"], tl["host_resident_bytes"]
     freed_at, freed = mem.get("freed_at_s"), mem.get("released_bytes") or 0
     out = {f.key: None for f in FIGURES}
@@ -202,7 +222,7 @@ def figures(run: dict) -> dict:
     rises = [b - a for (ta, a), (tb, b) in zip(zip(t, r), zip(t[1:], r[1:]))
              if tb > freed_at and b > a]
     out["refaulted_bytes"] = sum(rises)
-    faults = host_fault_series(run)
+    faults = host_fault_series(run, tl)
     if faults is not None:
         out["host_faults"] = faults[-1] - _at(t, faults, freed_at)
     if system(run) == "qemu":
