@@ -307,7 +307,6 @@ def ratios(real9: dict, real10: dict, model9: dict, model10: dict) -> dict:
     return {"rows": rows, "flagged": [row["key"] for row in rows if row["flag"]]}
 
 
-
 def across_rounds(docs: list[dict]) -> dict:
     """Rows over rounds: ``docs`` are :func:`compare` (or :func:`ratios`)
     documents of the same pair, one per round.  Each row gives both systems'

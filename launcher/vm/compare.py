@@ -40,9 +40,8 @@ compared again.
 model, order 10's guest and model; round 2 ...), and the table gives each
 figure's median and range over the rounds on either side
 (:func:`realguest.across_rounds`).  Under churn a single guest run is not a
-measurement: what its shrink leaves below the report order depends on which
-pages its last frees left on the per-cpu lists, and the same workload, seed
-and kernel faulted back 14 MiB in one run and 104 MiB in the next.
+measurement: the same workload, seed and kernel faulted back 14 MiB in one
+run and 104 MiB in the next (docs/real-guest.md, "Churn over rounds").
 """
 
 from __future__ import annotations
