@@ -59,13 +59,20 @@ def format_size(n: int) -> str:
     return str(n)
 
 
+BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def byte_unit(n: float) -> tuple[int, str]:
+    """The binary unit ``n`` bytes print in: (its size in bytes, its name)."""
+    exp = 0
+    while abs(n) >= 1024 ** (exp + 1) and exp < len(BYTE_UNITS) - 1:
+        exp += 1
+    return 1024 ** exp, BYTE_UNITS[exp]
+
+
 def fmt_bytes(n: float) -> str:
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} TiB"
+    size, unit = byte_unit(n)
+    return f"{n:.0f} {unit}" if unit == "B" else f"{n / size:.2f} {unit}"
 
 
 def fmt_rate(n: float, unit: str) -> str:

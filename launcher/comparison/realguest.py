@@ -70,7 +70,7 @@ from dataclasses import dataclass
 
 from ..experiment.metrics import half_returned_s
 from ..output.plots import pyplot
-from ..units import fmt_bytes
+from ..units import byte_unit, fmt_bytes
 
 MIN_STEP_BYTES = 16 << 20     # a drop smaller than this between two samples is noise
 TOLERANCE = 0.15              # of the real figure
@@ -337,7 +337,7 @@ def across_rounds(docs: list[dict]) -> dict:
         elif not real or not model:
             row["flag"] = f"only the {'model' if not real else 'real guest'} has it"
         else:
-            tol = tolerance(kind, rm, sample_s) if kind != "ratio" else TOLERANCE * abs(rm)
+            tol = tolerance(kind, rm, sample_s)
             if not min(real) - tol * (1 + 1e-9) <= mm <= max(real) + tol * (1 + 1e-9):
                 row["flag"] = "the model's median is outside the real guest's range"
         rows.append(row)
@@ -388,10 +388,10 @@ def _fmt_spread(median, span, kind: str) -> str:
     lo, hi = span
     if kind in ("bytes", "rate"):
         top = max(abs(lo), abs(hi), abs(median))
-        exp = next((i for i in range(4) if top < 1024 ** (i + 1)), 4)
-        unit = ("B", "KiB", "MiB", "GiB", "TiB")[exp] + ("/s" if kind == "rate" else "")
-        lo, hi, median = (x / 1024 ** exp for x in (lo, hi, median))
-        digits = 0 if exp == 0 or top / 1024 ** exp >= 100 else 1
+        size, unit = byte_unit(top)
+        unit += "/s" if kind == "rate" else ""
+        lo, hi, median = (x / size for x in (lo, hi, median))
+        digits = 0 if size == 1 or top / size >= 100 else 1
         return f"{median:.{digits}f} {unit} [{lo:.{digits}f}, {hi:.{digits}f}]"
     return f"{_fmt(median, kind)} [{_fmt(lo, kind).split()[0]}, {_fmt(hi, kind).split()[0]}]"
 
