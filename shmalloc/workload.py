@@ -25,7 +25,8 @@
 (``--blocks buddy``, the default: the kernel's own and drivers' multi-page
 allocations), or as a user program gets it (``--blocks user``,
 :func:`run_random_user`): 2^n order-0 pages, one page fault each, freed page
-by page at munmap.
+by page at munmap, each mmu_gather batch of them last page first
+(:func:`munmap_index`).
 
 Every allocated page gets a canary in its first 8 bytes: ``(agent + 1) << 48
 | generation << 32 | pfn``.  Before writing it the worker reads the page: zero
@@ -327,30 +328,76 @@ def run_random(frames, zs, mem, agent, target_pages, max_order, max_ops, seed, n
     return n
 
 
+#: munmap's free order (mm/mmu_gather.c, mm/swap.c, 5.7 and 6.1 alike): the
+#: pages zapped go into the mmu_gather's batches, the on-stack one of
+#: MMU_GATHER_BUNDLE (8) pages, then page-sized ones of MAX_GATHER_BATCH
+#: ((4096 - 16) / 8 = 510) pointers; at the flush each batch goes, in
+#: order, to release_pages(), which puts every page on its list with
+#: list_add(), at the head, so free_unref_page_list() frees each batch's
+#: pages last first
+MMU_GATHER_BUNDLE = 8
+MAX_GATHER_BATCH = 510
+
+
+@inline
+def munmap_index(i, n):
+    """Which page, in fault (address) order, the i-th free of a munmap of
+    ``n`` pages frees: each mmu_gather batch reversed, the batches in order."""
+    first = min(n, MMU_GATHER_BUNDLE)
+    if i < first:
+        return first - 1 - i
+    start = first + (i - first) // MAX_GATHER_BATCH * MAX_GATHER_BATCH
+    end = min(start + MAX_GATHER_BATCH, n)
+    return start + end - 1 - i
+
+
 @jit
 def free_user_block(frames, zs, mem, agent, head, pg_pfn, pg_next, free_slots, top, ws,
                     ns_per_tick):
     """munmap of a user mapping: check and free its order-0 pages in the
-    order they were faulted in, giving their slots back; returns the new top
-    of the slot stack."""
+    order munmap frees them (:func:`munmap_index`), giving their slots back;
+    returns the new top of the slot stack.  The slots go on the stack first,
+    in fault order, so the frees can index them (a slot is reused only by a
+    later fault)."""
+    top0 = top
     s = head
     while s >= 0:
-        check_and_free(frames, zs, mem, agent, pg_pfn[s], 0, ws, ns_per_tick)
         free_slots[top] = s
         top += 1
         s = pg_next[s]
+    n = top - top0
+    for i in range(n):
+        check_and_free(frames, zs, mem, agent, pg_pfn[free_slots[top0 + munmap_index(i, n)]], 0,
+                       ws, ns_per_tick)
     return top
+
+
+@inline
+def schedule_due(sched_t, sched_k, k, si):
+    """When a schedule of page faults (``sched_k[i]`` made by ``sched_t[i]``
+    ticks, both rising) has made ``k``: linear between its two points around
+    k, searched from point ``si`` on; returns (ticks, the point to search
+    from next), ticks -1 past the schedule's end."""
+    last = len(sched_t) - 1
+    while si < last and sched_k[si + 1] < k:
+        si += 1
+    if si >= last:
+        return -1, si
+    dk = sched_k[si + 1] - sched_k[si]
+    if dk <= 0:                   # k at or before a flat start
+        return sched_t[si], si
+    return sched_t[si] + (k - sched_k[si]) * (sched_t[si + 1] - sched_t[si]) // dk, si
 
 
 @jit
 def run_random_user(frames, zs, mem, agent, target_pages, max_order, max_ops, seed, ns_per_tick,
                     blk_head, blk_order, blk_long, pg_pfn, pg_next, free_slots, deadline,
-                    pace):
+                    pace, sched_t, sched_k, t_run0):
     """``random`` with user mappings (``--blocks user``): the same draws as
     :func:`run_random`, but a block of order n is what a user program gets
     from mmap of 2^n pages, each written once: 2^n order-0 allocations
-    through the pcp lists (one page fault each), freed one by one in the
-    same order at its munmap.  A user program cannot ask the buddy allocator
+    through the pcp lists (one page fault each), freed one by one at its
+    munmap, in munmap's order (:func:`munmap_index`).  A user program cannot ask the buddy allocator
     for an order; its frees make order-0 pages, which merge into blocks of
     the report order only where every buddy is free too.
 
@@ -360,12 +407,19 @@ def run_random_user(frames, zs, mem, agent, target_pages, max_order, max_ops, se
     (out of memory) gives back what it got and counts as a failed
     allocation.  ``pace`` > 0 (ticks, ``--page-rate``): the k-th page fault
     waits until ``pace * k`` ticks after the start, spinning, as a guest
-    whose page faults take that long (TCG's).  Returns ``n``, the blocks
-    still held."""
+    whose page faults take that long (TCG's).  A schedule instead
+    (``sched_t``/``sched_k`` not empty: ticks since ``t_run0``, the run's
+    start, and the page faults a real guest's worker had made by then,
+    rising): the run's k-th page fault, counting every phase, waits until
+    the schedule reaches k, interpolated between its points, and is no
+    longer paced past its last point.  Returns ``n``, the blocks still
+    held."""
     np.random.seed(seed)
     ws = wstats_base(zs, agent)
     t_pace = ticks()
     faults = 0
+    nsched = len(sched_t)
+    si = 0
     nslots = len(pg_pfn)
     for s in range(nslots):
         free_slots[s] = nslots - 1 - s
@@ -384,6 +438,14 @@ def run_random_user(frames, zs, mem, agent, target_pages, max_order, max_ops, se
                 if pace > 0:
                     faults += 1
                     while ticks() < t_pace + pace * faults and not should_stop(zs, ws, max_ops):
+                        pass
+                elif nsched > 1:
+                    due = schedule_due(sched_t, sched_k, zs[ws + WC_PAGES_ALLOCATED] + 1, si)
+                    si = due[1]
+                    # the guest made no fault from here to the phase's end
+                    # (phased's idle): the deadline ends the wait
+                    while due[0] >= 0 and ticks() < t_run0 + due[0] \
+                            and not should_stop(zs, ws, max_ops) and not past(deadline):
                         pass
                 pfn = timed_alloc(frames, zs, agent, 0, ws, ns_per_tick)
                 if pfn < 0:
@@ -428,16 +490,21 @@ def run_random_user(frames, zs, mem, agent, target_pages, max_order, max_ops, se
 @jit
 def user_pages(blk_head, n, pg_pfn, pg_next, out_pfn, out_order):
     """The pages of user blocks ``blk_head[:n]`` as order-0 entries of
-    ``out_*`` (block by block, each in fault order), for the frees of the
-    shrink and the exit; returns how many."""
+    ``out_*``, block by block, each in the order its munmap frees them
+    (:func:`munmap_index`), for the frees of the shrink and the exit;
+    returns how many."""
     k = 0
     for b in range(n):
+        k0 = k
         s = blk_head[b]
         while s >= 0:
-            out_pfn[k] = pg_pfn[s]
-            out_order[k] = 0
+            out_order[k] = pg_pfn[s]          # fault order, for a moment
             k += 1
             s = pg_next[s]
+        for i in range(k - k0):
+            out_pfn[k0 + i] = out_order[k0 + munmap_index(i, k - k0)]
+        for i in range(k0, k):
+            out_order[i] = 0
     return k
 
 

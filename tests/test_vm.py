@@ -102,6 +102,11 @@ def test_guest_gives_freed_memory_back_to_the_host(tmp_path):
     assert max(resident) - resident[-1] >= freed // 2, (max(resident), resident[-1], freed)
     assert run["reporting"]["passes_count"] >= 1
     assert run["safety"]["use_after_discard"] == 0
+    # the workers' page faults as the guest program read them (/proc/PID/stat):
+    # one a page of the hog, rising, none before the start
+    wf = run["guest"]["worker_faults"]
+    assert wf["t_s"][0] <= 0 < wf["t_s"][-1] and wf["faults"] == sorted(wf["faults"])
+    assert wf["faults"][-1] - wf["faults"][0] >= freed // 4096
 
 
 @needs_guest
@@ -499,6 +504,34 @@ def _canned_record(**config) -> dict:
     return rec
 
 
+def test_the_guest_workers_page_faults_become_the_models_schedule():
+    """--model-rate timeline: the G lines' minflt (the workers' page faults
+    so far) are kept as the guest's clock says, from the last sample before
+    the start; the model's schedule counts from the start, per worker, and
+    never falls."""
+    from launcher.vm import compare
+
+    run = _canned_run()
+    for s, k in ((4.9, 40), (5.5, 100040), (7.0, 262199), (7.5, 262190), (12.0, 262199)):
+        run.take(s + 1.001, f"G t={int((s - 1000.0) * 1e9)} memfree_kb=1 pcp=0 pcp_high=14078 "
+                            f"minflt={k} buddy=0")
+    rec = record.build(run, {"qemu": "QEMU emulator version 7.2.22"},
+                       {"accel": "tcg", "chosen_by": "--accel"}, {"modules": []})
+    wf = rec["guest"]["worker_faults"]
+    assert wf["t_s"] == pytest.approx([-0.1, 0.5, 2.0, 2.5, 7.0], abs=2e-3)
+    assert wf["faults"] == [40, 100040, 262199, 262190, 262199]
+    rec["config"].update(workload="phased", duration=20.0)
+    sched = compare.guest_fault_schedule(rec)
+    assert [k for _, k in sched] == [0, 100000, 262159, 262159, 262159]
+    assert sched[0][0] == 0 and sched[1][0] == pytest.approx(0.5, abs=2e-3)
+    cfg = compare.model_config(rec)
+    assert cfg.blocks == "user" and cfg.page_rate == 0 and cfg.page_schedule == sched
+    avg = compare.model_config(rec, compare.ModelChoices(rate="average"))
+    assert avg.page_schedule == () and avg.page_rate == pytest.approx(262159 / 14, abs=0.1)
+    rec["config"]["workers"] = 2
+    assert [k for _, k in compare.guest_fault_schedule(rec)][1] == 50000
+
+
 def test_the_model_is_configured_as_the_guest_was():
     """vm compare's model: mainline with the guest kernel's constants, the
     order the guest used, reported when its reporter was idle, the host page
@@ -516,6 +549,13 @@ def test_the_model_is_configured_as_the_guest_was():
     assert cfg.host_pages == default_host_pages(9)            # 2m where root can have it
     assert cfg.pcp_high == 54 << 8 and cfg.blocks == "buddy" and cfg.page_rate == 0
     assert compare.model_config(rec, compare.ModelChoices(pcp="default")).pcp_high == 378
+    # the lists' lowest from the start to the free: what the workload could not use
+    tl, freeing = rec["memory"]["timeline"], rec["memory"]["freeing_at_s"]
+    tl["pcp_bytes"] = [7 << 20 if t < 0 else 6 << 20 if t <= freeing else 1 << 20
+                       for t in tl["t_s"]]
+    assert compare.guest_pcp_floor(rec) == 6 << 20
+    assert compare.model_config(rec).pcp_high == (54 - 6) << 8
+    assert compare.model_config(rec, compare.ModelChoices(pcp="high")).pcp_high == 54 << 8
     rec["guest"]["report_order_effective"] = 10             # what the guest really used
     rec["guest"]["start_state"]["idle"] = False
     rec["memory"]["anon_huge_share_at_max"] = 0.2
@@ -566,24 +606,27 @@ def test_compare_a_recorded_guest_with_the_model(tmp_path):
 
 def test_rounds_interleave_the_orders_and_the_two_systems(monkeypatch):
     """--rounds 2 at orders 9,10: guest 9, model 9, guest 10, model 10, then
-    again; each pair knows its round."""
+    again; each pair knows its round; round r runs seed + r - 1 on both
+    sides (the model takes the guest's), so the rounds sample the workload's
+    draws as well as the machine's timing."""
     from launcher.vm import compare
 
     calls = []
 
     def guest(cfg, quiet):
-        calls.append(("guest", cfg.report_order))
-        return _canned_record(report_order=cfg.report_order)
+        calls.append(("guest", cfg.report_order, cfg.seed))
+        return _canned_record(report_order=cfg.report_order, seed=cfg.seed)
 
     def model(real, choices, quiet):
-        calls.append(("model", real["config"]["report_order"]))
+        calls.append(("model", real["config"]["report_order"], real["config"]["seed"]))
         return {"config": {}, "label": "model"}
 
     monkeypatch.setattr(compare, "execute_guest", guest)
     monkeypatch.setattr(compare, "run_model", model)
-    cfg = GuestConfig(workload="phased", duration=20.0)
+    cfg = GuestConfig(workload="phased", duration=20.0, seed=5)
     pairs = compare.execute(cfg, [9, 10], compare.ModelChoices(), quiet=True, rounds=2)
-    assert calls == [("guest", 9), ("model", 9), ("guest", 10), ("model", 10)] * 2
+    assert calls == [(who, order, seed) for seed in (5, 6) for order in (9, 10)
+                     for who in ("guest", "model")]
     assert [(p["round"], p["order"]) for p in pairs] == [(1, 9), (1, 10), (2, 9), (2, 10)]
     assert [[p["order"] for p in r] for r in compare.rounds_of(pairs)] == [[9, 10], [9, 10]]
 

@@ -16,14 +16,19 @@ from hypervisor_stub.stub import Hypervisor, StubOptions
 from shmalloc import invariants
 from shmalloc.config import WORDS_PER_PAGE
 from shmalloc.layout import H_STOP, WORKER_COUNTERS
+from shmalloc.lock import now_ticks
+from shmalloc.page_alloc import alloc_pages
 from shmalloc.workload import (
     canary,
     free_blocks,
+    free_user_block,
     hog_alloc,
+    munmap_index,
     run_chunks,
     run_random,
     run_random_user,
     user_pages,
+    write_block,
 )
 
 pytestmark = pytest.mark.nojit
@@ -128,14 +133,16 @@ def test_random_workload_is_seeded_keeps_its_target_and_stops_on_the_budget(make
     assert held[0] == held[1]                      # the same seed, the same blocks
 
 
-def _user(m, target, budget, seed, pace=0, slots=None):
+def _user(m, target, budget, seed, pace=0, slots=None, schedule=(), deadline=0):
     """run_random_user on fresh arrays; returns (blocks, their pages as
     order-0 (pfn, order) arrays, the blocks' orders)."""
     slots = slots or target + 512
     head, order, long_lived = (np.zeros(target, np.int64) for _ in range(3))
     pfn, nxt, free_slots = (np.zeros(slots, np.int64) for _ in range(3))
     n = run_random_user(m.frames, m.zs, m.mem, AGENT, target, m.max_order, budget, seed,
-                        ns_per_tick(m), head, order, long_lived, pfn, nxt, free_slots, 0, pace)
+                        ns_per_tick(m), head, order, long_lived, pfn, nxt, free_slots, deadline,
+                        pace, np.array([int(t * m.ticks_per_sec) for t, _ in schedule], np.int64),
+                        np.array([k for _, k in schedule], np.int64), now_ticks())
     out_pfn, out_order = arrays(slots)
     k = user_pages(head, n, pfn, nxt, out_pfn, out_order)
     return n, out_pfn[:k], out_order[:k], order[:n]
@@ -177,6 +184,53 @@ def test_user_mappings_pace_their_page_faults(m):
     took = time.monotonic() - t0
     faults = counters(m)["allocs"]
     assert faults >= 200 and took >= faults / 20_000 * 0.9
+
+
+@pytest.mark.timeout(60)
+def test_user_mappings_follow_a_schedule_of_page_faults(make_machine):
+    """vm compare --model-rate timeline: the k-th page fault waits until the
+    guest's schedule reaches k (linear between its points); a schedule that
+    stays flat past the phase's deadline (phased's idle) does not hold the
+    phase beyond it."""
+    m = make_machine()
+    t0 = time.monotonic()
+    _user(m, 64, 300, 1, schedule=((0.0, 0), (0.2, 100)))
+    took = time.monotonic() - t0
+    assert counters(m)["allocs"] > 100 and took >= 0.2 * 0.9   # the 100th: no sooner than 0.2 s
+    m = make_machine()
+    t0 = time.monotonic()
+    deadline = now_ticks() + int(0.2 * m.ticks_per_sec)
+    _user(m, 1024, -1, 2, schedule=((0.0, 0), (0.01, 10), (50.0, 10), (51.0, 10 ** 9)),
+          deadline=deadline)
+    assert time.monotonic() - t0 < 25                  # ended at its deadline, not at 50 s
+    assert 10 <= counters(m)["allocs"] <= 10 + 512      # the schedule's 10, the mapping begun
+
+
+def test_munmap_frees_each_mmu_gather_batch_last_page_first(make_machine):
+    """A munmap frees its pages batch by batch (8 on the stack, then 510 a
+    page), each batch last page first (release_pages' list_add): the order
+    of the frees, the pages user_pages hands the shrink, and the page a
+    fault gets right after a munmap (the pcp list's head: the last freed)."""
+    assert [munmap_index(i, 12) for i in range(12)] == [7, 6, 5, 4, 3, 2, 1, 0, 11, 10, 9, 8]
+    assert [munmap_index(i, 3) for i in range(3)] == [2, 1, 0]
+    order = [munmap_index(i, 520) for i in range(520)]
+    assert order[:9] == [7, 6, 5, 4, 3, 2, 1, 0, 517] and order[-3:] == [8, 519, 518]
+    assert sorted(order) == list(range(520))
+    m = make_machine(pcp_batch=3, pcp_high=100)
+    pfns = [alloc_pages(m.frames, m.zs, AGENT, 0) for _ in range(12)]
+    pg_pfn = np.array(pfns, np.int64)
+    pg_next = np.array(list(range(1, 12)) + [-1], np.int64)
+    out_pfn, out_order = arrays(12)
+    assert user_pages(np.array([0], np.int64), 1, pg_pfn, pg_next, out_pfn, out_order) == 12
+    assert out_pfn.tolist() == [pfns[munmap_index(i, 12)] for i in range(12)]
+    assert not out_order.any()
+    ws = m.layout.wstats(AGENT)
+    for p in pfns:                      # write them, as the workload's faults do
+        write_block(m.frames, m.zs, m.mem, AGENT, p, 0, ws)
+    top = free_user_block(m.frames, m.zs, m.mem, AGENT, 0, pg_pfn, pg_next,
+                          np.zeros(12, np.int64), 0, ws, ns_per_tick(m))
+    assert top == 12 and counters(m)["free_errors"] == 0
+    assert alloc_pages(m.frames, m.zs, AGENT, 0) == pfns[8]      # the last one freed
 
 
 def test_hog_allocates_until_memory_runs_out(m):

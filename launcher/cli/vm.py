@@ -131,24 +131,30 @@ def add_parser(sub) -> None:
                    "file's; --report-order picks its runs (default all)")
     g.add_argument("--rounds", type=_rounds, default=1, metavar="N",
                    help="run the real guest and the model N times at each order, interleaved "
-                   "(round 1: order 9 guest, model, order 10 guest, model; then round 2 ...), "
+                   "(round 1: order 9 guest, model, order 10 guest, model; then round 2 ..., "
+                   "round r with --seed + r - 1 on both sides), "
                    "and print each figure's median and range over the rounds on either side, "
                    "flagging a model median outside the guest's range: under churn one guest "
                    "run is not a measurement (1-20, default 1)")
     g.add_argument("--plot", metavar="FILE", default=None,
                    help="draw both timelines of host-resident memory (PNG), a panel per order")
-    g.add_argument("--model-pcp", default="guest", choices=("guest", "default"),
+    g.add_argument("--model-pcp", default="guest", choices=("guest", "high", "default"),
                    help="the model's per-cpu lists' high mark: the guest kernel's (measured "
-                   "in the guest; 6.1 derives it from the low watermark) or the model's "
+                   "in the guest; 6.1 derives it from the low watermark) less what its lists "
+                   "held that the workload could not use (guest: their lowest while the "
+                   "workload faulted, some 6 MiB of other migratetypes' and orders' lists "
+                   "under the same mark), the guest kernel's as is (high), or the model's "
                    "default 378 pages (default guest)")
     g.add_argument("--model-blocks", default="user", choices=("user", "buddy"),
                    help="random, phased: the model's blocks are user mappings, 2^n order-0 "
                    "pages as the guest program's mmap (user), or physical blocks of order n "
                    "from the buddy allocator, the model's own workload (buddy) (default user)")
-    g.add_argument("--model-rate", default="guest", choices=("guest", "full"),
-                   help="--model-blocks user: the model's page faults at the guest's measured "
-                   "rate (its workers' faults over the time they ran; under TCG some 30,000 "
-                   "a second) or as fast as the model goes, 100 times that (default guest)")
+    g.add_argument("--model-rate", default="timeline", choices=("timeline", "average", "full"),
+                   help="--model-blocks user: the model's k-th page fault no sooner than the "
+                   "guest's worker made its k-th (timeline: from the guest's samples, the grow's "
+                   "pace and the churn's each as they were), at the guest's average rate over "
+                   "the time its workers ran (average; under TCG some 30,000 a second), or as "
+                   "fast as the model goes, 100 times that (full) (default timeline)")
     g = p.add_argument_group("output")
     g.add_argument("--json", metavar="PATH", default=None,
                    help="write the results file (versioned JSON) here; vm compare: the "

@@ -68,7 +68,7 @@ GROUPS: dict[str, list[tuple[str, str]]] = {
                   ("shmalloc.workload.free_blocks", "fzmiaaid")],
     "page_fault1/thp": [("shmalloc.workload.run_chunks", "fzmiiiidaa")],
     "random/phased": [("shmalloc.workload.run_random", "fzmiiiiidaaai")],
-    "user blocks": [("shmalloc.workload.run_random_user", "fzmiiiiidaaaaaaii"),
+    "user blocks": [("shmalloc.workload.run_random_user", "fzmiiiiidaaaaaaiiaai"),
                     ("shmalloc.workload.user_pages", "aiaaaa")],
     "hog": [("shmalloc.workload.hog_alloc", "fzmiiidaa")],
     "mainline": [("reporter.mainline.reporting_cycle_step", "fziiiiaaiibib"),

@@ -90,6 +90,8 @@ class RunConfig:
                                         # (None: that) or reported (the initial flush done)
     blocks: str = "buddy"               # random, phased: buddy blocks or user mappings
     page_rate: float = 0.0              # --blocks user: page faults per second per worker
+    page_schedule: tuple = ()           # --blocks user: ((seconds, faults by then), ...) per
+                                        # worker, a real guest's (vm compare), not a flag
 
     @property
     def trace(self) -> str | None:
@@ -173,6 +175,15 @@ class RunConfig:
         if self.page_rate and self.blocks != "user":
             raise ConfigError("--page-rate", "paces the page faults of user mappings: needs "
                               "--blocks user")
+        if self.page_schedule:      # vm compare's --model-rate timeline, not a flag of run
+            pts = [tuple(p) for p in self.page_schedule]
+            if self.blocks != "user" or self.page_rate:
+                raise ConfigError("--model-rate", "a schedule of page faults paces user "
+                                  "mappings (--blocks user), instead of --page-rate")
+            if any(len(p) != 2 or p[0] < 0 or p[1] < 0 for p in pts) or any(
+                    b[0] < a[0] or b[1] < a[1] for a, b in zip(pts, pts[1:])):
+                raise ConfigError("--model-rate", "a schedule of page faults is (seconds, "
+                                  "faults by then) pairs, both rising")
         if not 0 < self.hog_share <= 1:
             raise ConfigError("--hog-share", f"must be in (0, 1], got {self.hog_share}")
         if self.stall_timeout <= 0:
@@ -248,4 +259,5 @@ class RunConfig:
                           max_ops=self.ops if self.ops else -1,
                           seed=self.seed * 1_000_003 + worker, max_order=self.max_order,
                           duration_s=self.duration, blocks=self.blocks,
-                          page_rate=self.page_rate)
+                          page_rate=self.page_rate,
+                          page_schedule=tuple(tuple(p) for p in self.page_schedule))

@@ -68,6 +68,7 @@ class WorkerPlan:
     replay: object = None     # trace:FILE: the replay's shared state (shmalloc.replay.Shared)
     blocks: str = "buddy"     # random, phased: buddy blocks, or user mappings of order-0 pages
     page_rate: float = 0.0    # --blocks user: page faults per second at most (0: no limit)
+    page_schedule: tuple = () # --blocks user: ((seconds, faults made by then), ...) instead
 
     def capacity(self) -> int:
         """Blocks the worker can hold at most (its private held arrays)."""
@@ -92,6 +93,17 @@ class UserBlocks:
         self.pfn = np.zeros(slots, np.int64)
         self.next = np.zeros(slots, np.int64)
         self.free_slots = np.zeros(slots, np.int64)
+        self.sched_t = np.zeros(0, np.int64)
+        self.sched_k = np.zeros(0, np.int64)
+        self.t_run0 = 0
+
+    def schedule(self, plan: WorkerPlan, t_run0: int, ticks_per_sec: int) -> None:
+        """--page-schedule: its points in ticks from ``t_run0``, the run's
+        start (every phase of phased counts from there)."""
+        pts = plan.page_schedule
+        self.sched_t = np.array([int(t * ticks_per_sec) for t, _ in pts], np.int64)
+        self.sched_k = np.array([int(k) for _, k in pts], np.int64)
+        self.t_run0 = t_run0
 
     def run(self, machine, agent, target, plan, seed, ns_per_tick, held_pfn, held_order,
             deadline) -> int:
@@ -101,7 +113,7 @@ class UserBlocks:
         n = run_random_user(machine.frames, machine.zs, machine.mem, agent, target,
                             plan.max_order, plan.max_ops, seed, ns_per_tick, self.head,
                             self.order, self.long, self.pfn, self.next, self.free_slots, deadline,
-                            pace)
+                            pace, self.sched_t, self.sched_k, self.t_run0)
         return user_pages(self.head, n, self.pfn, self.next, held_pfn, held_order)
 
 
@@ -118,6 +130,8 @@ def run_plan(machine, agent: int, plan: WorkerPlan, held_pfn, held_order, held_l
                           ns_per_tick, held_pfn, held_order)
     target = plan.working_set // PAGE_SIZE
     user = UserBlocks(plan) if plan.blocks == "user" else None
+    if user is not None and plan.page_schedule:
+        user.schedule(plan, now_ticks(), machine.ticks_per_sec)
 
     def random(seed, deadline):
         if user is not None:

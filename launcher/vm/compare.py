@@ -20,15 +20,28 @@ with the configuration the real guest had (:func:`model_config`):
   at least one half), else ``4k``;
 * the per-cpu lists' high mark the guest kernel computed
   (``guest.pcp_high_bytes``; 6.1's ``zone_highsize`` follows the low
-  watermark, which khugepaged raises): ``--model-pcp guest`` (the default);
-  ``--model-pcp default`` keeps the model's 378 pages.  It moves what stays
-  below the report order after a free, so it is a flag;
+  watermark, which khugepaged raises), less what the guest's lists held
+  that the workload's pages could not use (:func:`guest_pcp_floor`: 6.1
+  keeps a list per migratetype and order under one count and one high
+  mark, and the boot leaves some 6 MiB on the others, so the workload's
+  movable order-0 list fills at the mark less those): ``--model-pcp guest``
+  (the default); ``--model-pcp high`` the mark as is; ``--model-pcp
+  default`` the model's 378 pages.  It moves what stays below the report
+  order after a free, so it is a flag;
 * the workload with the same flags (``--workload``, ``--workers``,
   ``--duration``, ``--seed``, ``--working-set``, ``--hog-share``,
   ``--hog-hold``, guest memory); for ``random`` and ``phased`` the model's
   blocks are user mappings (``--blocks user``: a block of order n is 2^n
   order-0 pages, as the guest program's mmap), unless ``--model-blocks
-  buddy`` asks for the model's own physical blocks.
+  buddy`` asks for the model's own physical blocks;
+* the pace of those page faults: the model's k-th no sooner than the
+  guest's workers made their k-th (``--model-rate timeline``, the default:
+  :func:`guest_fault_schedule`, from the guest program's samples of its
+  workers' minflt).  Under TCG the guest's grow faults faster than its
+  churn, which also unmaps, and the churn made before the free decides
+  how fragmented the freed memory is, so one average rate (``--model-rate
+  average``, what a file from before the samples gets) moves the refaults
+  under churn; it is a flag.
 
 The figures, the table, the JSON and the plot are
 :mod:`launcher.comparison.realguest`'s.  ``--real FILE`` takes the real
@@ -37,7 +50,8 @@ guest's run from a results file instead of booting one (``shmalloc vm
 compared again.
 
 ``--rounds N`` repeats the whole, interleaved (round 1: order 9's guest and
-model, order 10's guest and model; round 2 ...), and the table gives each
+model, order 10's guest and model; round 2 ..., round r with ``--seed`` + r
+- 1 on both sides), and the table gives each
 figure's median and range over the rounds on either side
 (:func:`realguest.across_rounds`).  Under churn a single guest run is not a
 measurement: the same workload, seed and kernel faulted back 14 MiB in one
@@ -73,9 +87,11 @@ USER_BLOCK_WORKLOADS = ("random", "phased")
 class ModelChoices:
     """What the model takes from the real guest, and what the user chose."""
 
-    pcp: str = "guest"            # guest: the guest's pcp high mark; default: the model's
+    pcp: str = "guest"            # guest: the guest's pcp high mark less its other lists;
+                                  # high: the mark as is; default: the model's
     blocks: str = "user"          # random/phased: user mappings, or the model's buddy blocks
-    rate: str = "guest"           # user blocks: the guest's page-fault rate, or the model's own
+    rate: str = "timeline"        # user blocks: the guest's page faults as they came (timeline),
+                                  # at their average rate (average), or the model's own (full)
 
 
 def host_pages_of(real: dict, report_order: int) -> str:
@@ -104,6 +120,44 @@ def guest_fault_rate(real: dict) -> float | None:
     return faults / c["workers"] / active
 
 
+def guest_pcp_floor(real: dict) -> int:
+    """Bytes the guest's per-cpu lists held that the workload's pages could
+    not use: their lowest count from the workload's start to its free
+    (``memory.timeline.pcp_bytes``; the whole run when nothing was freed).
+    The workload's faults empty its own list, movable order 0, again and
+    again (each refill takes a batch, 63 pages), so what stays is on the
+    other lists, which count against the same high mark in 6.1
+    (``free_unref_page_commit`` compares ``pcp->count``, all lists, with
+    ``high``; ``free_pcppages_bulk`` drains the list of the page freed
+    first).  0 when the guest did not sample them."""
+    tl = real.get("memory", {}).get("timeline", {})
+    until = real.get("memory", {}).get("freeing_at_s")
+    until = float("inf") if until is None else until
+    held = [b for t, b in zip(tl.get("t_s", []), tl.get("pcp_bytes", []))
+            if b is not None and 0 <= t <= until]
+    return min(held, default=0)
+
+
+def guest_fault_schedule(real: dict) -> tuple:
+    """The page faults one of the guest's workers had made by each of its
+    samples (``guest.worker_faults``: the sum over the workers of
+    /proc/PID/stat's minflt, read by the guest program every sample), from
+    the workload's start: ((seconds, faults), ...), starting at (0, 0),
+    rising; () when the guest did not record them (a file from before)."""
+    wf = real.get("guest", {}).get("worker_faults")
+    if not wf or not wf.get("t_s"):
+        return ()
+    workers = max(1, real["config"]["workers"])
+    pts = [(t, k) for t, k in zip(wf["t_s"], wf["faults"]) if t > 0]
+    before = [k for t, k in zip(wf["t_s"], wf["faults"]) if t <= 0]
+    base = before[-1] if before else 0       # the workers' own faults before the start
+    out, top = [(0.0, 0)], 0
+    for t, k in pts:
+        top = max(top, (k - base) // workers)
+        out.append((round(t, 4), top))
+    return tuple(out)
+
+
 def model_config(real: dict, choices: ModelChoices = ModelChoices()) -> RunConfig:
     """The model's configuration for the workload ``real`` (a real guest's
     RUN record) ran: the guest's flags, its kernel's constants, and what it
@@ -121,12 +175,15 @@ def model_config(real: dict, choices: ModelChoices = ModelChoices()) -> RunConfi
                   max_order=GUEST_KERNEL_CONSTANTS["max_order"],
                   start=start_of(real), host_pages=host_pages_of(real, order))
     high = real.get("guest", {}).get("pcp_high_bytes")
-    if choices.pcp == "guest" and high:
-        values["pcp_high"] = max(1, high // PAGE_SIZE)
+    if choices.pcp in ("guest", "high") and high:
+        usable = high - (guest_pcp_floor(real) if choices.pcp == "guest" else 0)
+        values["pcp_high"] = max(RunConfig.pcp_batch, usable // PAGE_SIZE)
     if choices.blocks == "user" and c["workload"] in USER_BLOCK_WORKLOADS:
         values["blocks"] = "user"
-        rate = guest_fault_rate(real)
-        if choices.rate == "guest" and rate:
+        rate, schedule = guest_fault_rate(real), guest_fault_schedule(real)
+        if choices.rate == "timeline" and schedule:
+            values["page_schedule"] = schedule
+        elif choices.rate in ("timeline", "average") and rate:
             values["page_rate"] = round(rate, 1)
     return RunConfig(**values).resolved()
 
@@ -153,7 +210,8 @@ def describe(cfg: RunConfig) -> str:
     out = (f"mainline, report order {cfg.report_order}, start {cfg.start}, host pages "
            f"{cfg.host_pages}, pcp high {cfg.pcp_high} pages")
     if cfg.blocks == "user":
-        out += ", user mappings" + (f" at {cfg.page_rate:,.0f} faults/s" if cfg.page_rate else "")
+        out += ", user mappings" + (f" at {cfg.page_rate:,.0f} faults/s" if cfg.page_rate else
+                                    " faulted as the guest's were" if cfg.page_schedule else "")
     return out
 
 
@@ -183,8 +241,11 @@ def execute(cfg: GuestConfig, orders: list[int], choices: ModelChoices,
     """For each round, and in it each report order: the real guest's run (or
     the recorded one of ``real_runs[round][i]``), then the model's, so that
     the two systems and the orders interleave and a slow spell of the
-    machine falls on all of them.  Returns ``[{"round", "order", "real",
-    "model"}]``."""
+    machine falls on all of them.  Round k (from 0) runs ``--seed`` + k in
+    both (the model takes the guest's): under churn which blocks the
+    workload draws moves the refaults as much as the machine's timing does,
+    and rounds of one seed would sample only the timing.  Returns
+    ``[{"round", "order", "real", "model"}]``."""
     out = []
     n = rounds if real_runs is None else len(real_runs)
     for k in range(n):
@@ -194,7 +255,8 @@ def execute(cfg: GuestConfig, orders: list[int], choices: ModelChoices,
             if real_runs is not None:
                 real = real_runs[k][i]
             else:
-                real = execute_guest(replace(cfg, report_order=order), quiet=quiet)
+                real = execute_guest(replace(cfg, report_order=order, seed=cfg.seed + k),
+                                     quiet=quiet)
             model = run_model(real, choices, quiet)
             out.append({"round": k + 1, "order": real["config"]["report_order"], "real": real,
                         "model": model})

@@ -56,6 +56,21 @@ def _buddy(fields: dict) -> list[int]:
     return [int(x) for x in fields.get("buddy", "").split(",") if x]
 
 
+def worker_faults(run, t0: float) -> dict | None:
+    """The workers' page faults so far at each guest sample from the last
+    one before the workload's start to its end (the G lines' ``minflt``:
+    the workers' /proc/PID/stat), the guest's clock on the host's; None from
+    a guest program that did not count them."""
+    end = run.marks.get("x", float("inf")) - t0
+    pts = [(t, int(f["minflt"])) for t, f in _guest_points(run, "G", t0)
+           if "minflt" in f and t <= end]
+    start = max((i for i, (t, _) in enumerate(pts) if t <= 0), default=0)
+    pts = pts[start:]
+    if not pts:
+        return None
+    return {"t_s": [t for t, _ in pts], "faults": [k for _, k in pts]}
+
+
 def requests(run, t0: float) -> list[float]:
     """The free path's first request (__page_reporting_notify) after each
     pass, and the first of all: the calls that can move IDLE to REQUESTED."""
@@ -220,6 +235,7 @@ def build(run, versions: dict, accel: dict, contents: dict) -> dict:
             "pcp_high_bytes": max((int(g.get("pcp_high", 0)) * PAGE for g in run.lines["G"]),
                                   default=None),
             "minor_faults": int(x.get("guest_minflt", 0)),
+            "worker_faults": worker_faults(run, t0),
             "major_faults": int(x.get("guest_majflt", 0)),
             "clock": run.clock.quality(),
         },

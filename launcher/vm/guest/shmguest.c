@@ -35,8 +35,9 @@
  *      lists' high mark follows the low watermark)
  *   W  waiting for the start state (--start idle)
  *   S  the workload starts (the run's time 0)
- *   G  every sample_ms: MemFree, /proc/buddyinfo's free blocks per order, and
- *      the pages on the per-cpu lists (/proc/zoneinfo)
+ *   G  every sample_ms: MemFree, /proc/buddyinfo's free blocks per order,
+ *      the pages on the per-cpu lists (/proc/zoneinfo), and the workers'
+ *      page faults so far (minflt)
  *   P  a scan of /proc/kpageflags: free pages, Reported pages and blocks
  *   K  a kprobe event of the reporting path (the first __page_reporting_notify
  *      after a pass, page_reporting_process entry and return with the count
@@ -343,15 +344,41 @@ static void pcp_pages(long *count, long *high)
 	}
 }
 
+static pid_t worker_pids[MAX_WORKERS];
+static int nr_worker_pids;
+static long reaped_minflt;      /* the workers' once reaped (wait4's rusage) */
+
+/* The page faults the workers have made so far: the sum of minflt, the 10th
+ * field of /proc/PID/stat (after "pid (comm) state ppid pgrp session tty_nr
+ * tpgid flags"; comm may hold spaces, so count from its closing paren).
+ * With THP off each is one order-0 allocation, so the host can pace the
+ * model's faults as these came (vm compare --model-rate timeline). */
+static long workers_minflt(void)
+{
+	long sum = reaped_minflt;
+	for (int i = 0; i < nr_worker_pids; i++) {
+		char path[64], buf[1024];
+		snprintf(path, sizeof(path), "/proc/%d/stat", (int)worker_pids[i]);
+		if (read_file(path, buf, sizeof(buf)) <= 0)
+			continue;
+		char *p = strrchr(buf, ')');
+		for (int field = 2; p && field < 10; field++)
+			p = strchr(p + 1, ' ');
+		if (p)
+			sum += strtol(p + 1, NULL, 10);
+	}
+	return sum;
+}
+
 static void sample_guest(void)
 {
 	long c[MAX_ORDER], pcp, pcp_high;
 	buddyinfo(c);
 	pcp_pages(&pcp, &pcp_high);
-	emit("G t=%llu memfree_kb=%ld pcp=%ld pcp_high=%ld "
+	emit("G t=%llu memfree_kb=%ld pcp=%ld pcp_high=%ld minflt=%ld "
 	     "buddy=%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld",
-	     (unsigned long long)now_ns(), meminfo_kb("MemFree:"), pcp, pcp_high, c[0], c[1], c[2],
-	     c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10]);
+	     (unsigned long long)now_ns(), meminfo_kb("MemFree:"), pcp, pcp_high, workers_minflt(),
+	     c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10]);
 }
 
 static uint64_t *kpf;
@@ -843,6 +870,7 @@ static int run(void)
 		}
 		if (pids[i] < 0)
 			fatal("fork: %s", strerror(errno));
+		worker_pids[nr_worker_pids++] = pids[i];
 		alive++;
 	}
 	next_scan = now_ns() + cfg.scan_ms * 1000000UL;
@@ -864,6 +892,8 @@ static int run(void)
 				emit("F worker %d ended with status 0x%x", i, status);
 		}
 	}
+	nr_worker_pids = 0;     /* reaped: their /proc/PID is gone, their count is here */
+	reaped_minflt = minflt;
 	sample_guest();
 	scan_kpageflags();
 	drain_trace();
