@@ -24,7 +24,9 @@ DESIGN_KEYS = ("strategy", "callback_mode")
 #: without being different experiments
 DESIGN_DEPENDENT = DESIGN_KEYS + ("delay", "capacity", "putback", "walk_order", "callback_ns",
                                   "free_page_vq", "start")
-IGNORED = ("inject",)
+#: config keys a run is never named by (--inject's list; a real guest's
+#: schedule of page faults, vm compare's, different in every round)
+IGNORED = ("inject", "page_schedule")
 
 
 def run_label(run: dict) -> str:
