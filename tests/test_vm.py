@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 import pytest
 from cli import assert_usage_error, shmalloc, start_shmalloc
@@ -526,6 +527,11 @@ def test_the_guest_workers_page_faults_become_the_models_schedule():
     assert sched[0][0] == 0 and sched[1][0] == pytest.approx(0.5, abs=2e-3)
     cfg = compare.model_config(rec)
     assert cfg.blocks == "user" and cfg.page_rate == 0 and cfg.page_schedule == sched
+    from launcher.cli import flags
+    from shmalloc.machine import ConfigError
+    with pytest.raises(ConfigError, match="no flag"):       # sweep --list cannot spell it
+        flags.config_argv(cfg)
+    assert "--page-schedule" not in flags.config_argv(replace(cfg, page_schedule=()))
     avg = compare.model_config(rec, compare.ModelChoices(rate="average"))
     assert avg.page_schedule == () and avg.page_rate == pytest.approx(262159 / 14, abs=0.1)
     rec["config"]["workers"] = 2

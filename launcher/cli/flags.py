@@ -188,6 +188,10 @@ def config_argv(cfg) -> list[str]:
         elif f.name == "inject":
             for fault in value:
                 argv += ["--inject", fault]
+        elif f.name == "page_schedule":        # vm compare's, from a real guest: no flag
+            if value:
+                raise ConfigError("--model-rate", "a schedule of page faults has no flag of "
+                                  "shmalloc run (vm compare takes it from the guest)")
         elif value is None or (f.name in ("ops", "duration") and not value):
             continue
         else:
