@@ -397,9 +397,10 @@ def run_random_user(frames, zs, mem, agent, target_pages, max_order, max_ops, se
     :func:`run_random`, but a block of order n is what a user program gets
     from mmap of 2^n pages, each written once: 2^n order-0 allocations
     through the pcp lists (one page fault each), freed one by one at its
-    munmap, in munmap's order (:func:`munmap_index`).  A user program cannot ask the buddy allocator
-    for an order; its frees make order-0 pages, which merge into blocks of
-    the report order only where every buddy is free too.
+    munmap, in munmap's order (:func:`munmap_index`).  A user program
+    cannot ask the buddy allocator for an order; its frees make order-0
+    pages, which merge into blocks of the report order only where every
+    buddy is free too.
 
     Blocks are ``blk_*[:n]``; a block's pages are a list of slots in
     ``pg_pfn``/``pg_next`` from ``blk_head`` (-1 ends it); ``free_slots`` is
@@ -492,7 +493,8 @@ def user_pages(blk_head, n, pg_pfn, pg_next, out_pfn, out_order):
     """The pages of user blocks ``blk_head[:n]`` as order-0 entries of
     ``out_*``, block by block, each in the order its munmap frees them
     (:func:`munmap_index`), for the frees of the shrink and the exit;
-    returns how many."""
+    returns how many.  ``out_order`` (int64, as ``out_pfn``) holds each
+    block's pages in fault order for a moment before it is zeroed."""
     k = 0
     for b in range(n):
         k0 = k

@@ -98,8 +98,9 @@ class UserBlocks:
         self.t_run0 = 0
 
     def schedule(self, plan: WorkerPlan, t_run0: int, ticks_per_sec: int) -> None:
-        """--page-schedule: its points in ticks from ``t_run0``, the run's
-        start (every phase of phased counts from there)."""
+        """vm compare's schedule of page faults (``plan.page_schedule``, a
+        real guest's): its points in ticks from ``t_run0``, the run's start
+        (every phase of phased counts from there)."""
         pts = plan.page_schedule
         self.sched_t = np.array([int(t * ticks_per_sec) for t, _ in pts], np.int64)
         self.sched_k = np.array([int(k) for _, k in pts], np.int64)
