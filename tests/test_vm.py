@@ -538,6 +538,23 @@ def test_the_guest_workers_page_faults_become_the_models_schedule():
     assert [k for _, k in compare.guest_fault_schedule(rec)][1] == 50000
 
 
+def test_the_heading_gives_what_each_round_took_from_its_guest_as_a_range():
+    """Over rounds the pcp high mark and the fault rate come from each
+    round's guest: the heading gives their range, not the first round's."""
+    from launcher.experiment.config import RunConfig
+    from launcher.vm import compare
+
+    a = RunConfig(workload="phased", blocks="user", pcp_high=12243, page_rate=26817.0,
+                  strategy="mainline").resolved()
+    b = replace(a, pcp_high=13897, page_rate=34471.4)
+    assert "pcp high 12243-13897 pages, user mappings at 26,817-34,471 faults/s" in \
+        compare.describe(a, [a, b, a])
+    assert "pcp high 12243 pages, user mappings at 26,817 faults/s" in compare.describe(a)
+    c = replace(a, page_rate=0.0, page_schedule=((0.0, 0), (1.0, 10)))
+    assert compare.describe(c, [c, replace(c, pcp_high=13897)]).endswith(
+        "pcp high 12243-13897 pages, user mappings faulted as the guest's were")
+
+
 def test_the_model_is_configured_as_the_guest_was():
     """vm compare's model: mainline with the guest kernel's constants, the
     order the guest used, reported when its reporter was idle, the host page

@@ -37,11 +37,12 @@ with the configuration the real guest had (:func:`model_config`):
 * the pace of those page faults: the model's k-th no sooner than the
   guest's workers made their k-th (``--model-rate timeline``, the default:
   :func:`guest_fault_schedule`, from the guest program's samples of its
-  workers' minflt).  Under TCG the guest's grow faults faster than its
-  churn, which also unmaps, and the churn made before the free decides
-  how fragmented the freed memory is, so one average rate (``--model-rate
-  average``, what a file from before the samples gets) moves the refaults
-  under churn; it is a flag.
+  workers' minflt).  Under TCG the guest's pace changes from phase to
+  phase and from run to run (grow 22-47 thousand faults a second, churn,
+  which also unmaps, 18-41 thousand, in docs/real-guest.md's 36 runs), and
+  the churn made before the free decides how fragmented the freed memory
+  is, so one average rate (``--model-rate average``, what a file from
+  before the samples gets) moves the refaults under churn; it is a flag.
 
 The figures, the table, the JSON and the plot are
 :mod:`launcher.comparison.realguest`'s.  ``--real FILE`` takes the real
@@ -205,12 +206,21 @@ def check(cfg: GuestConfig, orders: list[int], choices: ModelChoices) -> None:
             raise VmUsageError(f"the model cannot run this workload: {e}") from None
 
 
-def describe(cfg: RunConfig) -> str:
-    """How the model was set up, in one phrase."""
+def _span(values: list, fmt: str) -> str:
+    lo, hi = min(values), max(values)
+    return format(lo, fmt) if lo == hi else f"{format(lo, fmt)}-{format(hi, fmt)}"
+
+
+def describe(cfg: RunConfig, rounds: list[RunConfig] | None = None) -> str:
+    """How the model was set up, in one phrase; with ``rounds`` (each
+    round's configuration) the figures taken from each round's guest, the
+    pcp high mark and the fault rate, as their range."""
+    each = rounds or [cfg]
     out = (f"mainline, report order {cfg.report_order}, start {cfg.start}, host pages "
-           f"{cfg.host_pages}, pcp high {cfg.pcp_high} pages")
+           f"{cfg.host_pages}, pcp high {_span([c.pcp_high for c in each], 'd')} pages")
     if cfg.blocks == "user":
-        out += ", user mappings" + (f" at {cfg.page_rate:,.0f} faults/s" if cfg.page_rate else
+        rates = [c.page_rate for c in each]
+        out += ", user mappings" + (f" at {_span(rates, ',.0f')} faults/s" if max(rates) else
                                     " faulted as the guest's were" if cfg.page_schedule else "")
     return out
 
@@ -331,15 +341,12 @@ def rounds_tables(pairs: list[dict]) -> tuple[list, dict, dict | None]:
 
 def _heading(pairs_of_order: list[dict]) -> str:
     """Who ran, for one order: the real guest (accelerator, start state)
-    and the model's set-up, with the range of fault rates over rounds."""
+    and the model's set-up, what it took from each round's guest as a
+    range over the rounds."""
     first = pairs_of_order[0]
     r = first["real"]
-    model = RunConfig(**first["model"]["config"])
-    text = describe(replace(model, page_rate=0))
-    rates = sorted(p["model"]["config"].get("page_rate") or 0 for p in pairs_of_order)
-    if model.blocks == "user" and rates[-1]:
-        text += (f" at {rates[0]:,.0f} faults/s" if rates[0] == rates[-1]
-                 else f" at {rates[0]:,.0f}-{rates[-1]:,.0f} faults/s")
+    rounds = [RunConfig(**p["model"]["config"]) for p in pairs_of_order]
+    text = describe(rounds[0], rounds)
     n = len(pairs_of_order)
     return (f"{_name(first)}{f', {n} rounds' if n > 1 else ''}: real guest "
             f"({r['qemu']['accel'].upper() if 'qemu' in r else '?'}, start "
